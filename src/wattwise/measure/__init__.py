@@ -1,0 +1,16 @@
+"""Measurement: the harness (:func:`measure`), the :class:`Measurement` it returns, and the
+energy meters (:mod:`wattwise.measure.meters`). Knows nothing of compression or search."""
+
+from wattwise.measure._harness import check_device, measure
+from wattwise.measure._isolate import IsolationError, run_isolated
+from wattwise.measure._lock import device_lock
+from wattwise.measure._measurement import Measurement
+
+__all__ = [
+    "IsolationError",
+    "Measurement",
+    "check_device",
+    "device_lock",
+    "measure",
+    "run_isolated",
+]

@@ -1,0 +1,80 @@
+"""The result of measuring one workload: energy per item with its source, latency, size."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """One workload measured on one device.
+
+    Units live in the names. ``energy_source`` is ``measured:nvml``, ``measured:rapl`` or
+    ``estimated:<model>``; ``energy_uncertainty`` is relative (0.3 = ±30%) and belongs to every
+    energy figure here. Latency is per call (one batch of ``batch_size`` items).
+
+    Attributes:
+        energy_j_per_item: all energy the meter saw in the measured windows, per item.
+        energy_above_idle_j_per_item: the same less the idle power measured before the run.
+        idle_power_w: the device's power while we slept, measured by the same meter.
+        ci95_rel: half-width of the 95% confidence interval of the per-window J/item median,
+            relative to it; ``converged`` says whether it reached the target before the time cap.
+    """
+
+    mode: str  # "inference" | "train"
+    device: str
+    batch_size: int
+    energy_j_per_item: float
+    energy_above_idle_j_per_item: float
+    energy_source: str
+    energy_uncertainty: float
+    idle_power_w: float
+    latency_ms_p50: float
+    latency_ms_p90: float
+    latency_ms_p99: float
+    throughput_items_per_s: float
+    peak_memory_bytes: int
+    macs_per_item: float
+    params: int
+    co2e_g_per_million_items: float
+    grid_intensity_g_per_kwh: float
+    windows: int
+    window_s: float
+    ci95_rel: float
+    converged: bool
+    threads: int
+    isolated: bool
+    warmup_calls: int
+    harness_overhead_rel: float
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("energy_j_per_item", "latency_ms_p50", "throughput_items_per_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"Measurement.{name} must be finite and > 0, got {value!r}")
+        if not self.energy_source.startswith(("measured:", "estimated:")):
+            raise ValueError(
+                f"energy_source {self.energy_source!r} must say measured: or estimated:"
+            )
+
+    @property
+    def is_estimate(self) -> bool:
+        return self.energy_source.startswith("estimated:")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["notes"] = list(self.notes)
+        out["schema"] = SCHEMA_VERSION
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in fields}
+        kwargs["notes"] = tuple(kwargs.get("notes", ()))
+        return cls(**kwargs)
