@@ -1,0 +1,292 @@
+"""Contract tests over every registered architecture, plus the papers' numbers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import wattwise.archs as archs
+from wattwise.archs import BlockRow, MobileNetV3Config, make_divisible
+from wattwise.config import Config
+from wattwise.errors import InputError, UnknownNameError
+
+ALL = archs.list()
+SMALL_INPUT = (2, 3, 64, 64)  # registry-wide tests stay small: 2 cores, shared machine
+TINY_INPUT = (1, 3, 32, 32)  # enough for inference-only checks (the last feature map is 1×1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small inputs gain nothing from a second thread, and on a busy 2-core machine OpenMP's
+    spin-waiting made this file ~10× slower (128 s against 10 s); restore the setting after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def macs(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Multiply-accumulates of one forward pass (FLOPs / 2, convs and linears)."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() / 2
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_registry_lists_every_family_variant():
+    expected = ["mobilenetv2", "mobilenetv3_small", "mobilenetv3_large"]
+    expected += [f"efficientnet_lite{i}" for i in range(5)]
+    assert sorted(expected) == ALL
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_backward_finite(name):
+    torch.manual_seed(0)
+    model = archs.create(name, num_classes=7)
+    x = torch.randn(*SMALL_INPUT)
+    out = model(x)
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+    out.logsumexp(dim=1).mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None for g in grads), "every parameter takes part in the forward"
+    assert all(torch.isfinite(g).all() for g in grads if g is not None)
+    assert any(g.abs().sum() > 0 for g in grads if g is not None)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_info_matches_built_model(name):
+    info = archs.info(name)
+    model = archs.create(name)
+    assert info.name == name
+    assert model.default_input_size == info.default_input_size
+    assert info.default_input_size == (3, info.resolution, info.resolution)
+    assert info.config == model.cfg
+    assert info.pretrained == (name == "efficientnet_lite0")
+    assert model.fc.out_features == 1000
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_macs_and_params_grow_with_width(name):
+    x = torch.randn(*TINY_INPUT)
+    sizes = [archs.create(name, width=w).eval() for w in (0.5, 0.75, 1.0)]
+    counts = [macs(m, x) for m in sizes]
+    params = [n_params(m) for m in sizes]
+    assert counts[0] < counts[1] < counts[2]
+    assert params[0] < params[1] < params[2]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_depth_multiplier_changes_blocks(name):
+    base = len(archs.create(name).blocks)
+    assert len(archs.create(name, depth=2.0).blocks) > base
+    assert len(archs.create(name, depth=0.5).blocks) < base
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_fx_trace_matches_eager(name):
+    model = archs.create(name, width=0.5, num_classes=5).eval()
+    traced = torch.fx.symbolic_trace(model)
+    x = torch.randn(*TINY_INPUT)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model(x))
+
+
+# Published figures at width 1.0, 224×224. Params: the papers (MobileNetV2 Table 4 says 3.4M;
+# torchvision's implementation of the same table has 3.50M), Lite from the tensorflow/tpu
+# README. MACs: the papers' multiply-adds (Lite0 from the Lite blog post's ~400M).
+PAPER = {
+    "mobilenetv2": (3.5e6, 300e6),
+    "mobilenetv3_large": (5.4e6, 219e6),
+    "mobilenetv3_small": (2.5e6, 56e6),
+    "efficientnet_lite0": (4.7e6, 400e6),
+}
+LITE_PARAMS = {"efficientnet_lite1": 5.4e6, "efficientnet_lite2": 6.1e6}
+LITE_PARAMS |= {"efficientnet_lite3": 8.2e6, "efficientnet_lite4": 13.0e6}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_params_and_macs_match_papers(name):
+    params, madds = PAPER[name]
+    model = archs.create(name).eval()
+    assert n_params(model) == pytest.approx(params, rel=0.10)
+    assert macs(model, torch.randn(1, 3, 224, 224)) == pytest.approx(madds, rel=0.10)
+
+
+@pytest.mark.parametrize("name", sorted(LITE_PARAMS))
+def test_lite_compound_scaling_matches_published_params(name):
+    # Depth rounds up, width rounds to 8, stem/head and the first/last rows stay fixed: get any
+    # of these wrong and lite1..lite4 miss the published sizes by far more than 3%.
+    assert n_params(archs.create(name)) == pytest.approx(LITE_PARAMS[name], rel=0.03)
+
+
+def test_lite_scaling_table():
+    expect = {0: (1.0, 1.0, 224), 1: (1.0, 1.1, 240), 2: (1.1, 1.2, 260)}
+    expect |= {3: (1.2, 1.4, 280), 4: (1.4, 1.8, 300)}
+    for i, (width, depth, res) in expect.items():
+        info = archs.info(f"efficientnet_lite{i}")
+        assert (info.width, info.depth, info.resolution) == (width, depth, res)
+    lite4 = archs.create("efficientnet_lite4")
+    assert lite4.stem.conv.out_channels == 32 and lite4.head.conv.out_channels == 1280
+    # 1 + ceil(2·1.8) + ceil(2·1.8) + ceil(3·1.8) + ceil(3·1.8) + ceil(4·1.8) + 1
+    assert len(lite4.blocks) == 1 + 4 + 4 + 6 + 6 + 8 + 1
+    assert lite4.blocks[-1].project.conv.out_channels == make_divisible(320 * 1.4) == 448
+
+
+def test_block_structure_follows_the_papers():
+    v3l = archs.create("mobilenetv3_large")
+    assert len(v3l.blocks) == 15 and v3l.head.conv.out_channels == 960
+    assert v3l.hidden.out_features == 1280
+    assert isinstance(v3l.stem.act, torch.nn.Hardswish)
+    # Table 1: 5×5 exp 120 → 40 with SE and ReLU; 3×3 exp 184 → 80 with h-swish, no SE.
+    block = v3l.blocks[4]
+    assert block.dw.conv.kernel_size == (5, 5) and block.dw.conv.out_channels == 120
+    assert isinstance(block.dw.act, torch.nn.ReLU) and isinstance(block.se, archs.SqueezeExcite)
+    assert isinstance(block.se.gate, torch.nn.Hardsigmoid)
+    block = v3l.blocks[8]
+    assert block.dw.conv.out_channels == 184 and isinstance(block.dw.act, torch.nn.Hardswish)
+    assert isinstance(block.se, torch.nn.Identity)
+
+    v3s = archs.create("mobilenetv3_small")
+    assert len(v3s.blocks) == 11 and v3s.hidden.out_features == 1024
+    assert [b.dw.conv.out_channels for b in v3s.blocks[:3]] == [16, 72, 88]
+
+    v2 = archs.create("mobilenetv2")
+    assert len(v2.blocks) == 17
+    assert isinstance(v2.blocks[0].expand, torch.nn.Identity)  # t = 1: no expansion conv
+    assert isinstance(v2.blocks[1].project.act, torch.nn.Identity)  # linear bottleneck
+    assert sum(b.has_shortcut for b in v2.blocks) == 10
+    # The head is scaled up, never down (§6.1): 1280 at 0.5, 1792 at 1.4.
+    assert archs.create("mobilenetv2", width=0.5).head.conv.out_channels == 1280
+    assert archs.create("mobilenetv2", width=1.4).head.conv.out_channels == 1792
+
+    lite0 = archs.create("efficientnet_lite0")
+    assert not any(isinstance(m, archs.SqueezeExcite) for m in lite0.modules())
+    assert not any(isinstance(m, torch.nn.Hardswish | torch.nn.SiLU) for m in lite0.modules())
+    assert lite0.blocks[0].dw.bn.eps == 1e-3 and lite0.blocks[0].dw.bn.momentum == 0.01
+
+
+def test_no_inplace_activations():
+    # Torch-Pruning and export both dislike in-place ops on tensors that are reused.
+    for name in ("mobilenetv2", "mobilenetv3_large", "efficientnet_lite0"):
+        for module in archs.create(name).modules():
+            assert not getattr(module, "inplace", False), (name, module)
+
+
+def test_grey_digits_input():
+    model = archs.create("mobilenetv3_small", in_chans=1, num_classes=10, resolution=28)
+    assert model.default_input_size == (1, 28, 28)
+    assert model(torch.randn(4, 1, 28, 28)).shape == (4, 10)
+
+
+def test_create_passes_dropout_and_drop_path():
+    model = archs.create("efficientnet_lite0", dropout=0.5, drop_path_rate=0.2)
+    assert model.dropout.p == 0.5
+    rates = [b.drop_path.rate for b in model.blocks if hasattr(b.drop_path, "rate")]
+    assert rates and rates == sorted(rates) and max(rates) < 0.2
+    model.train()
+    assert torch.isfinite(model(torch.randn(*SMALL_INPUT))).all()
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small", "efficientnet_lite0"])
+def test_torch_export(name):
+    model = archs.create(name, width=0.5, num_classes=10).eval()
+    x = torch.randn(*SMALL_INPUT)
+    exported = torch.export.export(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), model(x))
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small", "efficientnet_lite0"])
+def test_torch_pruning_removes_channels(name):
+    tp = pytest.importorskip("torch_pruning")
+    model = archs.create(name, width=0.5, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    before = n_params(model)
+    pruner = tp.pruner.MagnitudePruner(
+        model,
+        x,
+        importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=0.3,
+        ignored_layers=[model.fc],
+    )
+    pruner.step()
+    assert n_params(model) < 0.8 * before
+    assert model.fc.out_features == 10
+    assert model(x).shape == (1, 10)
+
+
+def test_config_round_trips_through_dict():
+    cfg = archs.info("mobilenetv3_small").config
+    data = cfg.to_dict()
+    assert data["type"] == "arch.mobilenetv3" and data["rows"][0]["type"] == "arch.block_row"
+    again = Config.from_dict(data)
+    assert again == cfg and isinstance(again.rows[0], BlockRow)
+    assert hash(again) == hash(cfg)
+
+
+def test_make_divisible():
+    assert make_divisible(16 * 0.35) == 8
+    assert make_divisible(32 * 1.1) == 32  # 35.2: nearest multiple of 8, within 10%
+    assert make_divisible(11) == 16  # nearest is 8, but that would lose more than 10%
+    assert make_divisible(88.0) == 88
+    assert make_divisible(3) == 8
+    assert all(make_divisible(v) % 8 == 0 and make_divisible(v) >= 0.9 * v for v in range(1, 500))
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+def test_unknown_name_lists_the_names():
+    with pytest.raises(UnknownNameError, match="mobilenetv3_small") as err:
+        archs.create("resnet50")
+    assert "resnet50" in str(err.value)
+    with pytest.raises(UnknownNameError):
+        archs.info("mobilenetv4")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"width": 0}, "width"),
+        ({"width": -0.5}, "width"),
+        ({"width": float("nan")}, "width"),
+        ({"depth": 0}, "depth"),
+        ({"num_classes": 0}, "num_classes"),
+        ({"num_classes": 2.5}, "num_classes"),
+        ({"in_chans": 0}, "in_chans"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"resolution": 0}, "resolution"),
+        ({"colour": "red"}, "colour"),
+        ({"pretrained": "yes"}, "pretrained"),
+    ],
+)
+def test_bad_arguments_name_the_field(kwargs, field):
+    with pytest.raises(InputError, match=field):
+        archs.create("mobilenetv3_small", **kwargs)
+
+
+def test_bad_block_rows_name_the_field():
+    with pytest.raises(InputError, match="kernel"):
+        BlockRow(expand_ratio=6, kernel=4, stride=1, out_chans=16)
+    with pytest.raises(InputError, match="stride"):
+        BlockRow(expand_ratio=6, kernel=3, stride=3, out_chans=16)
+    with pytest.raises(InputError, match="act"):
+        BlockRow(expand_ratio=6, kernel=3, stride=1, out_chans=16, act="gelu")
+    with pytest.raises(InputError, match="rows"):
+        MobileNetV3Config(rows=())
+    with pytest.raises(InputError, match="unknown field"):
+        Config.from_dict({"type": "arch.block_row", "expand_ratio": 1, "kernel": 3, "k": 1})
+
+
+def test_configs_are_frozen():
+    cfg = archs.info("mobilenetv2").config
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.width = 2.0  # type: ignore[misc]
