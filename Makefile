@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # while an unpinned torch may pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv sysdeps clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,12 +20,26 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/wattwise measure digits_cnn --batch-size 1,64
 
+# System packages the tests use for real: a headless browser for the HTML report and a
+# PostgreSQL server for multi-worker studies. Installed with apt when missing and we are root;
+# otherwise those tests skip and say why.
+SYSDEPS_CHECK := command -v chromium >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+sysdeps:
+	@if ! ( $(SYSDEPS_CHECK) ); then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium and postgresql (Debian packages) for the browser and database tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium postgresql >/dev/null; \
+	  else \
+	    echo "note: chromium/postgresql missing and not root: browser and PostgreSQL tests will skip"; \
+	  fi; \
+	fi
+
 lint: venv
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
-test: lint
+test: lint sysdeps
 	$(BIN)/python -m pytest -q
 
 clean:

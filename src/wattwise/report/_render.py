@@ -1,0 +1,949 @@
+"""Results → one self-contained HTML page (inline CSS and SVG, no script, no URL).
+
+The page is built from small functions that each return escaped HTML text. Every value that
+came from the user or the study (task, study, recipe values, reasons, paths, hardware names)
+goes through :func:`_e`; a Content-Security-Policy that allows no script and no network load
+is the second line of defence if one ever slips through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from wattwise.errors import InputError
+from wattwise.report._svg import PlotPoint, scatter_svg
+from wattwise.report._tables import (
+    MISSING,
+    ablation,
+    atomic_write_text,
+    fmt_accuracy,
+    fmt_bytes,
+    fmt_count,
+    fmt_duration_s,
+    fmt_energy_j,
+    fmt_items,
+    fmt_latency_ms,
+    fmt_mass_g,
+    fmt_money,
+    fmt_ratio,
+    fmt_uncertainty,
+    num,
+    pareto_numbers,
+    payback,
+    per_million,
+    redact_url,
+    results_json_text,
+    trials_csv_text,
+)
+
+__all__ = ["render_html", "render_report"]
+
+_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+    "base-uri 'none'; form-action 'none'"
+)
+
+_CSS = """
+:root { --ink:#1d1d1f; --muted:#5f6368; --line:#d9d9de; --soft:#f5f6f8; --accent:#D55E00;
+  --blue:#0072B2; --ok:#1b7f3b; --warn:#9a5b00; }
+* { box-sizing: border-box; }
+body { margin: 0; color: var(--ink); background: #fff; line-height: 1.45;
+  font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width: 1240px; margin: 0 auto; padding: 24px 28px 48px; }
+h1 { font-size: 1.6rem; margin: 0 0 4px; overflow-wrap: anywhere; }
+h2 { font-size: 1.2rem; margin: 32px 0 10px; padding-bottom: 4px; border-bottom: 2px solid var(--line); }
+h3 { font-size: 1rem; margin: 18px 0 6px; }
+p { margin: 6px 0; }
+code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .88em;
+  overflow-wrap: anywhere; }
+.meta { color: var(--muted); margin: 0; display: flex; flex-wrap: wrap; gap: 4px 18px; }
+.meta b { color: var(--ink); font-weight: 600; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(220px, 1fr)); gap: 12px; margin: 18px 0; }
+.card { border: 1px solid var(--line); border-radius: 8px; padding: 10px 14px; background: var(--soft); }
+.card .k { color: var(--muted); font-size: .82rem; text-transform: uppercase; letter-spacing: .04em; }
+.card .v { font-size: 1.25rem; font-weight: 650; font-variant-numeric: tabular-nums; }
+.card .s { font-size: .85rem; color: var(--muted); }
+.notice { border-left: 4px solid var(--warn); background: #fff7e6; padding: 8px 12px; margin: 12px 0; }
+.payback { border-left: 4px solid var(--ok); background: #eef8f0; padding: 10px 14px; margin: 12px 0; font-size: 1.02rem; }
+.payback.bad { border-left-color: var(--warn); background: #fff7e6; }
+table { border-collapse: collapse; margin: 8px 0 12px; font-size: .9rem; }
+th, td { border-bottom: 1px solid var(--line); padding: 5px 9px; text-align: left; vertical-align: top; }
+th { background: var(--soft); font-weight: 600; white-space: nowrap; }
+th.c { text-align: center; }
+td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.pareto td:first-child { border-left: 3px solid var(--accent); }
+tr.infeasible td { color: #8a8a8a; }
+tr.failed td { color: #9b1c1c; }
+.scroll { overflow-x: auto; }
+#trials-table { font-size: .84rem; }
+#trials-table td, #trials-table th { padding: 4px 6px; }
+#trials-table td:nth-child(4) { min-width: 9em; }
+.src { display: inline-block; font-size: .75rem; padding: 0 6px; border-radius: 9px; white-space: nowrap;
+  border: 1px solid currentColor; margin-left: 4px; font-family: ui-monospace, Menlo, Consolas, monospace; }
+.src-measured { color: var(--ok); }
+.src-estimated { color: var(--warn); background: #fff7e6; }
+.src-unknown { color: #9b1c1c; }
+.unc { color: var(--muted); font-size: .85em; white-space: nowrap; }
+.plots { display: flex; flex-wrap: wrap; gap: 16px; }
+figure { margin: 0; }
+figcaption { color: var(--muted); font-size: .85rem; max-width: 680px; }
+svg.plot { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 6px;
+  font-family: system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif; }
+svg.plot .pt-pareto circle, svg.plot .pt-baseline path { cursor: help; }
+ol.recipe { margin: 4px 0 8px; padding-left: 22px; }
+ol.recipe li { margin: 2px 0; }
+.caption { color: var(--muted); font-size: .85rem; }
+footer { margin-top: 36px; color: var(--muted); font-size: .8rem; border-top: 1px solid var(--line); padding-top: 8px; }
+@media print {
+  @page { margin: 14mm; }
+  body { font-size: 10.5pt; }
+  main { max-width: none; padding: 0; }
+  .scroll { overflow: visible; }
+  section, figure, table, .cards, .payback { break-inside: avoid; }
+  h2 { break-after: avoid; }
+  * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+  svg.plot { width: 100%; max-width: 17cm; }
+  .cards { grid-template-columns: repeat(4, 1fr); }
+}
+"""
+
+_SOURCES_HELP = (
+    "measured:nvml — NVIDIA's NVML energy counter (GPU board); "
+    "measured:rapl — Intel/AMD RAPL counters via Linux powercap (CPU package, DRAM); "
+    "estimated:&lt;model&gt; — computed by a model from counts and device figures, not measured."
+)
+
+
+def _e(value: Any) -> str:
+    """Escape anything for HTML text or a quoted attribute; ``None`` is the missing mark."""
+    return MISSING if value is None else html.escape(str(value), quote=True)
+
+
+def _m(d: Any) -> Mapping[str, Any]:
+    return d if isinstance(d, Mapping) else {}
+
+
+# ----------------------------------------------------------------------------- small pieces
+
+
+def _source_badge(source: Any) -> str:
+    if not source:
+        return '<span class="src src-unknown">source not recorded</span>'
+    text = str(source)
+    # A figure derived from an estimate is an estimate, even if a measurement went into it.
+    kind = (
+        "estimated"
+        if "estimated:" in text
+        else "measured"
+        if text.startswith("measured:")
+        else "unknown"
+    )
+    return f'<span class="src src-{kind}">{_e(text)}</span>'
+
+
+def _energy_cell(j: Any, source: Any, uncertainty: Any, *, badge_below: bool = False) -> str:
+    """A J figure with its uncertainty and source badge: the only way energy is shown."""
+    value = fmt_energy_j(j)
+    if value == MISSING:
+        return MISSING
+    unc = fmt_uncertainty(uncertainty)
+    unc_html = f' <span class="unc">{_e(unc)}</span>' if unc != MISSING else ""
+    return f"{_e(value)}{unc_html}{'<br>' if badge_below else ' '}{_source_badge(source)}"
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _pass_params(p: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    return [(str(k), v) for k, v in p.items() if k not in ("type", "version")]
+
+
+def _recipe_short(recipe: Any, *, params: int = 2) -> str:
+    """``prune(ratio=0.5, scope=global, …) → quantize(…)``: the recipe at a glance (raw text)."""
+    if recipe is None:
+        return MISSING
+    if not isinstance(recipe, list):
+        return _param_value(recipe)
+    if not recipe:
+        return "no passes"
+    out = []
+    for p in recipe:
+        if not isinstance(p, Mapping):
+            out.append(_param_value(p))
+            continue
+        items = _pass_params(p)
+        shown = ", ".join(f"{k}={_param_value(v)}" for k, v in items[:params])
+        more = ", …" if len(items) > params else ""
+        out.append(f"{p.get('type', '?')}({shown}{more})")
+    return " → ".join(out)
+
+
+def _deployment_short(dep: Any) -> str:
+    """``onnxruntime int8 · batch 32 · 2 thr · cpu`` (raw text)."""
+    if not isinstance(dep, Mapping) or not dep:
+        return MISSING
+    bits = [" ".join(str(dep[k]) for k in ("backend", "precision") if dep.get(k) is not None)]
+    if dep.get("batch_size") is not None:
+        bits.append(f"batch {dep['batch_size']}")
+    if dep.get("threads") is not None:
+        bits.append(f"{dep['threads']} thr")
+    if dep.get("device") is not None:
+        bits.append(str(dep["device"]))
+    rest = [f"{k}={_param_value(v)}" for k, v in dep.items() if k not in _DEP_KEYS]
+    return " · ".join(b for b in bits + rest if b) or MISSING
+
+
+_DEP_KEYS = ("backend", "precision", "batch_size", "threads", "device")
+
+
+def _kv_table(rows: Iterable[tuple[str, str]], *, cls: str = "kv") -> str:
+    body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
+    return f'<table class="{cls}">{body}</table>'
+
+
+def _diff_source(results: Mapping[str, Any]) -> str | None:
+    """The source of baseline − winner: theirs if they agree, else both, named."""
+    s0 = _m(results.get("baseline")).get("energy_source")
+    s1 = _m(results.get("best")).get("energy_source")
+    if s0 == s1:
+        return s0
+    return f"{s0 or 'unrecorded'} − {s1 or 'unrecorded'}"
+
+
+def _feasible(trial: Mapping[str, Any], max_drop: float | None) -> bool | None:
+    """The trial's own ``feasible`` flag; without one, its accuracy drop against the limit;
+    ``None`` when neither is known."""
+    flag = trial.get("feasible")
+    if isinstance(flag, bool):
+        return flag
+    drop = num(trial.get("accuracy_drop"))
+    if drop is None or max_drop is None:
+        return None
+    return drop <= max_drop
+
+
+def _currency(results: Mapping[str, Any]) -> str:
+    cur = results.get("currency")
+    return str(cur) if cur else "USD"
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def _header(results: Mapping[str, Any], trials: Sequence[Mapping[str, Any]], title: str) -> str:
+    states = [t.get("state") for t in trials]
+    n_trials = num(results.get("trials"))
+    n_failed = num(results.get("failed_trials"))
+    meta = [
+        ("task", _e(results.get("task"))),
+        ("study", _e(results.get("study"))),
+        ("storage", f"<code>{_e(redact_url(results['storage']))}</code>")
+        if results.get("storage")
+        else ("storage", MISSING),
+        ("scenario", _e(results.get("scenario"))),
+        ("max accuracy drop", _e(fmt_accuracy(results.get("max_accuracy_drop")))),
+        (
+            "trials",
+            _e(
+                f"{int(n_trials) if n_trials is not None else len(trials)} "
+                f"({int(n_failed) if n_failed is not None else states.count('failed')} failed)"
+            ),
+        ),
+    ]
+    spans = "".join(f"<span>{k}: <b>{v}</b></span>" for k, v in meta)
+    return f'<header><h1>{_e(title)}</h1><p class="meta">{spans}</p></header>'
+
+
+def _notices(results: Mapping[str, Any]) -> str:
+    out = []
+    sources = {
+        name: _m(results.get(name)).get("energy_source")
+        for name in ("baseline", "best")
+        if isinstance(results.get(name), Mapping)
+    }
+    estimated = sorted({str(s) for s in sources.values() if str(s).startswith("estimated:")})
+    if estimated:
+        out.append(
+            "<p class='notice'><b>Estimates, not measurements.</b> Energy figures labelled "
+            f"{', '.join(f'<code>{_e(s)}</code>' for s in estimated)} were computed by a model, "
+            "not read from a meter on this hardware; read them with their stated uncertainty.</p>"
+        )
+    missing = [k for k, s in sources.items() if not s]
+    if missing:
+        out.append(
+            f"<p class='notice'>No energy source was recorded for {_e(', '.join(missing))}; "
+            "those figures cannot be told apart from estimates.</p>"
+        )
+    distinct = {str(s) for s in sources.values() if s}
+    if len(distinct) > 1:
+        out.append(
+            "<p class='notice'>The baseline and the winner were metered by different sources "
+            f"({_e(', '.join(sorted(distinct)))}); their ratio mixes two instruments.</p>"
+        )
+    return "".join(out)
+
+
+def _cards(results: Mapping[str, Any], pay: Mapping[str, Any]) -> str:
+    base, best = _m(results.get("baseline")), _m(results.get("best"))
+    has_best = isinstance(results.get("best"), Mapping)
+    e0, e1 = num(base.get("energy_j_per_item")), num(best.get("energy_j_per_item"))
+    ratio = e1 / e0 if e0 and e1 is not None else None
+
+    def card(k: str, v: str, s: str) -> str:
+        return f'<div class="card"><div class="k">{k}</div><div class="v">{v}</div><div class="s">{s}</div></div>'
+
+    cards = [
+        card(
+            "energy per item",
+            _e(f"{fmt_energy_j(e0)} → {fmt_energy_j(e1) if has_best else 'no winner'}"),
+            (f"{_e(fmt_ratio(ratio))} baseline · " if ratio is not None else "")
+            + _source_badge(base.get("energy_source"))
+            + (f" → {_source_badge(best.get('energy_source'))}" if has_best else ""),
+        ),
+        card(
+            "accuracy",
+            _e(
+                f"{fmt_accuracy(base.get('accuracy'))} → "
+                f"{fmt_accuracy(best.get('accuracy')) if has_best else MISSING}"
+            ),
+            f"allowed drop {_e(fmt_accuracy(results.get('max_accuracy_drop')))}",
+        ),
+        card(
+            "latency p90",
+            _e(
+                f"{fmt_latency_ms(base.get('latency_ms_p90'))} → "
+                f"{fmt_latency_ms(best.get('latency_ms_p90')) if has_best else MISSING}"
+            ),
+            _e(f"p50 {fmt_latency_ms(best.get('latency_ms_p50') if has_best else None)}"),
+        ),
+        card(
+            "payback",
+            _e(
+                fmt_items(pay["items"])
+                if pay["state"] == "pays"
+                else MISSING
+                if pay["state"] == "unknown"
+                else "never"
+            ),
+            _e(f"search spent {fmt_energy_j(pay['search_j'])}"),
+        ),
+    ]
+    return f'<div class="cards">{"".join(cards)}</div>'
+
+
+def _payback_line(results: Mapping[str, Any], pay: Mapping[str, Any]) -> str:
+    spent = (
+        f"the search spent <b>{_e(fmt_energy_j(pay['search_j']))}</b> "
+        f"{_source_badge(pay['search_source'])}"
+    )
+    if pay["state"] == "no_best":
+        text = f"No candidate met the constraints, so nothing pays back what {spent}."
+        return f'<p class="payback bad" id="payback">{text[0].upper()}{text[1:]}</p>'
+    if pay["state"] == "no_saving":
+        return (
+            f'<p class="payback bad" id="payback">The search spent '
+            f"{_e(fmt_energy_j(pay['search_j']))} {_source_badge(pay['search_source'])}; the "
+            "winner uses no less energy per item than the baseline, so the search never pays "
+            "for itself in energy.</p>"
+        )
+    saving = fmt_energy_j(pay["saving_j"])
+    unc = fmt_uncertainty(pay["saving_uncertainty"])
+    saving_html = (
+        f"<b>{_e(saving)}/item</b>"
+        + (f' <span class="unc">{_e(unc)}</span>' if unc != MISSING else "")
+        + f" {_source_badge(_diff_source(results))}"
+    )
+    items = (
+        f"it pays for itself after <b>{_e(fmt_items(pay['items']))}</b>"
+        if pay["state"] == "pays"
+        else "the payback point is unknown (the search energy was not recorded)"
+    )
+    return (
+        f'<p class="payback" id="payback">The search spent '
+        f"<b>{_e(fmt_energy_j(pay['search_j']))}</b> {_source_badge(pay['search_source'])}; "
+        f"the winner saves {saving_html}; {items}.</p>"
+    )
+
+
+def _point_label(t: Mapping[str, Any]) -> str:
+    return (
+        f"trial {t.get('number', '?')} · {_recipe_short(t.get('recipe'))} · "
+        f"{_deployment_short(t.get('deployment'))} · accuracy {fmt_accuracy(t.get('accuracy'))}"
+        f" · {fmt_energy_j(t.get('energy_j_per_item'))}/item "
+        f"{fmt_uncertainty(t.get('energy_uncertainty'))} ({t.get('energy_source') or 'source not recorded'})"
+        f" · p90 {fmt_latency_ms(t.get('latency_ms_p90'))}"
+    )
+
+
+def _plots(results: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) -> str:
+    front = pareto_numbers(results, trials)
+    max_drop = num(results.get("max_accuracy_drop"))
+    acc_pts: list[PlotPoint] = []
+    lat_pts: list[PlotPoint] = []
+    not_plotted = 0
+    for t in trials:
+        if t.get("state") != "complete":
+            continue
+        x = num(t.get("energy_j_per_item"))
+        n = num(t.get("number"))
+        number = int(n) if n is not None else None
+        kind = (
+            "pareto"
+            if number in front
+            else ("infeasible" if _feasible(t, max_drop) is False else "feasible")
+        )
+        common = PlotPoint(
+            x=0.0,
+            y=0.0,
+            kind=kind,
+            label=_point_label(t),
+            x_rel_err=num(t.get("energy_uncertainty")),
+            estimated=str(t.get("energy_source") or "").startswith("estimated:"),
+            trial=number,
+        )
+        y_acc, y_lat = num(t.get("accuracy")), num(t.get("latency_ms_p90"))
+        if x is None or x <= 0 or y_acc is None:
+            not_plotted += 1
+        else:
+            acc_pts.append(dataclasses.replace(common, x=x, y=y_acc))
+        if x is not None and x > 0 and y_lat is not None and y_lat > 0:
+            lat_pts.append(dataclasses.replace(common, x=x, y=y_lat))
+
+    for name, kind in (("baseline", "baseline"), ("best", "best")):
+        block = results.get(name)
+        if not isinstance(block, Mapping):
+            continue
+        x = num(block.get("energy_j_per_item"))
+        if x is None or x <= 0:
+            continue
+        label = (
+            f"{name} · {fmt_energy_j(x)}/item {fmt_uncertainty(block.get('energy_uncertainty'))}"
+            f" ({block.get('energy_source') or 'source not recorded'}) · accuracy "
+            f"{fmt_accuracy(block.get('accuracy'))} · p90 {fmt_latency_ms(block.get('latency_ms_p90'))}"
+        )
+        ref = PlotPoint(
+            x=x,
+            y=0.0,
+            kind=kind,
+            label=label,
+            x_rel_err=num(block.get("energy_uncertainty")) if kind == "baseline" else None,
+            estimated=str(block.get("energy_source") or "").startswith("estimated:"),
+        )
+        if (acc := num(block.get("accuracy"))) is not None:
+            acc_pts.append(dataclasses.replace(ref, y=acc))
+        if (lat := num(block.get("latency_ms_p90"))) is not None and lat > 0:
+            lat_pts.append(dataclasses.replace(ref, y=lat))
+
+    base_acc = num(_m(results.get("baseline")).get("accuracy"))
+    hlines = []
+    if base_acc is not None and max_drop is not None:
+        hlines.append((base_acc - max_drop, f"accuracy floor: baseline − {fmt_accuracy(max_drop)}"))
+    pareto_svg = scatter_svg(
+        acc_pts,
+        svg_id="plot-pareto",
+        title="Accuracy against energy per item, every completed trial",
+        x_label="energy per item",
+        y_label="accuracy",
+        x_format=fmt_energy_j,
+        y_format=fmt_accuracy,
+        hlines=hlines,
+    )
+    lats = [p.y for p in lat_pts]
+    lat_log = bool(lats) and max(lats) / min(lats) > 30
+    latency_svg = scatter_svg(
+        lat_pts,
+        svg_id="plot-latency",
+        title="Latency p90 against energy per item",
+        x_label="energy per item",
+        y_label="latency p90 per call",
+        x_format=fmt_energy_j,
+        y_format=fmt_latency_ms,
+        y_log=lat_log,
+        connect_front=False,
+        width=560,
+    )
+    states = [t.get("state") for t in trials]
+    unfinished = len(trials) - states.count("complete")
+    extra = f"; {not_plotted} completed without accuracy or energy" if not_plotted else ""
+    return (
+        '<section id="pareto"><h2>Trade-offs</h2><div class="plots">'
+        f"<figure>{pareto_svg}<figcaption>Each dot is a completed trial "
+        f"({sum(p.kind not in ('baseline', 'best') for p in acc_pts)} plotted{_e(extra)}). Energy is on a log scale; bars show each figure's relative "
+        "uncertainty; hollow markers are estimates. Grey trials break a constraint. The Pareto "
+        "front is over accuracy, energy and latency, so a front point can look dominated in "
+        f"this two-axis view. {unfinished} trials did not complete (listed below).</figcaption>"
+        f"</figure><figure>{latency_svg}<figcaption>Latency p90 per call "
+        "(one batch of the deployment's batch size) against energy per item.</figcaption>"
+        "</figure></div></section>"
+    )
+
+
+def _recipe_full(recipe: Any) -> str:
+    if not isinstance(recipe, list):
+        return f"<p>{_e(_recipe_short(recipe))}</p>"
+    if not recipe:
+        return "<p>No compression passes (the model as given).</p>"
+    items = []
+    for p in recipe:
+        if not isinstance(p, Mapping):
+            items.append(f"<li>{_e(_param_value(p))}</li>")
+            continue
+        params = ", ".join(
+            f"{_e(k)}=<code>{_e(_param_value(v))}</code>" for k, v in _pass_params(p)
+        )
+        items.append(f"<li><b>{_e(p.get('type', '?'))}</b> {params}</li>")
+    return f'<ol class="recipe">{"".join(items)}</ol>'
+
+
+def _compare_rows(results: Mapping[str, Any]) -> str:
+    base, best = _m(results.get("baseline")), _m(results.get("best"))
+    g = results.get("grid_intensity_g_per_kwh")
+
+    def co2(block: Mapping[str, Any]) -> str:
+        v = num(block.get("co2e_g_per_million_items"))
+        if v is None:
+            v = per_million(block.get("energy_j_per_item"), g)
+        return fmt_mass_g(v)
+
+    rows: list[tuple[str, str, str]] = [
+        (
+            "accuracy",
+            _e(fmt_accuracy(base.get("accuracy"))),
+            _e(fmt_accuracy(best.get("accuracy"))),
+        ),
+        (
+            "energy per item",
+            _energy_cell(
+                base.get("energy_j_per_item"),
+                base.get("energy_source"),
+                base.get("energy_uncertainty"),
+            ),
+            _energy_cell(
+                best.get("energy_j_per_item"),
+                best.get("energy_source"),
+                best.get("energy_uncertainty"),
+            ),
+        ),
+        (
+            "latency p50 / p90",
+            _e(
+                f"{fmt_latency_ms(base.get('latency_ms_p50'))} / {fmt_latency_ms(base.get('latency_ms_p90'))}"
+            ),
+            _e(
+                f"{fmt_latency_ms(best.get('latency_ms_p50'))} / {fmt_latency_ms(best.get('latency_ms_p90'))}"
+            ),
+        ),
+        (
+            "MACs per item",
+            _e(fmt_count(base.get("macs_per_item"))),
+            _e(fmt_count(best.get("macs_per_item"))),
+        ),
+        ("parameters", _e(fmt_count(base.get("params"))), _e(fmt_count(best.get("params")))),
+        ("size", _e(fmt_bytes(base.get("size_bytes"))), _e(fmt_bytes(best.get("size_bytes")))),
+        ("CO2e per million items", _e(co2(base)), _e(co2(best))),
+    ]
+    body = "".join(
+        f"<tr><th>{k}</th><td class='n'>{a}</td><td class='n'>{b}</td></tr>" for k, a, b in rows
+    )
+    return (
+        '<table class="compare"><thead><tr><th></th><th class="n">baseline</th>'
+        f'<th class="n">winner</th></tr></thead><tbody>{body}</tbody></table>'
+    )
+
+
+def _winner(results: Mapping[str, Any]) -> str:
+    best = results.get("best")
+    if not isinstance(best, Mapping):
+        return (
+            '<section id="winner"><h2>Winner</h2><p>No trial met the constraints '
+            f"(accuracy drop ≤ {_e(fmt_accuracy(results.get('max_accuracy_drop')))}), so "
+            "there is no recipe to recommend and no artifact was exported.</p>"
+            f"<h3>Baseline</h3>{_compare_rows(results)}</section>"
+        )
+    dep = _m(best.get("deployment"))
+    dep_rows = [(_e(k), _e(_param_value(v))) for k, v in dep.items()] or [("deployment", MISSING)]
+    artifact = best.get("artifact")
+    return (
+        '<section id="winner"><h2>Winner</h2>'
+        f"<h3>Recipe</h3>{_recipe_full(best.get('recipe'))}"
+        f"<p>Student architecture: <b>{_e(best.get('student') or 'none (the original model)')}</b></p>"
+        f"<h3>Deployment</h3>{_kv_table(dep_rows)}"
+        f"<h3>Exported artifact</h3><p><code id='artifact'>{_e(artifact) if artifact else MISSING}</code></p>"
+        f"<h3>Baseline against winner</h3>{_compare_rows(results)}</section>"
+    )
+
+
+def _sum_source(trials: Sequence[Mapping[str, Any]], key: str) -> str | None:
+    found = {str(t[key]) for t in trials if t.get(key)}
+    return found.pop() if len(found) == 1 else None
+
+
+def _energy_section(
+    results: Mapping[str, Any], trials: Sequence[Mapping[str, Any]], pay: Mapping[str, Any]
+) -> str:
+    base, best = _m(results.get("baseline")), _m(results.get("best"))
+    g = num(results.get("grid_intensity_g_per_kwh"))
+    price = num(results.get("cost_per_kwh"))
+    if price is None:
+        price = 0.15  # the documented default when a producer leaves it out
+    cur = _currency(results)
+    per_item: list[tuple[str, Any, Any, Any]] = [
+        (
+            "baseline inference",
+            base.get("energy_j_per_item"),
+            base.get("energy_source"),
+            base.get("energy_uncertainty"),
+        )
+    ]
+    if isinstance(results.get("best"), Mapping):
+        per_item.append(
+            (
+                "winner inference",
+                best.get("energy_j_per_item"),
+                best.get("energy_source"),
+                best.get("energy_uncertainty"),
+            )
+        )
+        if pay["saving_j"] is not None:
+            per_item.append(
+                ("saving", pay["saving_j"], _diff_source(results), pay["saving_uncertainty"])
+            )
+    rows = []
+    for name, j, src, unc in per_item:
+        rows.append(
+            f"<tr><th>{_e(name)}</th><td class='n'>{_e(fmt_energy_j(j))}</td>"
+            f"<td class='n'>{_e(fmt_uncertainty(unc))}</td><td>{_source_badge(src)}</td>"
+            f"<td class='n'>{_e(fmt_mass_g(per_million(j, g)))}</td>"
+            f"<td class='n'>{_e(fmt_money(per_million(j, price), cur))}</td></tr>"
+        )
+    per_item_table = (
+        '<table id="energy-table"><thead><tr><th>per item</th><th class="n">energy</th>'
+        '<th class="n">uncertainty</th><th>source</th><th class="n">CO2e per million items</th>'
+        f'<th class="n">cost per million items</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
+
+    search_j = pay["search_j"]
+    search_rows = [
+        (
+            "whole search",
+            search_j,
+            results.get("search_energy_source"),
+            results.get("search_energy_uncertainty"),
+        )
+    ]
+    for key, label in (
+        ("build_energy_j", "building candidates"),
+        ("measure_energy_j", "measuring"),
+    ):
+        vals = [v for t in trials if (v := num(t.get(key))) is not None]
+        if vals:
+            src = _sum_source(trials, key.replace("_j", "_source")) or results.get(
+                "search_energy_source"
+            )
+            search_rows.append((f"of which {label} (sum of trial rows)", sum(vals), src, None))
+    srows = []
+    for name, j, src, unc in search_rows:
+        j_num = num(j)
+        kwh = j_num / 3.6e6 if j_num is not None else None
+        srows.append(
+            f"<tr><th>{_e(name)}</th><td class='n'>{_e(fmt_energy_j(j))}</td>"
+            f"<td class='n'>{_e(fmt_uncertainty(unc))}</td><td>{_source_badge(src)}</td>"
+            f"<td class='n'>{_e(fmt_mass_g(kwh * g if kwh is not None and g is not None else None))}</td>"
+            f"<td class='n'>{_e(fmt_money(kwh * price if kwh is not None else None, cur))}</td></tr>"
+        )
+    search_table = (
+        '<table id="search-energy"><thead><tr><th>search</th><th class="n">energy</th>'
+        '<th class="n">uncertainty</th><th>source</th><th class="n">CO2e</th>'
+        f'<th class="n">cost</th></tr></thead><tbody>{"".join(srows)}</tbody></table>'
+    )
+    grid_src = results.get("grid_intensity_source")
+    grid_text = (
+        f"{_e(f'{g:g}')} g CO2e/kWh" + (f" ({_e(grid_src)})" if grid_src else "")
+        if g is not None
+        else "not recorded (CO2e not computed)"
+    )
+    meter = _m(results.get("meter"))
+    return (
+        '<section id="energy"><h2>Energy, CO2e and cost</h2>'
+        f"<p>Meter: {_source_badge(meter.get('source'))} with a relative uncertainty of "
+        f"{_e(fmt_uncertainty(meter.get('uncertainty')))}. Grid intensity: {grid_text}; "
+        f"electricity price: {_e(fmt_money(price, cur))}/kWh.</p>"
+        f'<div class="scroll">{per_item_table}</div><div class="scroll">{search_table}</div>'
+        '<p class="caption">CO2e and cost inherit the energy figure\'s uncertainty; the grid '
+        "intensity's and price's own uncertainty is not included. A saving's uncertainty "
+        "combines both figures' in quadrature.</p></section>"
+    )
+
+
+def _ablation_section(results: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) -> str:
+    base = _m(results.get("baseline"))
+    rows, constant = ablation(trials, base.get("energy_j_per_item"))
+    head = (
+        '<section id="ablation"><h2>What each choice went with</h2>'
+        "<p><b>Observational, not a controlled ablation:</b> for each pass type, student and "
+        "deployment choice present, the median J/item (as a ratio to the baseline) and median "
+        "accuracy drop of the completed trials that have it, against those that don't. Trials "
+        "change several choices at once, so a row shows an association, not what the choice "
+        "alone does.</p>"
+    )
+    if not rows:
+        reason = (
+            "no baseline energy recorded"
+            if num(base.get("energy_j_per_item")) is None
+            else "no choice varied across the completed trials"
+        )
+        return head + f"<p>Nothing to compare: {_e(reason)}.</p></section>"
+    body = "".join(
+        f"<tr><th>{_e(r.feature)}</th><td class='n'>{r.n_with} / {r.n_without}</td>"
+        f"<td class='n'>{_e(fmt_ratio(r.ratio_with))}</td>"
+        f"<td class='n'>{_e(fmt_ratio(r.ratio_without))}</td>"
+        f"<td class='n'><b>{_e(fmt_ratio(r.effect))}</b></td>"
+        f"<td class='n'>{_e(fmt_accuracy(r.drop_with))}</td>"
+        f"<td class='n'>{_e(fmt_accuracy(r.drop_without))}</td></tr>"
+        for r in rows
+    )
+    table = (
+        '<div class="scroll"><table id="ablation-table"><thead>'
+        '<tr><th rowspan="2">choice</th><th class="n" rowspan="2">trials<br>with / without</th>'
+        '<th class="c" colspan="3">median J/item ÷ baseline</th>'
+        '<th class="c" colspan="2">median accuracy drop</th></tr>'
+        '<tr><th class="n">with</th><th class="n">without</th><th class="n">with ÷ without</th>'
+        '<th class="n">with</th><th class="n">without</th></tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+    )
+    notes = []
+    if constant:
+        notes.append(
+            f"The same in every completed trial (nothing to compare): {_e(', '.join(constant))}."
+        )
+    sources = {
+        str(t.get("energy_source") or "unrecorded")
+        for t in trials
+        if t.get("state") == "complete" and num(t.get("energy_j_per_item")) is not None
+    } | {str(base.get("energy_source") or "unrecorded")}
+    if len(sources) > 1:
+        notes.append(
+            "The ratios mix energy sources ("
+            + ", ".join(f"<code>{_e(x)}</code>" for x in sorted(sources))
+            + "); rows leaning on estimated trials carry those trials' larger uncertainty."
+        )
+    const = "".join(f"<p class='caption'>{n}</p>" for n in notes)
+    return head + table + const + "</section>"
+
+
+def _failed_section(trials: Sequence[Mapping[str, Any]]) -> str:
+    bad = [t for t in trials if t.get("state") in ("failed", "pruned", "running")]
+    if not bad:
+        return '<section id="failed"><h2>Trials that did not complete</h2><p>None.</p></section>'
+    body = "".join(
+        f"<tr class='{_e(t.get('state'))}'><td class='n'>{_e(t.get('number'))}</td>"
+        f"<td>{_e(t.get('state'))}</td><td>{_e(_recipe_short(t.get('recipe')))}</td>"
+        f"<td>{_e(_deployment_short(t.get('deployment')))}</td>"
+        f"<td class='mono'>{_e(t.get('fail_reason') or MISSING)}</td></tr>"
+        for t in bad
+    )
+    return (
+        '<section id="failed"><h2>Trials that did not complete</h2><div class="scroll">'
+        '<table id="failed-table"><thead><tr><th class="n">#</th><th>state</th><th>recipe</th>'
+        f"<th>deployment</th><th>reason</th></tr></thead><tbody>{body}</tbody></table></div></section>"
+    )
+
+
+def _trials_section(results: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) -> str:
+    front = pareto_numbers(results, trials)
+    max_drop = num(results.get("max_accuracy_drop"))
+    rows = []
+    for t in trials:
+        n = num(t.get("number"))
+        on_front = n is not None and int(n) in front
+        state = t.get("state")
+        feasible = _feasible(t, max_drop)
+        if state != "complete":
+            status, cls = str(state or MISSING), "failed" if state == "failed" else ""
+        elif on_front:
+            status, cls = "Pareto ★", "pareto"
+        elif feasible is None:
+            status, cls = "complete", ""
+        else:
+            status, cls = ("feasible", "") if feasible else ("infeasible", "infeasible")
+        build = [num(t.get("build_energy_j")), num(t.get("measure_energy_j"))]
+        spent = (
+            sum(v for v in build if v is not None) if any(v is not None for v in build) else None
+        )
+        cost = f"{_e(fmt_energy_j(spent))}<br><span class='unc'>{_e(fmt_duration_s(t.get('duration_s')))}</span>"
+        student = t.get("student")
+        recipe = _e(_recipe_short(t.get("recipe"), params=1)) + (
+            f"<br><span class='caption'>student: {_e(student)}</span>" if student else ""
+        )
+        energy = _energy_cell(
+            t.get("energy_j_per_item"),
+            t.get("energy_source"),
+            t.get("energy_uncertainty"),
+            badge_below=True,
+        )
+        rows.append(
+            f"<tr class='{cls}' data-trial='{_e(t.get('number'))}'>"
+            f"<td class='n'>{_e(t.get('number'))}</td><td>{_e(status)}</td>"
+            f"<td>{recipe}</td><td>{_e(_deployment_short(t.get('deployment')))}</td>"
+            f"<td class='n'>{_e(fmt_accuracy(t.get('accuracy')))}</td>"
+            f"<td class='n'>{_e(fmt_accuracy(t.get('accuracy_drop')))}</td>"
+            f"<td class='n'>{energy}</td>"
+            f"<td class='n'>{_e(fmt_latency_ms(t.get('latency_ms_p90')))}</td>"
+            f"<td class='n'>{_e(fmt_bytes(t.get('size_bytes')))}</td>"
+            f"<td class='n'>{cost}</td></tr>"
+        )
+    return (
+        '<section id="trials"><h2>All trials</h2><p class="caption">★ on the Pareto front; grey: '
+        "breaks a constraint. Recipes show each pass's first parameter; the full recipes and "
+        "all figures are in <code>trials.csv</code>.</p>"
+        '<div class="scroll"><table id="trials-table"><thead><tr><th class="n">#</th>'
+        "<th>status</th><th>recipe</th><th>deployment</th>"
+        '<th class="n">accuracy</th><th class="n">drop</th><th class="n">energy per item</th>'
+        '<th class="n">latency p90</th><th class="n">size</th>'
+        '<th class="n">spent on it<br>(build + measure, time)</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div></section>"
+    )
+
+
+def _hardware_value(key: str, value: Any) -> str:
+    if value is None:
+        return MISSING
+    if key.endswith("_bytes"):
+        return fmt_bytes(value)
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "none"
+    if isinstance(value, Mapping):
+        return _param_value(value)
+    return str(value)
+
+
+def _machine_section(results: Mapping[str, Any]) -> str:
+    hw = _m(results.get("hardware"))
+    meter = _m(results.get("meter"))
+    hw_rows = [(_e(k), _e(_hardware_value(str(k), v))) for k, v in hw.items()]
+    meter_rows = [
+        ("source", _source_badge(meter.get("source"))),
+        ("uncertainty", _e(fmt_uncertainty(meter.get("uncertainty")))),
+    ] + [
+        (_e(k), _e(_hardware_value(str(k), v)))
+        for k, v in meter.items()
+        if k not in ("source", "uncertainty")
+    ]
+    return (
+        '<section id="machine"><h2>Hardware and meter</h2><div class="plots">'
+        f"<div><h3>Hardware</h3>{_kv_table(hw_rows or [('hardware', MISSING)])}</div>"
+        f"<div><h3>Meter</h3>{_kv_table(meter_rows)}</div></div>"
+        f'<p class="caption">Energy sources: {_SOURCES_HELP}</p></section>'
+    )
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def _check_inputs(results: Any, trials: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(results, Mapping):
+        raise InputError(f"results must be a mapping (results.json), got {type(results).__name__}")
+    if isinstance(trials, str | bytes | Mapping) or not isinstance(trials, Iterable):
+        raise InputError(f"trials must be a list of trial rows, got {type(trials).__name__}")
+    rows = list(trials)
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise InputError(f"trials[{i}] must be a mapping, got {type(row).__name__}")
+    # Number order reads naturally and makes the page independent of storage order.
+    return sorted(rows, key=lambda t: (num(t.get("number")) is None, num(t.get("number")) or 0.0))
+
+
+def render_html(
+    results: Mapping[str, Any], trials: Iterable[Mapping[str, Any]], *, title: str | None = None
+) -> str:
+    """The report page as one HTML string (no file written).
+
+    Args:
+        results: the results.json document (DESIGN.md); missing fields render as "—".
+        trials: one row per trial, as for :func:`render_report`.
+        title: the page heading; default ``"wattwise report: <task>"``.
+
+    Raises:
+        InputError: ``results`` is not a mapping or ``trials`` not a list of mappings.
+    """
+    rows = _check_inputs(results, trials)
+    heading = title if title is not None else f"wattwise report: {results.get('task') or MISSING}"
+    pay = payback(results)
+    import wattwise
+
+    version = getattr(wattwise, "__version__", "")
+    body = "".join(
+        [
+            _header(results, rows, heading),
+            _notices(results),
+            _cards(results, pay),
+            _payback_line(results, pay),
+            _plots(results, rows),
+            _winner(results),
+            _energy_section(results, rows, pay),
+            _ablation_section(results, rows),
+            _failed_section(rows),
+            _trials_section(results, rows),
+            _machine_section(results),
+        ]
+    )
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta name="generator" content="wattwise {_e(version)}">'
+        f"<title>{_e(heading)}</title><style>{_CSS}</style></head>"
+        f"<body><main>{body}<footer>Generated by wattwise {_e(version)} from results schema "
+        f"{_e(results.get('schema'))}. Machine-readable copies: <code>results.json</code>, "
+        "<code>trials.csv</code>.</footer></main></body></html>\n"
+    )
+
+
+def render_report(
+    results: Mapping[str, Any],
+    trials: Iterable[Mapping[str, Any]],
+    out_dir: Path | str,
+    *,
+    title: str | None = None,
+) -> dict[str, Path]:
+    """Write ``report.html``, ``results.json`` and ``trials.csv`` into ``out_dir``.
+
+    Each file is written to a temporary name and renamed, so a reader never sees half a file.
+    The storage URL's password is replaced by ``***`` in every output.
+
+    Args:
+        results: the results.json document (DESIGN.md schema 1).
+        trials: one dict per trial (``number``, ``state``, ``recipe``, ``deployment``,
+            ``accuracy``, ``energy_j_per_item``, ``energy_source``, ...); missing keys are fine.
+        out_dir: created if absent.
+        title: the page heading; default ``"wattwise report: <task>"``.
+
+    Returns:
+        ``{"html": ..., "json": ..., "csv": ...}``: the paths written.
+
+    Raises:
+        InputError: the inputs are not a mapping and a list of mappings.
+
+    Example:
+        >>> paths = render_report(results, trials, Path("wattwise-out"))  # doctest: +SKIP
+        >>> paths["html"].name  # doctest: +SKIP
+        'report.html'
+    """
+    rows = _check_inputs(results, trials)
+    page = render_html(results, rows, title=title)  # render first: no files if it raises
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return {
+        "json": atomic_write_text(out / "results.json", results_json_text(results)),
+        "csv": atomic_write_text(out / "trials.csv", trials_csv_text(rows)),
+        "html": atomic_write_text(out / "report.html", page),
+    }
