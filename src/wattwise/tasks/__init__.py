@@ -1,0 +1,15 @@
+"""Tasks: a model factory with its data and metric, and the built-in ones.
+
+>>> import wattwise as ww
+>>> task = ww.tasks.get("digits")            # built-in, no download
+>>> task = ww.tasks.load_task("pkg.mod:make_task")  # doctest: +SKIP
+
+Note: ``wattwise.tasks.digits`` is the task function; the module of the same name is
+``sys.modules["wattwise.tasks.digits"]`` (``from wattwise.tasks.digits import DigitsCNN`` works).
+"""
+
+from wattwise.tasks._builtin import get, load_task, names
+from wattwise.tasks._task import Task, accuracy
+from wattwise.tasks.digits import DigitsCNN, digits
+
+__all__ = ["DigitsCNN", "Task", "accuracy", "digits", "get", "load_task", "names"]

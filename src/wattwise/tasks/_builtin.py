@@ -1,0 +1,144 @@
+"""Built-in tasks by name, and :func:`load_task` for ``NAME`` or ``package.module:factory``."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from wattwise._registry import Registry
+from wattwise.errors import InputError, UnknownNameError, WorkloadError
+from wattwise.tasks._task import Task
+from wattwise.tasks.digits import digits
+
+__all__ = ["TASKS", "get", "load_task", "names"]
+
+TASKS: Registry[Callable[[], Task]] = Registry("task")
+TASKS.register("digits")(functools.partial(digits, size=8))
+TASKS.register("digits32")(functools.partial(digits, size=32))
+
+_SPEC = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
+
+
+def names() -> list[str]:
+    """The built-in task names."""
+    return TASKS.names()
+
+
+def get(name: str) -> Task:
+    """Build the built-in task ``name`` (``"digits"``, ``"digits32"``).
+
+    Raises:
+        UnknownNameError: ``name`` is not a built-in task.
+    """
+    return TASKS.get(name)()
+
+
+def is_spec(text: str) -> bool:
+    """Whether ``text`` looks like ``package.module:attribute``."""
+    return bool(_SPEC.match(text))
+
+
+def one_line(exc: BaseException) -> str:
+    """``"TypeName: first line of the message"``, for errors that must fit on one line."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def import_spec(spec: str, *, what: str) -> Any:
+    """Import the object named by ``package.module:attr`` (``attr`` may be dotted).
+
+    This imports the user's module, which runs its top-level code. The current directory is
+    appended to ``sys.path`` (if absent) so ``wattwise ... mymodel:build`` finds ``mymodel.py``
+    beside the user, as ``python -m`` would; appended, not prepended, so it never shadows an
+    installed package.
+
+    Args:
+        spec: the ``package.module:attr`` string.
+        what: how the error messages name the argument (``"TASK"``, ``"TARGET"``).
+
+    Raises:
+        InputError: a malformed spec, a module that cannot be imported or a missing attribute.
+    """
+    if not is_spec(spec):
+        raise InputError(f"{what} {spec!r} is not of the form package.module:factory")
+    module_name, attr_path = spec.split(":", 1)
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise InputError(
+                f"{what} {spec!r}: no module named {missing!r} "
+                "(is it installed, on PYTHONPATH or in the current directory?)"
+            ) from None
+        raise InputError(
+            f"{what} {spec!r}: importing {module_name!r} raised {one_line(exc)}"
+        ) from None
+    except Exception as exc:  # the user's module body raised; report it in one line
+        raise InputError(
+            f"{what} {spec!r}: importing {module_name!r} raised {one_line(exc)}"
+        ) from None
+    obj: Any = module
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise InputError(
+                f"{what} {spec!r}: module {module_name!r} has no attribute {attr_path!r}"
+            ) from None
+    return obj
+
+
+def load_task(spec: str) -> Task:
+    """A task by built-in name or from the user's factory.
+
+    Args:
+        spec: a built-in name (see :func:`names`) or ``package.module:factory``, where
+            ``factory()`` takes no arguments and returns a :class:`Task`. A factory spec imports
+            the module and calls the factory: it runs the user's code, with the user's rights.
+
+    Raises:
+        UnknownNameError: not a built-in name and not a ``module:factory`` spec.
+        InputError: the module cannot be imported, the attribute is missing or not callable, or
+            the factory returned something other than a ``Task``.
+        WorkloadError: the factory raised (the message names the exception).
+
+    Example:
+        >>> load_task("digits").name
+        'digits'
+        >>> load_task("my_project.tasks:cifar_task")  # doctest: +SKIP
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise InputError(f"TASK must be a non-empty string, got {spec!r}")
+    spec = spec.strip()
+    if spec in TASKS:
+        return get(spec)
+    if ":" not in spec:
+        import difflib
+
+        close = difflib.get_close_matches(spec, names(), n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UnknownNameError(
+            f"unknown task {spec!r}; {hint}built-in tasks: {', '.join(names())}, "
+            "or pass package.module:factory"
+        )
+    factory = import_spec(spec, what="TASK")
+    if not callable(factory):
+        raise InputError(f"TASK {spec!r} is a {type(factory).__name__}, not a callable factory")
+    try:
+        task = factory()
+    except Exception as exc:
+        raise WorkloadError(f"TASK {spec!r}: the factory raised {one_line(exc)}") from None
+    if not isinstance(task, Task):
+        raise InputError(
+            f"TASK {spec!r}: the factory returned a {type(task).__name__}, expected a wattwise Task"
+        )
+    return task

@@ -1,0 +1,148 @@
+"""A task: a model factory, its data and its metric. Everything the loop needs to judge a model."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from wattwise.errors import InputError
+
+Metric = Callable[[nn.Module, DataLoader], float]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, loader: DataLoader) -> float:
+    """Top-1 accuracy in [0, 1] of ``model`` over ``loader`` (batches of ``(x, y)``)."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        for x, y in loader:
+            pred = model(x).argmax(dim=-1)
+            correct += int((pred == y).sum())
+            total += int(y.numel())
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise InputError("the validation data is empty")
+    return correct / total
+
+
+@dataclasses.dataclass
+class Task:
+    """A model with its data and metric.
+
+    Attributes:
+        name: a short identifier (stored with every study; a study is bound to one task).
+        model_factory: builds a fresh, untrained model of the task's architecture.
+        train_data: a map-style dataset of ``(input, label)`` pairs.
+        val_data: the held-out set the metric is computed on.
+        example_input: one input batch of size 1 (first dimension is the batch).
+        metric: ``metric(model, loader) -> float``, higher is better (default: top-1 accuracy).
+        loss_fn: training loss (default: cross-entropy).
+        num_classes: for classification tasks; labels must lie in ``[0, num_classes)``.
+        epochs, lr, batch_size: the recipe :meth:`fit` uses to train the baseline.
+
+    Example:
+        >>> task = Task("mine", make_model, train_ds, val_ds, example_input=torch.randn(1, 3, 32, 32))
+        >>> model = task.fit(task.model_factory())
+        >>> task.evaluate(model)
+    """
+
+    name: str
+    model_factory: Callable[[], nn.Module]
+    train_data: Dataset
+    val_data: Dataset
+    example_input: torch.Tensor
+    metric: Metric = accuracy
+    loss_fn: LossFn = nn.functional.cross_entropy
+    num_classes: int | None = None
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise InputError("Task.name must be a non-empty string")
+        if not callable(self.model_factory):
+            raise InputError("Task.model_factory must be callable")
+        for field in ("train_data", "val_data"):
+            data = getattr(self, field)
+            try:
+                n = len(data)  # type: ignore[arg-type]
+            except TypeError:
+                raise InputError(f"Task.{field} must be a sized dataset") from None
+            if n == 0:
+                raise InputError(f"Task.{field} is empty")
+        if not isinstance(self.example_input, torch.Tensor) or self.example_input.dim() < 1:
+            raise InputError("Task.example_input must be a tensor with a batch dimension")
+        if self.example_input.shape[0] != 1:
+            self.example_input = self.example_input[:1]
+        for field in ("epochs", "batch_size"):
+            if int(getattr(self, field)) < 1:
+                raise InputError(f"Task.{field} must be >= 1, got {getattr(self, field)!r}")
+        if not self.lr > 0:
+            raise InputError(f"Task.lr must be > 0, got {self.lr!r}")
+
+    def train_loader(self, batch_size: int | None = None, *, seed: int | None = None) -> DataLoader:
+        """Shuffled training batches, reproducible for a given seed."""
+        gen = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        return DataLoader(
+            self.train_data, batch_size=batch_size or self.batch_size, shuffle=True, generator=gen
+        )
+
+    def val_loader(self, batch_size: int = 256) -> DataLoader:
+        return DataLoader(self.val_data, batch_size=batch_size, shuffle=False)
+
+    def calibration_batches(self, n_items: int = 256, batch_size: int = 32) -> list[torch.Tensor]:
+        """Inputs only, from the training set, for quantization calibration."""
+        out: list[torch.Tensor] = []
+        seen = 0
+        for x, _ in self.train_loader(batch_size, seed=self.seed + 1):
+            out.append(x)
+            seen += len(x)
+            if seen >= n_items:
+                break
+        return out
+
+    def evaluate(self, model: nn.Module) -> float:
+        """The task's metric on the validation set."""
+        return float(self.metric(model, self.val_loader()))
+
+    def fit(
+        self,
+        model: nn.Module,
+        *,
+        epochs: int | None = None,
+        lr: float | None = None,
+        seed: int | None = None,
+        loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> nn.Module:
+        """Train ``model`` in place with Adam and return it.
+
+        ``loss(model, x, y)`` replaces the default ``loss_fn(model(x), y)``; distillation and
+        quantization-aware fine-tuning plug in here.
+        """
+        seed = self.seed if seed is None else seed
+        torch.manual_seed(seed)
+        opt = torch.optim.Adam(model.parameters(), lr=lr or self.lr)
+        n_epochs = self.epochs if epochs is None else epochs
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, n_epochs))
+        model.train()
+        for epoch in range(n_epochs):
+            for x, y in self.train_loader(seed=seed + epoch):
+                opt.zero_grad(set_to_none=True)
+                value = loss(model, x, y) if loss is not None else self.loss_fn(model(x), y)
+                if not torch.isfinite(value):
+                    raise InputError(f"training loss became {float(value)} in epoch {epoch}")
+                value.backward()
+                opt.step()
+            sched.step()
+        model.eval()
+        return model
