@@ -21,8 +21,18 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from wattwise import archs, errors, tasks
+    from wattwise import archs, errors, passes, tasks
     from wattwise.measure import Measurement
+    from wattwise.passes import (
+        CompressionLog,
+        Distill,
+        Prune,
+        Quantize,
+        Sparsify,
+        compress,
+        load_recipe,
+        save_recipe,
+    )
     from wattwise.tasks import Task
 
 # Public name → (module, attribute); attribute None means the module itself.
@@ -32,12 +42,35 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "archs": ("wattwise.archs", None),
     "errors": ("wattwise.errors", None),
     "tasks": ("wattwise.tasks", None),
-    # Later issues add their entry points here, e.g.
-    #   "compress": ("wattwise.passes", "compress"), "Prune": ("wattwise.passes", "Prune"),
-    #   "deploy": ("wattwise.deploy", "deploy"), "optimize": ("wattwise.search", "optimize"),
+    "passes": ("wattwise.passes", None),
+    "compress": ("wattwise.passes", "compress"),
+    "CompressionLog": ("wattwise.passes", "CompressionLog"),
+    "Prune": ("wattwise.passes", "Prune"),
+    "Sparsify": ("wattwise.passes", "Sparsify"),
+    "Quantize": ("wattwise.passes", "Quantize"),
+    "Distill": ("wattwise.passes", "Distill"),
+    "save_recipe": ("wattwise.passes", "save_recipe"),
+    "load_recipe": ("wattwise.passes", "load_recipe"),
 }
 
-__all__ = ["Measurement", "Task", "__version__", "archs", "errors", "measure", "tasks"]
+__all__ = [
+    "CompressionLog",
+    "Distill",
+    "Measurement",
+    "Prune",
+    "Quantize",
+    "Sparsify",
+    "Task",
+    "__version__",
+    "archs",
+    "compress",
+    "errors",
+    "load_recipe",
+    "measure",
+    "passes",
+    "save_recipe",
+    "tasks",
+]
 
 
 def __getattr__(name: str) -> Any:

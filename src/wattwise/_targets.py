@@ -347,6 +347,12 @@ def load_exported(path: str) -> nn.Module:
     return ExportedModule(_load_program(Path(path)).module())
 
 
+def _uses_quantized_ops(path: Path) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        graphs = [n for n in archive.namelist() if "/models/" in n and n.endswith(".json")]
+        return any(b"quantized_decomposed" in archive.read(name) for name in graphs)
+
+
 def _load_program(path: Path) -> Any:
     import logging
 
@@ -354,6 +360,14 @@ def _load_program(path: Path) -> Any:
 
     if not zipfile.is_zipfile(path):
         raise InputError(f"TARGET '{path}': not a torch.export archive (it is not a zip file)")
+    if _uses_quantized_ops(path):
+        # int8 programs from the pt2e flow call quantized_decomposed ops that torchao registers.
+        try:
+            import torchao.quantization.pt2e  # noqa: F401
+        except ImportError:
+            raise InputError(
+                f"TARGET '{path}' is an int8 program: pip install torchao to load it"
+            ) from None
     # torch.export.load logs a full traceback at WARNING before re-raising; our one line is enough.
     log = logging.getLogger("torch.export")
     level = log.level

@@ -584,3 +584,11 @@ def doctor(
             mark = "[green]yes[/]" if r["available"] else "[red]no[/]"
             table.add_row(kind, r["name"], r["device"], mark, r["reason"])
     Console().print(table)
+
+
+# compress and the search commands (optimize, worker, report, check) live in their own modules.
+from wattwise._cli_compress import register as _register_compress  # noqa: E402
+from wattwise._cli_search import register as _register_search  # noqa: E402
+
+_register_compress(app)
+_register_search(app)

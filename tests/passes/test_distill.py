@@ -1,0 +1,80 @@
+"""Distill: teachers, students from the archs registry or the task, features, precision."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from wattwise.errors import InputError
+from wattwise.passes import Distill, Prune, compress
+from wattwise.tasks import Task
+
+
+def test_student_from_the_archs_registry(
+    task: Task, trained_zoo: Callable[[str], nn.Module]
+) -> None:
+    kwargs = {"width": 0.25, "num_classes": 10, "in_chans": 1}
+    student, log = compress(
+        trained_zoo("mlp"),
+        [Distill(student="mobilenetv2", student_kwargs=kwargs, epochs=1)],
+        task=task,
+    )
+    rec = log.records[0]
+    assert type(student).__name__ == "MobileNetV2"
+    assert rec.metrics["teacher"] == "input"
+    assert rec.metrics["teacher_accuracy"] == pytest.approx(log.initial.accuracy)
+    assert rec.energy_j is not None and rec.energy_j > 0
+    with torch.no_grad():
+        assert student(task.example_input).shape == (1, 10)
+
+
+def test_feature_distillation_after_pruning_recovers_accuracy(
+    task: Task, trained_zoo: Callable[[str], nn.Module]
+) -> None:
+    recipe = [
+        Prune(ratio=0.5, finetune_epochs=0),
+        Distill(epochs=3, feature_layers=("layer3=layer3",), precision="bf16"),
+    ]
+    _, log = compress(trained_zoo("resnet"), recipe, task=task)
+    pruned, distilled = log.records
+    assert distilled.method == "bf16-autocast/teacher=original"
+    assert distilled.accuracy_after > pruned.accuracy_after
+    assert distilled.accuracy_after >= log.initial.accuracy - 0.05
+
+
+def test_teacher_given_in_python(task: Task, trained_zoo: Callable[[str], nn.Module]) -> None:
+    teacher = trained_zoo("resnet")
+    student, log = compress(
+        trained_zoo("mlp"), [Distill(teacher=teacher, epochs=1, precision="fp32")], task=task
+    )
+    assert log.records[0].metrics["teacher"] == "module"
+    assert log.records[0].config["teacher"] == "<TinyResNet given in Python>"
+    assert isinstance(student, type(trained_zoo("mlp")))
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        (Distill(student="nonet"), "Distill.student"),
+        (Distill(student="task", student_kwargs={"depth": 3}), "Distill.student_kwargs"),
+        (Distill(feature_layers=("net.9",)), "Distill.feature_layers"),
+    ],
+)
+def test_bad_students_and_layers(
+    config: Distill, field: str, task: Task, trained_zoo: Callable[[str], nn.Module]
+) -> None:
+    with pytest.raises(InputError, match=field.replace(".", r"\.")):
+        compress(trained_zoo("mlp"), [config], task=task)
+
+
+def test_auto_precision_keeps_small_steps_in_fp32(
+    task: Task, trained_zoo: Callable[[str], nn.Module]
+) -> None:
+    # A TinyMLP step is ~1 M MACs: autocast's casts would cost more than bf16 saves.
+    _, log = compress(trained_zoo("mlp"), [Distill(epochs=1)], task=task)
+    rec = log.records[0]
+    assert rec.method == "fp32/teacher=original"
+    assert rec.metrics["bf16_step_speedup"] > 0
