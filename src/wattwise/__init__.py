@@ -16,8 +16,6 @@ stay instant: nothing here imports torch.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -42,6 +40,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "archs": ("wattwise.archs", None),
     "errors": ("wattwise.errors", None),
     "tasks": ("wattwise.tasks", None),
+    "measure": ("wattwise.measure", None),  # callable: ww.measure(model, x)
+    "deploy": ("wattwise.deploy", None),  # callable: ww.deploy(model, backend=...)
     "passes": ("wattwise.passes", None),
     "compress": ("wattwise.passes", "compress"),
     "CompressionLog": ("wattwise.passes", "CompressionLog"),
@@ -97,36 +97,3 @@ def _version() -> str:
         return version("wattwise")
     except PackageNotFoundError:  # running from a source tree that was never installed
         return "0+unknown"
-
-
-class _CallableModule(types.ModuleType):
-    """The ``wattwise.measure`` subpackage, callable as its harness: ``ww.measure(model, x)``."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.measure(*args, **kwargs)
-
-
-class _Package(types.ModuleType):
-    """The ``wattwise`` module's class: it makes ``wattwise.measure`` callable.
-
-    ``wattwise.measure`` is both a subpackage (``wattwise.measure.Measurement``) and the
-    function everyone calls (``ww.measure(...)``). Importing a subpackage rebinds the parent's
-    attribute to the module object whatever was there, so a plain function attribute would be
-    overwritten by the first ``import wattwise.measure``; a property on the module's class wins
-    over that binding, and serves the subpackage made callable.
-    """
-
-    @property
-    def measure(self) -> Any:
-        module = importlib.import_module("wattwise.measure")
-        if not isinstance(module, _CallableModule):
-            module.__class__ = _CallableModule
-        return module
-
-    @measure.setter
-    def measure(self, value: Any) -> None:
-        # The import system binds the subpackage here; the getter above already serves it.
-        pass
-
-
-sys.modules[__name__].__class__ = _Package

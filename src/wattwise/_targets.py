@@ -389,7 +389,7 @@ def _file_target(path: Path, shape: tuple[int, ...] | None) -> ResolvedTarget:
     if not path.exists():
         raise InputError(f"TARGET '{path}': no such file")
     if path.is_dir():
-        raise InputError(f"TARGET '{path}' is a directory; measure takes a .pt2 file")
+        return _artifact_target(path, shape)
     if suffix not in FILE_SUFFIXES:
         raise InputError(
             f"TARGET '{path}': {suffix or 'this'} files are not supported; save the model with "
@@ -404,6 +404,40 @@ def _file_target(path: Path, shape: tuple[int, ...] | None) -> ResolvedTarget:
         return _pt2_target(path, shape)
     _refuse_checkpoint(path)
     raise AssertionError("unreachable")  # _refuse_checkpoint always raises
+
+
+def load_artifact_callable(path: str) -> Any:
+    """Zero-argument factory for an exported deployment directory (picklable by path)."""
+    from wattwise.deploy import load_artifact
+
+    return load_artifact(path).callable
+
+
+def _artifact_target(path: Path, shape: tuple[int, ...] | None) -> ResolvedTarget:
+    """A directory written by ``wattwise.deploy.export_deployment`` (or ``wattwise optimize``)."""
+    import torch
+
+    from wattwise.deploy import load_artifact
+
+    if not (path / "deployment.json").exists():
+        raise InputError(
+            f"TARGET '{path}' is a directory without deployment.json; measure takes an exported "
+            "deployment directory or a .pt2 file"
+        )
+    artifact = load_artifact(path)  # validates the manifest and checksums, unpickles nothing
+    example = artifact.example_input
+    if not isinstance(example, torch.Tensor):
+        raise InputError(f"TARGET '{path}': the deployment takes several inputs; measure takes one")
+    if shape is None:
+        shape = (1, *example.shape[1:])
+    return ResolvedTarget(
+        name=str(path),
+        factory=functools.partial(load_artifact_callable, str(path.resolve())),
+        example_input=torch.zeros(shape, dtype=example.dtype)
+        if tuple(shape) != (1, *example.shape[1:])
+        else example[:1].clone(),
+        kind="file",
+    )
 
 
 def _pt2_target(path: Path, shape: tuple[int, ...] | None) -> ResolvedTarget:

@@ -221,7 +221,7 @@ def test_corrupt_zip_pt2(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> N
 
 
 def test_directory_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="directory"):
+    with pytest.raises(InputError, match=r"without deployment\.json"):
         resolve_target(str(tmp_path))
 
 
@@ -273,3 +273,20 @@ def test_resolved_target_validates_itself() -> None:
         ResolvedTarget("x", DigitsCNN, torch.zeros(2, 1, 8, 8), "builtin")
     with pytest.raises(InputError, match="kind"):
         ResolvedTarget("x", DigitsCNN, torch.zeros(1, 1, 8, 8), "zip")
+
+
+def test_exported_deployment_directory_is_a_target(tmp_path: Path) -> None:
+    from wattwise.deploy import deploy, export_deployment
+
+    torch.manual_seed(0)
+    model = DigitsCNN().eval()
+    x = torch.randn(1, 1, 8, 8)
+    deployed = deploy(model, backend="onnxruntime", precision="fp32", example_input=x)
+    out = export_deployment(deployed, tmp_path / "artifact", task_name="digits")
+    resolved = resolve_target(str(out))
+    assert resolved.kind == "file"
+    assert resolved.input_shape == (1, 1, 8, 8)
+    runner_model = resolved.factory()  # rebuilt from the directory, nothing unpickled
+    with torch.no_grad():
+        expected = model(x)
+    assert torch.allclose(torch.as_tensor(runner_model(x)), expected, atol=1e-4)

@@ -1,6 +1,7 @@
 """Measurement: the harness (:func:`measure`), the :class:`Measurement` it returns, and the
 energy meters (:mod:`wattwise.measure.meters`). Knows nothing of compression or search."""
 
+from wattwise._callable import make_callable
 from wattwise.measure._harness import check_device, measure
 from wattwise.measure._isolate import IsolationError, run_isolated
 from wattwise.measure._lock import device_lock
@@ -14,3 +15,5 @@ __all__ = [
     "measure",
     "run_isolated",
 ]
+
+make_callable(__name__, "measure")  # ww.measure(model, x) calls the harness
