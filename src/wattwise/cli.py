@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from wattwise.measure import Measurement
     from wattwise.measure.meters import Availability
 
-__all__ = ["BACKEND_PROBES", "app", "doctor_report", "main"]
+__all__ = ["app", "doctor_report", "main"]
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -435,70 +435,6 @@ def _print_measurements(
 # --- doctor ------------------------------------------------------------------------------
 
 
-def _probe_eager() -> Availability:
-    import torch
-
-    from wattwise.measure.meters import Availability
-
-    return Availability(True, f"torch {torch.__version__}")
-
-
-def _probe_compile() -> Availability:
-    import os
-    import shutil
-
-    from wattwise.measure.meters import Availability
-
-    # Inductor compiles generated C++ for CPU kernels; without a compiler torch.compile fails.
-    for candidate in (os.environ.get("CXX"), "g++", "clang++", "c++"):
-        path = shutil.which(candidate) if candidate else None
-        if path:
-            return Availability(True, f"C++ compiler {path}")
-    return Availability(False, "no C++ compiler (g++, clang++ or $CXX) on PATH; inductor needs one")
-
-
-def _probe_onnxruntime() -> Availability:
-    import importlib.util
-
-    from wattwise.measure.meters import Availability
-
-    if importlib.util.find_spec("onnxruntime") is None:
-        return Availability(False, "not installed (pip install 'wattwise[deploy]')")
-    try:
-        import onnxruntime
-    except Exception as exc:
-        return Availability(False, f"import failed: {type(exc).__name__}: {exc}")
-    providers = ", ".join(onnxruntime.get_available_providers())
-    return Availability(True, f"onnxruntime {onnxruntime.__version__}: {providers}")
-
-
-def _probe_cuda() -> Availability:
-    import torch
-
-    from wattwise.measure.meters import Availability
-
-    if torch.version.cuda is None:
-        return Availability(False, f"this torch build has no CUDA (torch {torch.__version__})")
-    if not torch.cuda.is_available():
-        return Availability(
-            False,
-            f"torch has CUDA {torch.version.cuda} but sees no GPU "
-            "(no driver, or CUDA_VISIBLE_DEVICES hides them)",
-        )
-    names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-    return Availability(True, f"CUDA {torch.version.cuda}: {names}")
-
-
-# Backends ``doctor`` reports, in order: (name, device, probe). A backend added by a later issue
-# appends its own entry (or, once deploy/ has a backend registry, doctor iterates that).
-BACKEND_PROBES: list[tuple[str, str, Callable[[], Availability]]] = [
-    ("eager", "cpu", _probe_eager),
-    ("torch.compile", "cpu", _probe_compile),
-    ("onnxruntime", "cpu", _probe_onnxruntime),
-    ("cuda", "cuda", _probe_cuda),
-]
-
-
 def doctor_report() -> dict[str, Any]:
     """What works here: every meter (per device) and backend, available or not and why.
 
@@ -525,21 +461,25 @@ def doctor_report() -> dict[str, Any]:
         working = [d for d in devices if probed[d][name]]
         for device in working or [home.get(name, "cpu")]:
             meters.append(_doctor_row(name, device, probed[device][name]))
+    # Backends come from the deploy registry: a backend registered there is reported here.
+    from wattwise.deploy import probe_backends
+
     backends = []
-    for name, device, probe in BACKEND_PROBES:
+    for device in devices:
         try:
-            availability = probe()
-        except Exception as exc:
+            probed_backends = probe_backends(device)
+        except Exception as exc:  # doctor must always finish
             backends.append(
                 {
-                    "name": name,
+                    "name": "*",
                     "device": device,
                     "available": False,
                     "reason": f"probe failed: {exc}",
                 }
             )
             continue
-        backends.append(_doctor_row(name, device, availability))
+        for name, availability in probed_backends.items():
+            backends.append(_doctor_row(name, device, availability))
     return {
         "schema": JSON_SCHEMA,
         "hardware": hardware_info(),

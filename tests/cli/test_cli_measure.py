@@ -277,10 +277,10 @@ def test_doctor_json() -> None:
     nvml = [r for r in doc["meters"] if r["name"] == "nvml"]
     if not torch.cuda.is_available():
         assert nvml and all(not r["available"] and r["reason"] for r in nvml)
-    backends = {r["name"]: r for r in doc["backends"]}
-    assert {"eager", "torch.compile", "onnxruntime", "cuda"} <= set(backends)
-    assert backends["eager"]["available"] is True
-    assert backends["cuda"]["available"] is torch.cuda.is_available()
+    backends = {(r["name"], r["device"]): r for r in doc["backends"]}
+    assert {"eager", "eager_cl", "compile", "onnxruntime"} <= {name for name, _ in backends}
+    assert backends["eager", "cpu"]["available"] is True
+    assert backends["eager", "cuda"]["available"] is torch.cuda.is_available()
     assert all(r["available"] or r["reason"] for r in doc["backends"])
 
 
