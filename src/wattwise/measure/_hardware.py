@@ -61,7 +61,7 @@ def _cpuinfo(path: str = "/proc/cpuinfo") -> dict[str, Any]:
     out: dict[str, Any] = {}
     cores: set[tuple[str, str]] = set()
     physical = core = ""
-    for line in text.splitlines() + [""]:
+    for line in [*text.splitlines(), ""]:
         key, _, value = (part.strip() for part in line.partition(":"))
         if key == "model name" and "model name" not in out:
             out["model name"] = value
