@@ -35,6 +35,7 @@ from wattwise.archs._registry import ArchInfo, create, info
 
 # ``list`` shadows the builtin inside this package only; it is the documented public name.
 from wattwise.archs._registry import list_archs as list
+from wattwise.archs._student import StudentCandidate, StudentChoice, student_for
 from wattwise.archs.efficientnet_lite import EfficientNetLite, EfficientNetLiteConfig
 from wattwise.archs.mobilenetv2 import MobileNetV2, MobileNetV2Config
 from wattwise.archs.mobilenetv3 import MobileNetV3, MobileNetV3Config
@@ -57,6 +58,8 @@ __all__ = [
     "MobileNetV3",
     "MobileNetV3Config",
     "SqueezeExcite",
+    "StudentCandidate",
+    "StudentChoice",
     "create",
     "imagenet_classes",
     "info",
@@ -64,4 +67,5 @@ __all__ = [
     "load_pretrained",
     "make_divisible",
     "preprocess",
+    "student_for",
 ]
