@@ -27,7 +27,7 @@ def test_student_fits_the_budget_and_is_the_most_capable_fit() -> None:
         widths=(0.35, 1.0),
         batch_size=8,
         max_time_s=1.0,
-        shortlist=1,
+        shortlist=3,
     )
     assert choice.energy_j_per_item <= 0.5 * choice.teacher_energy_j_per_item
     assert choice.energy_source.startswith(("measured:", "estimated:cpu"))

@@ -68,7 +68,7 @@ def student_for(
     widths: Sequence[float] = DEFAULT_WIDTHS,
     batch_size: int = 32,
     device: str = "cpu",
-    shortlist: int = 3,
+    shortlist: int = 4,
     max_time_s: float = 5.0,
 ) -> StudentChoice:
     """Choose and size an efficient student for ``teacher`` under an energy budget.
@@ -83,7 +83,8 @@ def student_for(
             less energy). Exactly one of the two must be given.
         families, widths: the candidates (registered architecture names × width multipliers).
         batch_size, device, max_time_s: how the teacher and the shortlist are measured.
-        shortlist: how many of the most capable candidates likely to fit are measured.
+        shortlist: at most this many likely fits are measured, most capable first; the first
+            whose measured J/item fits is chosen.
 
     Returns:
         A :class:`StudentChoice`; ``create()`` builds the student.
@@ -143,12 +144,19 @@ def student_for(
 
     per_mac = teacher_m.energy_j_per_item / teacher_macs
     likely = [r for r in ranked if r[2] * per_mac <= budget]
-    # Measure the most capable likely fits, plus the cheapest overall so a miss can be explained.
-    to_measure = likely[:shortlist] or ranked[-1:]
+    # Measure the likely fits from the most capable down, stopping at the first real fit; if
+    # none fits, measure the cheapest overall too, so the error can say what it costs.
     measured: dict[tuple[str, float], float] = {}
-    for arch, width, _, _ in to_measure:
+    for arch, width, _, _ in likely[:shortlist]:
         factory = functools.partial(create, arch, width=width, **kwargs)
         measured[arch, width] = run(factory, example_input).energy_j_per_item
+        if measured[arch, width] <= budget:
+            break
+    else:
+        arch, width = ranked[-1][:2]
+        if (arch, width) not in measured:
+            factory = functools.partial(create, arch, width=width, **kwargs)
+            measured[arch, width] = run(factory, example_input).energy_j_per_item
 
     candidates = tuple(
         StudentCandidate(
@@ -172,7 +180,7 @@ def student_for(
             f"no student fits {budget:.3g} J/item: the cheapest measured, {cheapest.arch} width "
             f"{cheapest.width}, takes {cheapest.energy_j_per_item:.3g} J/item ({cheapest.energy_source})"
         )
-    best = max(fitting, key=lambda c: c.macs_per_item)
+    best = max(fitting, key=lambda c: c.macs_per_item)  # the first measured fit
     return StudentChoice(
         arch=best.arch,
         width=best.width,
