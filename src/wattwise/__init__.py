@@ -19,7 +19,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from wattwise import archs, errors, passes, tasks
+    from wattwise import archs, errors, passes, search, tasks
     from wattwise.measure import Measurement
     from wattwise.passes import (
         CompressionLog,
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         load_recipe,
         save_recipe,
     )
+    from wattwise.search import OptimizeResult, optimize
     from wattwise.tasks import Task
 
 # Public name → (module, attribute); attribute None means the module itself.
@@ -50,6 +51,9 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Quantize": ("wattwise.passes", "Quantize"),
     "Distill": ("wattwise.passes", "Distill"),
     "save_recipe": ("wattwise.passes", "save_recipe"),
+    "search": ("wattwise.search", None),
+    "optimize": ("wattwise.search", "optimize"),
+    "OptimizeResult": ("wattwise.search", "OptimizeResult"),
     "load_recipe": ("wattwise.passes", "load_recipe"),
 }
 
@@ -57,6 +61,7 @@ __all__ = [
     "CompressionLog",
     "Distill",
     "Measurement",
+    "OptimizeResult",
     "Prune",
     "Quantize",
     "Sparsify",
@@ -64,11 +69,14 @@ __all__ = [
     "__version__",
     "archs",
     "compress",
+    "deploy",
     "errors",
     "load_recipe",
     "measure",
+    "optimize",
     "passes",
     "save_recipe",
+    "search",
     "tasks",
 ]
 

@@ -1,0 +1,674 @@
+"""What one trial does, in a child process: build → evaluate → deploy → measure a candidate.
+
+Every function here named ``*_job`` runs inside :func:`wattwise.measure.run_isolated` (a
+spawned child): a backend that segfaults, a model that hangs or runs out of memory fails one
+trial, not the search. Each job meters its own energy from its first line (so the child's
+imports count too) with the same meter the measurements use, because the CPU estimate meter
+only sees the CPU time of the process it runs in.
+
+Expensive work is reused: the float model of each :class:`ModelChoice` (the trained baseline,
+a pruned and fine-tuned copy, a distilled student) is built once, by :func:`build_job`, and
+cached under ``OUT/cache/models`` as a plain state dict (``torch.save``, read back with
+``weights_only=True``, so a cache file can never run code). Loading rebuilds the module tree
+from the task's factory (or the distillation student's) and resizes layers to the saved shapes,
+which is what structured pruning changed. A model that cannot round-trip this way (e.g. a
+recipe ending in a quantized graph) is marked uncacheable and rebuilt in each trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wattwise.errors import InputError, UnavailableError, WattwiseError, WorkloadError
+from wattwise.search._space import Candidate, ModelChoice
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from wattwise.tasks import Task
+
+CACHE_FORMAT = 1
+
+__all__ = [
+    "JobContext",
+    "TaskRef",
+    "baseline_job",
+    "build_job",
+    "classify_failure",
+    "export_job",
+    "trial_job",
+]
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskRef:
+    """How a child process gets the task: by spec (``"digits"``, ``"pkg.mod:factory"``) or, for a
+    :class:`Task` given in Python, the object itself (pickled; workers need a spec)."""
+
+    spec: str | None
+    obj: Any = None
+
+    def load(self) -> Task:
+        if self.obj is not None:
+            return self.obj  # type: ignore[no-any-return]
+        if self.spec is None:
+            raise InputError("this study's task was given as a Python object; pass --task SPEC")
+        from wattwise.tasks import load_task
+
+        return load_task(self.spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobContext:
+    """What every job needs besides its own arguments.
+
+    Attributes:
+        task: how to get the task.
+        task_id: identifies the task and its training recipe (part of every cache key).
+        cache_dir: ``OUT/cache``.
+        seed: seeds training and compression.
+        device: where models run and are measured.
+        meter: energy meter name (``"auto"`` picks the best available for ``device``).
+    """
+
+    task: TaskRef
+    task_id: str
+    cache_dir: str
+    seed: int = 0
+    device: str = "cpu"
+    meter: str = "auto"
+
+
+def task_id(task: Task, spec: str | None) -> str:
+    """A stable identity of the task and its baseline training recipe."""
+    fields = {
+        "name": task.name,
+        "spec": spec,
+        "train": len(task.train_data),  # type: ignore[arg-type]
+        "val": len(task.val_data),  # type: ignore[arg-type]
+        "input": list(task.example_input.shape),
+        "classes": task.num_classes,
+        "epochs": task.epochs,
+        "lr": task.lr,
+        "batch": task.batch_size,
+        "seed": task.seed,
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_key(ctx: JobContext, passes: Sequence[Mapping[str, Any]]) -> str:
+    text = json.dumps(
+        {
+            "format": CACHE_FORMAT,
+            "task": ctx.task_id,
+            "seed": ctx.seed,
+            "passes": [dict(p) for p in passes],
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+# ----------------------------------------------------------------------------- child
+
+
+def _die_with_parent() -> None:
+    """Set up a job's child process.
+
+    Ask Linux to kill this child when its parent dies (kill -9 of a worker): an orphaned trial
+    would otherwise keep running, and keep the device's measurement lock, for minutes. And
+    silence library warnings and log lines (torch, torchao, onnx): the child shares the
+    parent's terminal, where they would tear the progress bar; a trial's failure is reported
+    with its reason instead.
+    """
+    import logging
+    import warnings
+
+    warnings.simplefilter("ignore")
+    for name in ("torch", "torchao", "onnx", "onnxscript", "onnxruntime"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(Exception):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+
+
+def _quiet_torch() -> None:
+    """torch sets its own loggers' levels when it is imported: quiet them after that."""
+    import logging
+
+    import torch._logging
+
+    torch._logging.set_logs(all=logging.ERROR)
+
+
+# ----------------------------------------------------------------------------- energy
+
+
+class _Ledger:
+    """Energy and time of one job's phases, from one meter created in this process."""
+
+    def __init__(self, meter_name: str, device: str) -> None:
+        from wattwise.measure.meters import create_meter
+
+        self.meter = create_meter(meter_name, device)
+        self.source = self.meter.source
+        self.uncertainty = float(self.meter.uncertainty)
+        self.energy_j: dict[str, float] = {}
+        self.time_s: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        from wattwise.measure.meters import CounterError
+
+        mark = self.meter.start()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.time_s[name] = self.time_s.get(name, 0.0) + time.perf_counter() - t0
+            try:
+                joules = self.meter.stop(mark).energy_j
+            except CounterError:
+                joules = 0.0  # a window too short for the counter: below what it resolves
+            self.energy_j[name] = self.energy_j.get(name, 0.0) + joules
+
+    def add(self, other: Mapping[str, Any], prefix: str = "") -> None:
+        for name, joules in (other.get("energy_j") or {}).items():
+            key = f"{prefix}{name}"
+            self.energy_j[key] = self.energy_j.get(key, 0.0) + float(joules)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "energy_j": dict(self.energy_j),
+            "time_s": dict(self.time_s),
+            "energy_source": self.source,
+            "energy_uncertainty": self.uncertainty,
+        }
+
+    def close(self) -> None:
+        self.meter.close()
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """One builder per cache entry per machine (two workers here would build it twice)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _skeleton(task: Task, passes: Sequence[Mapping[str, Any]]) -> nn.Module:
+    """A fresh module tree of the right family: the last distillation student in the recipe,
+    or the task's own model."""
+    student = None
+    for p in passes:
+        if p.get("type") == "distill" and p.get("student"):
+            student = p
+    if student is None:
+        return task.model_factory()
+    kwargs = dict(student.get("student_kwargs") or {})
+    if student["student"] == "task":
+        return task.model_factory(**kwargs)  # type: ignore[call-arg]
+    from wattwise import archs
+
+    return archs.create(str(student["student"]), **kwargs)
+
+
+def _resize_like(model: nn.Module, state: Mapping[str, Any]) -> None:
+    """Give every parameter and buffer of ``model`` the shape it has in ``state``.
+
+    Structured pruning removes channels, so a pruned model has the same module tree with
+    smaller tensors. Forward passes read shapes from the tensors, except a grouped conv's
+    ``groups``, which is rescaled for depthwise convs (groups = channels).
+    """
+    import torch
+    from torch import nn
+
+    modules = dict(model.named_modules())
+    for name, tensor in state.items():
+        owner_name, _, attr = name.rpartition(".")
+        owner = modules.get(owner_name)
+        if owner is None or not isinstance(tensor, torch.Tensor):
+            continue
+        current = owner._parameters.get(attr) if attr in owner._parameters else None
+        if current is not None:
+            if tuple(current.shape) != tuple(tensor.shape):
+                owner._parameters[attr] = nn.Parameter(
+                    torch.empty(tensor.shape, dtype=tensor.dtype), requires_grad=True
+                )
+        elif attr in owner._buffers:
+            buf = owner._buffers[attr]
+            if buf is not None and tuple(buf.shape) != tuple(tensor.shape):
+                owner._buffers[attr] = torch.empty(tensor.shape, dtype=tensor.dtype)
+    for module in model.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            w = module.weight
+            out_ch = int(w.shape[0])
+            if module.groups > 1 and module.groups == module.in_channels:  # depthwise
+                mult = max(1, module.out_channels // module.groups)
+                module.groups = max(1, out_ch // mult)
+            module.out_channels = out_ch
+            module.in_channels = int(w.shape[1]) * module.groups
+        elif isinstance(module, nn.modules.batchnorm._NormBase):
+            ref = module.weight if module.weight is not None else module.running_mean
+            if ref is not None:
+                module.num_features = int(ref.shape[0])
+        elif isinstance(module, nn.Linear):
+            module.out_features, module.in_features = (int(s) for s in module.weight.shape)
+        elif isinstance(module, nn.LayerNorm) and module.weight is not None:
+            module.normalized_shape = tuple(int(s) for s in module.weight.shape)
+        elif isinstance(module, nn.GroupNorm) and module.weight is not None:
+            module.num_channels = int(module.weight.shape[0])
+
+
+def _load_cached(path: Path, task: Task, passes: Sequence[Mapping[str, Any]]) -> nn.Module:
+    import torch
+
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
+        raise InputError(f"cache file {path} is not a wattwise model cache (format {CACHE_FORMAT})")
+    state = data["state_dict"]
+    model = _skeleton(task, passes)
+    _resize_like(model, state)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model
+
+
+def _paths(ctx: JobContext, key: str) -> tuple[Path, Path, Path]:
+    root = Path(ctx.cache_dir) / "models"
+    return root / f"{key}.pt", root / f"{key}.uncacheable", root / f"{key}.lock"
+
+
+def _same_outputs(a: nn.Module, b: nn.Module, example: Any) -> bool:
+    import torch
+
+    with torch.no_grad():
+        x = torch.cat([example, example])
+        ya, yb = a(x), b(x)
+    return (
+        isinstance(ya, torch.Tensor)
+        and isinstance(yb, torch.Tensor)
+        and ya.shape == yb.shape
+        and bool(torch.allclose(ya, yb, atol=1e-5, rtol=1e-4))
+    )
+
+
+def _save_cached(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    torch.save({"format": CACHE_FORMAT, "state_dict": state, "meta": meta}, tmp)
+    os.replace(tmp, path)
+
+
+def _get_model(
+    ctx: JobContext, task: Task, passes: Sequence[Mapping[str, Any]], ledger: _Ledger
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The float model after ``passes`` from the trained baseline: from the cache, or built
+    (and cached) now. Returns it with what building it did (empty when it came from cache)."""
+    key = model_key(ctx, passes)
+    path, marker, lock = _paths(ctx, key)
+    if path.exists():
+        with contextlib.suppress(Exception):  # unreadable or stale entry: rebuild below
+            return _load_cached(path, task, passes), {}
+    with _file_lock(lock):
+        if path.exists():  # another worker on this machine built it while we waited
+            with contextlib.suppress(Exception):
+                return _load_cached(path, task, passes), {}
+        info: dict[str, Any] = {"built": key}
+        if not passes:
+            with ledger.phase("train"):
+                import torch
+
+                torch.manual_seed(ctx.seed)
+                model = task.fit(task.model_factory(), seed=task.seed)
+            info["accuracy"] = task.evaluate(model)
+        else:
+            base, _ = _get_model(ctx, task, (), ledger)
+            from wattwise.passes import compress
+
+            with ledger.phase("compress"):
+                model, log = compress(base, [dict(p) for p in passes], task=task, seed=ctx.seed)
+            info["accuracy"] = log.final.accuracy
+            info["log"] = log.to_dict()
+        if not marker.exists():
+            try:
+                _save_cached(path, model, {"passes": [dict(p) for p in passes]})
+                again = _load_cached(path, task, passes)
+                ok = _same_outputs(model, again, task.example_input)
+            except Exception:
+                ok = False
+            if not ok:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                marker.write_text("the model does not round-trip through a state dict\n")
+        return model, info
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def classify_failure(exc: BaseException) -> str:
+    """A short kind for a failed trial: ``crash``, ``killed``, ``oom``, ``timeout``, ``nan``,
+    ``mismatch``, ``unsupported`` or ``error``."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str) and reason:
+        return reason
+    text = str(exc)
+    if isinstance(exc, MemoryError) or "MemoryError" in text or "out of memory" in text.lower():
+        return "oom"
+    if "NaN" in text or " inf" in text:
+        return "nan"
+    if "differs from eager fp32" in text:
+        return "mismatch"
+    if isinstance(exc, UnavailableError) or "can't run" in text:
+        return "unsupported"
+    return "error"
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    first = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, WattwiseError):
+        first = f"{type(exc).__name__}: {first}"
+    return {"ok": False, "kind": classify_failure(exc), "message": first[:500]}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _fixed_batch_module(fn: Any, batch_size: int) -> nn.Module:
+    """Wrap a deployed callable so a metric can feed it any batch size: inputs are cut into
+    chunks of exactly ``batch_size`` (the last one padded by repeating its first row, outputs
+    of the padding dropped). A compiled graph then never sees a shape it wasn't checked on."""
+    import torch
+    from torch import nn
+
+    class _FixedBatch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, *args: Any) -> Any:
+            n = int(args[0].shape[0])
+            outs = []
+            for start in range(0, n, batch_size):
+                chunk = [a[start : start + batch_size] for a in args]
+                k = int(chunk[0].shape[0])
+                if k < batch_size:
+                    chunk = [
+                        torch.cat([c, c[:1].expand(batch_size - k, *c.shape[1:])]) for c in chunk
+                    ]
+                out = self.fn(*chunk)
+                outs.append(out[:k] if isinstance(out, torch.Tensor) else [o[:k] for o in out])
+            if all(isinstance(o, torch.Tensor) for o in outs):
+                return torch.cat(outs)  # type: ignore[arg-type]
+            return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
+
+    return _FixedBatch()
+
+
+def _accuracy_model(deployed: Any, model: nn.Module, cand: Candidate, task: Task) -> nn.Module:
+    """What the task metric is computed on, at any batch size.
+
+    ONNX Runtime models have a dynamic batch dimension: the deployed session itself. Eager
+    backends: the deployed runner itself. ``compile`` has static shapes, so the metric runs the
+    same model at the same precision eagerly (for int8 the PT2E graph, whose quantize /
+    dequantize ops are what inductor fuses); the equivalence check has already held the
+    compiled graph to it on the check batches.
+    """
+    if cand.backend == "onnxruntime" or cand.backend in ("eager", "eager_cl"):
+        return deployed.module  # type: ignore[no-any-return]
+    from wattwise.deploy import Deployment, deploy_with
+
+    try:
+        eager = deploy_with(
+            model,
+            Deployment(
+                backend="eager",
+                precision=cand.precision,
+                batch_size=cand.batch_size,
+                threads=cand.threads,
+                device=cand.device,
+            ),
+            example_input=task.example_input,
+            check=False,
+        )
+    except WattwiseError:  # no eager form at this precision: judge the deployment itself
+        return _fixed_batch_module(deployed.module, cand.batch_size)
+    return eager.module  # type: ignore[no-any-return]
+
+
+def _finite(value: float, what: str) -> float:
+    if not math.isfinite(value):
+        raise WorkloadError(f"{what} is {value} (NaN or inf)")
+    return value
+
+
+# ----------------------------------------------------------------------------- jobs
+
+
+def baseline_job(ctx: JobContext, batch_size: int, max_time_s: float) -> dict[str, Any]:
+    """Train (or load) the baseline, evaluate it, and measure it as fp32 eager at ``batch_size``."""
+    _die_with_parent()
+    ledger = _Ledger(ctx.meter, ctx.device)
+    try:
+        with ledger.phase("setup"):
+            task = ctx.task.load()
+            _quiet_torch()
+            from wattwise.measure import measure
+            from wattwise.passes._base import count_macs, count_params, state_dict_bytes
+        model, _info = _get_model(ctx, task, (), ledger)
+        with ledger.phase("evaluate"):
+            accuracy = _finite(task.evaluate(model), "the baseline's metric")
+            macs = count_macs(model, task.example_input)
+        with ledger.phase("measure"):
+            m = measure(
+                model,
+                task.example_input,
+                device=ctx.device,
+                batch_size=batch_size,
+                max_time_s=max_time_s,
+                isolate=False,
+                meter=ctx.meter,
+            )
+        return {
+            "ok": True,
+            "accuracy": accuracy,
+            "energy_j_per_item": m.energy_j_per_item,
+            "energy_source": m.energy_source,
+            "energy_uncertainty": m.energy_uncertainty,
+            "latency_ms_p50": m.latency_ms_p50,
+            "latency_ms_p90": m.latency_ms_p90,
+            "throughput_items_per_s": m.throughput_items_per_s,
+            "co2e_g_per_million_items": m.co2e_g_per_million_items,
+            "macs_per_item": macs,
+            "params": count_params(model),
+            "size_bytes": state_dict_bytes(model),
+            "deployment": {
+                "backend": "eager",
+                "precision": "fp32",
+                "batch_size": batch_size,
+                "threads": None,
+                "device": ctx.device,
+            },
+            "recipe": [],
+            "measurement": m.to_dict(),
+            "ledger": ledger.to_dict(),
+        }
+    finally:
+        ledger.close()
+
+
+def build_job(ctx: JobContext, choice: ModelChoice) -> dict[str, Any]:
+    """Build the float model of ``choice`` into the cache (its training is the expensive part)."""
+    _die_with_parent()
+    ledger = _Ledger(ctx.meter, ctx.device)
+    try:
+        with ledger.phase("setup"):
+            task = ctx.task.load()
+            _quiet_torch()
+        try:
+            _model, info = _get_model(ctx, task, choice.passes, ledger)
+        except Exception as exc:
+            return {**_failure(exc), "ledger": ledger.to_dict()}
+        return {"ok": True, "info": info, "ledger": ledger.to_dict()}
+    finally:
+        ledger.close()
+
+
+def _prepare(
+    ctx: JobContext, task: Task, cand: Candidate, ledger: _Ledger
+) -> tuple[Any, nn.Module, nn.Module]:
+    """The deployed candidate, with the float model it came from and the model it deploys."""
+    from wattwise.deploy import Deployment, deploy_with
+
+    float_model, _ = _get_model(ctx, task, cand.model.passes, ledger)
+    model = float_model
+    if cand.quantize_passes:
+        from wattwise.passes import compress
+
+        with ledger.phase("quantize"):
+            model, _log = compress(
+                float_model, list(cand.quantize_passes), task=task, seed=ctx.seed
+            )
+    deployment = Deployment(
+        backend=cand.backend,
+        precision=cand.precision,
+        batch_size=cand.batch_size,
+        threads=cand.threads,
+        device=cand.device,
+    )
+    with ledger.phase("deploy"):
+        calibration = task.calibration_batches()
+        deployed = deploy_with(
+            model, deployment, example_input=task.example_input, calibration=calibration
+        )
+    return deployed, float_model, model
+
+
+def trial_job(ctx: JobContext, cand: Candidate, max_time_s: float) -> dict[str, Any]:
+    """Build, evaluate, deploy (checked against eager fp32) and measure one candidate.
+
+    Returns a dict: ``ok`` with the figures, or ``ok=False`` with ``kind`` and ``message``;
+    always the ``ledger`` (energy per phase, spent whether or not the trial succeeded).
+    """
+    _die_with_parent()
+    if cand.threads:
+        from wattwise.measure._isolate import pin_threads
+
+        # Before anything starts threads: threads inherit the affinity of their creator.
+        pin_threads(cand.threads)
+    ledger = _Ledger(ctx.meter, ctx.device)
+    try:
+        with ledger.phase("setup"):
+            task = ctx.task.load()
+            _quiet_torch()
+            from wattwise.measure import measure
+            from wattwise.passes._base import count_macs, count_params, state_dict_bytes
+        try:
+            deployed, float_model, model = _prepare(ctx, task, cand, ledger)
+            with ledger.phase("evaluate"):
+                judged = _accuracy_model(deployed, model, cand, task)
+                accuracy = _finite(
+                    float(task.metric(judged, task.val_loader(max(256, cand.batch_size)))),
+                    "the candidate's metric",
+                )
+                macs = count_macs(float_model, task.example_input)
+            with ledger.phase("measure"):
+                m = measure(
+                    deployed.module,
+                    task.example_input,
+                    device=cand.device,
+                    batch_size=cand.batch_size,
+                    threads=cand.threads,
+                    max_time_s=max_time_s,
+                    isolate=False,
+                    meter=ctx.meter,
+                )
+        except (Exception, MemoryError) as exc:
+            return {**_failure(exc), "ledger": ledger.to_dict()}
+        size = (
+            len(deployed.onnx_bytes) if deployed.onnx_bytes is not None else state_dict_bytes(model)
+        )
+        return {
+            "ok": True,
+            "accuracy": accuracy,
+            "energy_j_per_item": m.energy_j_per_item,
+            "energy_source": m.energy_source,
+            "energy_uncertainty": m.energy_uncertainty,
+            "latency_ms_p50": m.latency_ms_p50,
+            "latency_ms_p90": m.latency_ms_p90,
+            "throughput_items_per_s": m.throughput_items_per_s,
+            "co2e_g_per_million_items": m.co2e_g_per_million_items,
+            "macs_per_item": macs,
+            "params": count_params(model),
+            "size_bytes": int(size),
+            "check": deployed.check.to_dict() if deployed.check else None,
+            "notes": list(deployed.notes) + list(m.notes),
+            "measurement": m.to_dict(),
+            "ledger": ledger.to_dict(),
+        }
+    finally:
+        ledger.close()
+
+
+def export_job(
+    ctx: JobContext,
+    cand: Candidate,
+    out_dir: str,
+    measurement: dict[str, Any] | None,
+    accuracy: float | None,
+    how_made: str,
+) -> dict[str, Any]:
+    """Rebuild the chosen candidate and export it as a self-contained artifact directory."""
+    _die_with_parent()
+    ledger = _Ledger(ctx.meter, ctx.device)
+    try:
+        with ledger.phase("setup"):
+            task = ctx.task.load()
+            _quiet_torch()
+            from wattwise.deploy import export_deployment
+            from wattwise.measure import Measurement
+        deployed, _, _ = _prepare(ctx, task, cand, ledger)
+        with ledger.phase("export"):
+            path = export_deployment(
+                deployed,
+                out_dir,
+                measurement=Measurement.from_dict(measurement) if measurement else None,
+                accuracy=accuracy if accuracy is not None and 0 <= accuracy <= 1 else None,
+                task_name=task.name,
+                how_made=how_made,
+                overwrite=True,
+            )
+        return {"ok": True, "path": str(path), "ledger": ledger.to_dict()}
+    finally:
+        ledger.close()

@@ -1,0 +1,459 @@
+"""The candidate space: model recipe × deployment (backend/precision) × batch size × threads.
+
+A candidate is four categorical choices, which is all the Optuna study stores as its params:
+
+* ``model``: a named :class:`ModelChoice`: the float model to start from, built by a recipe of
+  compression passes from the trained baseline (``base``: no pass; ``prune30``: 30% of the
+  channels removed and fine-tuned; ``distill-w0.5``: a half-width student trained against the
+  baseline). Building one is the expensive part (training), so each is built once per study
+  and machine, cached on disk, and tried under many deployments.
+* ``deployment``: ``backend/precision`` (``onnxruntime/int8``, ``compile/fp32``, ...). int8 on
+  the torch backends adds a ``Quantize(method="pt2e-int8")`` pass to the recipe (cheap:
+  calibration only, so it is not cached); ONNX Runtime quantizes by itself.
+* ``batch_size``: items per call; the offline scenario's big lever, since per-call overhead
+  is shared by every item of a batch.
+* ``threads``: intra-op threads, ``0`` meaning every core the process may use.
+
+Only valid combinations exist in the space (one ``deployment`` choice instead of independent
+backend and precision choices), so the sampler never wastes a trial on an impossible one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wattwise.errors import InputError
+
+if TYPE_CHECKING:
+    from wattwise.tasks import Task
+
+__all__ = [
+    "SCENARIOS",
+    "Candidate",
+    "ModelChoice",
+    "SearchSpace",
+    "default_space",
+    "load_space",
+    "seed_params",
+]
+
+SCENARIOS = ("offline", "online")
+PARAM_NAMES = ("model", "deployment", "batch_size", "threads")
+# Torch backends run int8 only on a PT2E-quantized graph; this pass makes one.
+PT2E_INT8 = {"type": "quantize", "method": "pt2e-int8"}
+TORCH_BACKENDS = ("eager", "eager_cl", "compile")
+
+
+def _jsonable(value: Any) -> Any:
+    """Round-trip through JSON: tuples become lists, and anything not JSON is refused early."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"search space values must be JSON data: {exc}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelChoice:
+    """A named way to get the float model a candidate deploys.
+
+    Attributes:
+        name: the study's categorical value (``"base"``, ``"prune50"``, ...).
+        passes: the compression recipe as pass dicts (``{"type": "prune", "ratio": 0.5, ...}``)
+            applied to the trained baseline; empty for the baseline itself.
+    """
+
+    name: str
+    passes: tuple[dict[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or "/" in self.name:
+            raise InputError(
+                f"ModelChoice.name must be a non-empty name without '/', got {self.name!r}"
+            )
+        if isinstance(self.passes, Mapping) or not isinstance(self.passes, Sequence):
+            raise InputError(f"ModelChoice.passes must be a list of pass dicts ({self.name})")
+        passes = tuple(_jsonable(dict(p)) if isinstance(p, Mapping) else p for p in self.passes)
+        for i, p in enumerate(passes):
+            if not isinstance(p, dict) or not isinstance(p.get("type"), str):
+                raise InputError(
+                    f"ModelChoice.passes[{i}] of {self.name!r} must be a mapping with a 'type'"
+                )
+        object.__setattr__(self, "passes", passes)
+
+    @property
+    def student(self) -> str | None:
+        """The student architecture if the recipe replaces the model (``"task"`` = the task's
+        own factory with other kwargs), else ``None``."""
+        label = None
+        for p in self.passes:
+            if p.get("type") == "distill" and p.get("student"):
+                kwargs = p.get("student_kwargs") or {}
+                extra = ",".join(f"{k}={v}" for k, v in sorted(kwargs.items()) if k == "width")
+                label = f"{p['student']}({extra})" if extra else str(p["student"])
+        return label
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "passes": [dict(p) for p in self.passes]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelChoice:
+        if not isinstance(data, Mapping) or "name" not in data:
+            raise InputError(f"a model choice must be a mapping with a 'name', got {data!r}")
+        return cls(name=data["name"], passes=tuple(data.get("passes") or ()))
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """Every choice the search may combine; stored with the study so workers rebuild it.
+
+    Attributes:
+        models: the model choices (recipes from the baseline).
+        deployments: ``"backend/precision"`` strings, e.g. ``"onnxruntime/int8"``.
+        batch_sizes: items per call (the online scenario allows only 1).
+        threads: intra-op threads; 0 = every core the process may use.
+
+    Example:
+        >>> space = SearchSpace(models=(ModelChoice("base"),), deployments=("eager/fp32",),
+        ...                     batch_sizes=(1, 32), threads=(0,))
+        >>> space.size
+        2
+    """
+
+    models: tuple[ModelChoice, ...]
+    deployments: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+    threads: tuple[int, ...] = (0,)
+
+    def __post_init__(self) -> None:
+        from wattwise.deploy import BACKENDS, PRECISIONS
+
+        models = tuple(
+            m if isinstance(m, ModelChoice) else ModelChoice.from_dict(m) for m in self.models
+        )
+        if not models:
+            raise InputError("SearchSpace.models must not be empty")
+        names = [m.name for m in models]
+        if len(set(names)) != len(names):
+            raise InputError(f"SearchSpace.models has duplicate names: {names}")
+        object.__setattr__(self, "models", models)
+        deployments = tuple(self.deployments)
+        if not deployments:
+            raise InputError("SearchSpace.deployments must not be empty")
+        for dep in deployments:
+            backend, _, precision = str(dep).partition("/")
+            if backend not in BACKENDS or precision not in PRECISIONS:
+                raise InputError(
+                    f"SearchSpace.deployments: {dep!r} is not 'backend/precision' with a backend in "
+                    f"{', '.join(BACKENDS.names())} and a precision in {', '.join(PRECISIONS)}"
+                )
+        if len(set(deployments)) != len(deployments):
+            raise InputError("SearchSpace.deployments has duplicates")
+        object.__setattr__(self, "deployments", deployments)
+        for field, low in (("batch_sizes", 1), ("threads", 0)):
+            values = tuple(getattr(self, field))
+            if not values or any(
+                isinstance(v, bool) or not isinstance(v, int) or v < low for v in values
+            ):
+                raise InputError(
+                    f"SearchSpace.{field} must be a non-empty list of integers >= {low}, got {values!r}"
+                )
+            if len(set(values)) != len(values):
+                raise InputError(f"SearchSpace.{field} has duplicates: {values!r}")
+            object.__setattr__(self, field, values)
+
+    @property
+    def size(self) -> int:
+        """How many distinct candidates the space holds."""
+        return len(self.models) * len(self.deployments) * len(self.batch_sizes) * len(self.threads)
+
+    def model(self, name: str) -> ModelChoice:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise InputError(
+            f"model choice {name!r} is not in this search space ({', '.join(m.name for m in self.models)})"
+        )
+
+    def choices(self) -> dict[str, tuple[Any, ...]]:
+        """The categorical choices per Optuna param name."""
+        return {
+            "model": tuple(m.name for m in self.models),
+            "deployment": self.deployments,
+            "batch_size": self.batch_sizes,
+            "threads": self.threads,
+        }
+
+    def contains(self, params: Mapping[str, Any]) -> bool:
+        choices = self.choices()
+        return set(params) == set(PARAM_NAMES) and all(params[k] in choices[k] for k in choices)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "models": [m.to_dict() for m in self.models],
+            "deployments": list(self.deployments),
+            "batch_sizes": list(self.batch_sizes),
+            "threads": list(self.threads),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
+        if not isinstance(data, Mapping):
+            raise InputError(f"a search space must be a mapping, got {type(data).__name__}")
+        try:
+            return cls(
+                models=tuple(ModelChoice.from_dict(m) for m in data["models"]),
+                deployments=tuple(data["deployments"]),
+                batch_sizes=tuple(data["batch_sizes"]),
+                threads=tuple(data.get("threads") or (0,)),
+            )
+        except KeyError as exc:
+            raise InputError(f"search space is missing {exc}") from None
+
+    def fingerprint(self) -> str:
+        """A short hash of the space: a study's space must not change under it."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One point of the space, ready to build: the model choice and the deployment.
+
+    Attributes:
+        model: the :class:`ModelChoice`.
+        backend, precision, batch_size: the deployment.
+        threads: intra-op threads, ``None`` = every allowed core.
+        device: where it runs and is measured.
+    """
+
+    model: ModelChoice
+    backend: str
+    precision: str
+    batch_size: int
+    threads: int | None
+    device: str = "cpu"
+
+    @classmethod
+    def from_params(
+        cls, space: SearchSpace, params: Mapping[str, Any], device: str = "cpu"
+    ) -> Candidate:
+        if not space.contains(params):
+            raise InputError(f"trial params {dict(params)!r} are not in the study's search space")
+        backend, _, precision = str(params["deployment"]).partition("/")
+        threads = int(params["threads"])
+        return cls(
+            model=space.model(str(params["model"])),
+            backend=backend,
+            precision=precision,
+            batch_size=int(params["batch_size"]),
+            threads=threads or None,
+            device=device,
+        )
+
+    @property
+    def quantize_passes(self) -> tuple[dict[str, Any], ...]:
+        """Passes applied after the cached model, in the trial itself (cheap ones)."""
+        if self.precision == "int8" and self.backend in TORCH_BACKENDS:
+            return (dict(PT2E_INT8),)
+        return ()
+
+    @property
+    def recipe(self) -> list[dict[str, Any]]:
+        """The full recipe: the model choice's passes, then any quantization pass."""
+        return [dict(p) for p in self.model.passes + self.quantize_passes]
+
+    @property
+    def deployment(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "precision": self.precision,
+            "batch_size": self.batch_size,
+            "threads": self.threads,
+            "device": self.device,
+        }
+
+    @property
+    def label(self) -> str:
+        threads = f" t{self.threads}" if self.threads else ""
+        return f"{self.model.name} {self.backend}/{self.precision} b{self.batch_size}{threads}"
+
+
+def _accepts_width(factory: Any) -> bool:
+    """Whether ``factory(width=...)`` is accepted (so a narrower copy of the task's own model can
+    be a distillation student)."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return False
+    return "width" in sig.parameters or any(
+        p.kind is p.VAR_KEYWORD for p in sig.parameters.values()
+    )
+
+
+def _allowed_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_space(task: Task, scenario: str = "offline", device: str = "cpu") -> SearchSpace:
+    """The space the default search explores for ``task``.
+
+    Models: the baseline, 30% and 50% channel pruning with fine-tuning, and (when the task's
+    model factory takes ``width``, or the task is an image classification with known classes)
+    a distilled student of half the task model's width. Deployments: what the backends can run on ``device`` here
+    (``wattwise doctor`` lists why one cannot). Offline batches 1 to 256; online batch 1.
+    """
+    from wattwise.deploy import probe_backends
+
+    if scenario not in SCENARIOS:
+        raise InputError(f"scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")
+    # Fine-tuning budgets follow the task's own training length: pruning keeps the learned
+    # weights and needs a fraction of it; a student starts from scratch and needs all of it.
+    epochs = max(1, int(task.epochs))
+    models = [
+        ModelChoice("base"),
+        ModelChoice(
+            "prune30",
+            ({"type": "prune", "ratio": 0.3, "finetune_epochs": max(1, epochs // 5)},),
+        ),
+        ModelChoice(
+            "prune50",
+            ({"type": "prune", "ratio": 0.5, "finetune_epochs": max(2, epochs // 3)},),
+        ),
+    ]
+    student = _student_pass(task, epochs)
+    if student is not None:
+        models.append(ModelChoice("distill-w0.5", (student,)))
+
+    available = probe_backends(device)
+    cuda = device.startswith("cuda")
+    wanted = (
+        ("eager/fp32", "eager/bf16", "compile/fp32", "compile/bf16", "compile/fp16")
+        if cuda
+        else (
+            "eager/fp32",
+            "compile/fp32",
+            "compile/int8",
+            "onnxruntime/fp32",
+            "onnxruntime/int8",
+        )
+    )
+    deployments = tuple(d for d in wanted if available.get(d.split("/")[0]))
+    if not deployments:
+        deployments = ("eager/fp32",)
+    batch_sizes = (1,) if scenario == "online" else (1, 16, 64, 256)
+    cpus = _allowed_cpus()
+    threads = (0,) if cuda or cpus == 1 else (1, 0)
+    return SearchSpace(tuple(models), deployments, batch_sizes, threads)
+
+
+def _current_width(factory: Any) -> float:
+    """The width the task's factory builds at: a ``functools.partial`` keyword, or the
+    signature's default, or 1."""
+    keywords = getattr(factory, "keywords", None) or {}
+    if isinstance(keywords.get("width"), int | float):
+        return float(keywords["width"])
+    try:
+        default = inspect.signature(factory).parameters["width"].default
+    except (KeyError, TypeError, ValueError):
+        return 1.0
+    return float(default) if isinstance(default, int | float) else 1.0
+
+
+def _student_pass(task: Task, epochs: int) -> dict[str, Any] | None:
+    if _accepts_width(task.model_factory):
+        return {
+            "type": "distill",
+            "student": "task",
+            "student_kwargs": {"width": round(0.5 * _current_width(task.model_factory), 4)},
+            "epochs": epochs,
+        }
+    example = task.example_input
+    if example.dim() == 4 and task.num_classes:
+        return {
+            "type": "distill",
+            "student": "mobilenetv3_small",
+            "student_kwargs": {
+                "width": 0.5,
+                "num_classes": int(task.num_classes),
+                "in_chans": int(example.shape[1]),
+            },
+            "epochs": epochs,
+        }
+    return None
+
+
+def seed_params(space: SearchSpace) -> list[dict[str, Any]]:
+    """Known-good starting points, enqueued before the sampler takes over.
+
+    int8 with ONNX Runtime at the largest batch for the baseline, the pruned models and the
+    distilled student; batching alone (fp32 eager); int8 with compile; a pruned model
+    compiled at one thread. Points outside ``space`` are left out.
+    """
+    choices = space.choices()
+    big = max(space.batch_sizes)
+    mid = sorted(space.batch_sizes)[len(space.batch_sizes) // 2]
+    all_threads = 0 if 0 in space.threads else space.threads[0]
+    one = 1 if 1 in space.threads else all_threads
+    students = [m.name for m in space.models if m.student]
+    # Cheap and likely-good first: a small budget should already hold a good front.
+    wishes: list[tuple[str, str, int, int]] = [
+        ("base", "onnxruntime/int8", big, all_threads),
+        ("prune50", "onnxruntime/int8", big, one),
+        *((s, "onnxruntime/int8", big, one) for s in students[:1]),
+        ("prune30", "onnxruntime/int8", big, all_threads),
+        ("base", "eager/fp32", big, all_threads),
+        ("base", "compile/int8", big, all_threads),
+        ("prune50", "compile/fp32", mid, one),
+    ]
+    out: list[dict[str, Any]] = []
+    for model, dep, batch, threads in wishes:
+        params = {"model": model, "deployment": dep, "batch_size": batch, "threads": threads}
+        if all(params[k] in choices[k] for k in PARAM_NAMES) and params not in out:
+            out.append(params)
+    return out
+
+
+def load_space(path: str | os.PathLike[str]) -> SearchSpace:
+    """Read a :class:`SearchSpace` from a YAML or JSON file (``wattwise optimize --space``)::
+
+    models:
+      - {name: base}
+      - {name: prune50, passes: [{type: prune, ratio: 0.5, finetune_epochs: 2}]}
+    deployments: [onnxruntime/int8, eager/fp32]
+    batch_sizes: [1, 64, 256]
+    threads: [1, 0]          # 0 = every allowed core
+    """
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InputError(f"cannot read search space {path}: {reason}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InputError(
+            f"search space {path} is not valid YAML/JSON: {type(exc).__name__}"
+        ) from None
+    try:
+        return SearchSpace.from_dict(data)
+    except InputError as exc:
+        raise InputError(f"search space {path}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"search space {path}: {exc}") from None
+
+
+def params_key(params: Mapping[str, Any]) -> str:
+    """A canonical string for a candidate's params (duplicate detection)."""
+    return json.dumps({k: params.get(k) for k in PARAM_NAMES}, sort_keys=True)

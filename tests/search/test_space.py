@@ -1,0 +1,192 @@
+"""The candidate space, seeds, candidates, the model cache and settings: fast, no search run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import search_tasks
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wattwise.errors import InputError
+from wattwise.search import (
+    Candidate,
+    ModelChoice,
+    SearchSettings,
+    SearchSpace,
+    default_space,
+    seed_params,
+)
+from wattwise.search._objective import (
+    JobContext,
+    TaskRef,
+    _get_model,
+    _Ledger,
+    _load_cached,
+    model_key,
+    task_id,
+)
+from wattwise.tasks import load_task
+
+
+@pytest.fixture(scope="module")
+def digits_task():
+    return load_task("digits")
+
+
+def test_default_space_offline_has_the_big_levers(digits_task):
+    space = default_space(digits_task, "offline")
+    names = [m.name for m in space.models]
+    assert names[:3] == ["base", "prune30", "prune50"]
+    # DigitsCNN takes width=, so the student is a half-width copy of the task's own model.
+    student = space.model("distill-w0.5")
+    assert student.student == "task(width=0.5)"
+    assert student.passes[0]["epochs"] == digits_task.epochs
+    assert "onnxruntime/int8" in space.deployments
+    assert "eager/fp32" in space.deployments
+    assert max(space.batch_sizes) == 256 and 1 in space.batch_sizes
+    assert space.size == len(names) * len(space.deployments) * 4 * len(space.threads)
+
+
+def test_online_space_is_batch_one_and_bad_scenario_is_refused(digits_task):
+    assert default_space(digits_task, "online").batch_sizes == (1,)
+    with pytest.raises(InputError, match="scenario"):
+        default_space(digits_task, "batch")
+
+
+def test_seeds_lie_in_the_space_and_lead_with_int8(digits_task):
+    space = default_space(digits_task, "offline")
+    seeds = seed_params(space)
+    assert len(seeds) >= 5
+    assert all(space.contains(s) for s in seeds)
+    assert len({json.dumps(s, sort_keys=True) for s in seeds}) == len(seeds)
+    assert seeds[0]["deployment"] == "onnxruntime/int8" and seeds[0]["batch_size"] == 256
+    assert any(s["model"] == "distill-w0.5" for s in seeds)
+    assert any(s["deployment"] == "compile/int8" for s in seeds)
+    # A space without those choices simply gets fewer seeds.
+    small = SearchSpace((ModelChoice("base"),), ("eager/fp32",), (1, 8), (0,))
+    assert seed_params(small) == [
+        {"model": "base", "deployment": "eager/fp32", "batch_size": 8, "threads": 0}
+    ]
+
+
+def test_candidate_adds_pt2e_quantization_for_torch_int8_only(digits_task):
+    space = default_space(digits_task, "offline")
+    params = {"model": "prune50", "deployment": "compile/int8", "batch_size": 64, "threads": 1}
+    cand = Candidate.from_params(space, params)
+    assert [p["type"] for p in cand.recipe] == ["prune", "quantize"]
+    assert cand.recipe[-1]["method"] == "pt2e-int8"
+    assert cand.deployment == {
+        "backend": "compile",
+        "precision": "int8",
+        "batch_size": 64,
+        "threads": 1,
+        "device": "cpu",
+    }
+    ort = Candidate.from_params(space, {**params, "deployment": "onnxruntime/int8", "threads": 0})
+    assert [p["type"] for p in ort.recipe] == ["prune"]
+    assert ort.threads is None
+    with pytest.raises(InputError, match="not in the study's search space"):
+        Candidate.from_params(space, {**params, "batch_size": 3})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"models": ()}, "models"),
+        ({"deployments": ("eager/int4",)}, "deployments"),
+        ({"deployments": ("nope/fp32",)}, "deployments"),
+        ({"batch_sizes": (0,)}, "batch_sizes"),
+        ({"threads": (-1,)}, "threads"),
+        ({"batch_sizes": (1, 1)}, "batch_sizes"),
+    ],
+)
+def test_space_validation_names_the_field(kwargs, field):
+    base = {
+        "models": (ModelChoice("base"),),
+        "deployments": ("eager/fp32",),
+        "batch_sizes": (1,),
+        "threads": (0,),
+    }
+    with pytest.raises(InputError, match=f"SearchSpace.{field}"):
+        SearchSpace(**{**base, **kwargs})
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batches=st.lists(st.integers(1, 512), min_size=1, max_size=5, unique=True),
+    threads=st.lists(st.integers(0, 8), min_size=1, max_size=3, unique=True),
+    ratio=st.floats(0.05, 0.9),
+)
+def test_space_round_trips_through_json(batches, threads, ratio):
+    space = SearchSpace(
+        (ModelChoice("base"), ModelChoice("p", ({"type": "prune", "ratio": ratio},))),
+        ("eager/fp32", "onnxruntime/int8"),
+        tuple(batches),
+        tuple(threads),
+    )
+    again = SearchSpace.from_dict(json.loads(json.dumps(space.to_dict())))
+    assert again == space
+    assert again.fingerprint() == space.fingerprint()
+
+
+def test_settings_validation_names_the_field(digits_task):
+    space = default_space(digits_task, "offline")
+    ok = {
+        "task_spec": "digits",
+        "task_name": "digits",
+        "task_id": "x",
+        "scenario": "offline",
+        "max_accuracy_drop": 0.01,
+        "latency_p90_ms": None,
+        "trials": 4,
+        "space": space,
+    }
+    assert SearchSettings.from_dict(SearchSettings(**ok).to_dict()) == SearchSettings(**ok)
+    for field, bad in (
+        ("max_accuracy_drop", 2.0),
+        ("trials", 0),
+        ("latency_p90_ms", -1.0),
+        ("seed", -3),
+        ("timeout_per_trial_s", 0),
+    ):
+        with pytest.raises(InputError, match=field):
+            SearchSettings(**{**ok, field: bad})
+    with pytest.raises(InputError, match="online"):
+        SearchSettings(**{**ok, "scenario": "online"})
+
+
+def test_model_cache_round_trips_pruned_and_student_models(tmp_path):
+    """A pruned model and a narrower student come back from a weights-only state dict file,
+    computing the same outputs, and a second request is served from the cache."""
+    task = search_tasks.tiny()
+    ctx = JobContext(
+        task=TaskRef("search_tasks:tiny"), task_id=task_id(task, "x"), cache_dir=str(tmp_path)
+    )
+    ledger = _Ledger("estimate", "cpu")
+    prune = ({"type": "prune", "ratio": 0.5, "finetune_epochs": 0},)
+    student = (
+        {"type": "distill", "student": "task", "student_kwargs": {"width": 0.125}, "epochs": 1},
+    )
+    for passes in (prune, student):
+        built, info = _get_model(ctx, task, passes, ledger)
+        assert info["built"] == model_key(ctx, passes)
+        path = tmp_path / "models" / f"{model_key(ctx, passes)}.pt"
+        assert path.exists()
+        # The file is tensors and plain data only: it loads with weights_only=True.
+        assert set(torch.load(path, weights_only=True)) == {"format", "state_dict", "meta"}
+        again = _load_cached(path, task, passes)
+        x = torch.cat([task.example_input] * 3)
+        with torch.no_grad():
+            assert torch.allclose(built(x), again(x), atol=1e-6)
+        assert sum(p.numel() for p in again.parameters()) < sum(
+            p.numel() for p in task.model_factory().parameters()
+        )
+        _cached, info2 = _get_model(ctx, task, passes, ledger)
+        assert info2 == {}
+    # Training the baseline and compressing were metered, with the meter's label.
+    assert ledger.energy_j["train"] > 0 and ledger.energy_j["compress"] > 0
+    assert ledger.source.startswith(("measured:", "estimated:"))
+    ledger.close()
