@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,6 +45,7 @@ def write_compressed(
     """Write the compressed model, its recipe and its log to ``out`` atomically."""
     import torch
 
+    from wattwise._fs import temp_dir_beside
     from wattwise.errors import InputError
     from wattwise.passes import dump_recipe
 
@@ -53,10 +53,7 @@ def write_compressed(
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
+        tmp = temp_dir_beside(parent / out.name)
     except OSError as exc:
         raise InputError(f"cannot write to {parent}: {exc.strerror or exc}") from None
     notes: list[str] = []

@@ -27,6 +27,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from wattwise._fs import temp_dir_beside
 from wattwise.deploy._backends import BACKENDS, _quiet, export_program
 from wattwise.deploy._deployment import Deployed, Deployment, DeploymentMismatch, compare_outputs
 from wattwise.errors import InputError, UnavailableError, WorkloadError
@@ -176,7 +177,7 @@ def export_deployment(
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         _write(deployed, tmp, measurement, accuracy, task_name, how_made)
         if out.exists():
