@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 demo: venv
-	$(BIN)/wattwise measure digits_cnn --batch-size 1,64
+	$(BIN)/wattwise optimize
 
 # System packages the tests use for real: a headless browser for the HTML report and a
 # PostgreSQL server for multi-worker studies. Installed with apt when missing and we are root;
