@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from cdp_client import Chromium, find_chromium
-from conftest import XSS_STUDY, XSS_TASK, make_study
+from report_study import XSS_STUDY, XSS_TASK, make_study
 
 from wattwise.report import render_report
 

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from report_study import (
     BASE_J,
     PASSWORD,
     XSS_RECIPE,
@@ -19,8 +21,6 @@ from conftest import (
     XSS_TASK,
     make_study,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from wattwise.errors import InputError
 from wattwise.report import (

@@ -15,16 +15,12 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-SRC = HERE.parents[1] / "src"
 
 
 @pytest.fixture(autouse=True)
@@ -34,19 +30,6 @@ def _private_lock_dir(
     # Other people's measurements on this machine hold the shared CPU lock for minutes; the
     # tests check the search, not the lock, so they measure under their own lock directory.
     monkeypatch.setenv("WATTWISE_LOCK_DIR", str(tmp_path_factory.mktemp("locks")))
-
-
-def subprocess_env() -> dict[str, str]:
-    """Environment for ``python -m wattwise`` subprocesses: find this package and the test tasks."""
-    env = dict(os.environ)
-    paths = [str(HERE), str(SRC), env.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    env.pop("COLUMNS", None)
-    return env
-
-
-def wattwise_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "wattwise", *args]
 
 
 def _initdb() -> str | None:

@@ -13,7 +13,7 @@ import time
 
 import optuna
 import pytest
-from conftest import subprocess_env, wattwise_cmd
+from search_helpers import subprocess_env, wattwise_cmd
 
 SPACE = {
     "models": [

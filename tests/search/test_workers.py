@@ -9,7 +9,7 @@ import subprocess
 import optuna
 import pytest
 import search_tasks
-from conftest import subprocess_env, wattwise_cmd
+from search_helpers import subprocess_env, wattwise_cmd
 
 from wattwise.search import ModelChoice, SearchSettings, SearchSpace, open_storage, seed_params
 from wattwise.search._objective import task_id

@@ -30,6 +30,7 @@ from wattwise.search._progress import SearchProgress
 from wattwise.search._space import Candidate, SearchSpace, default_space, seed_params
 from wattwise.search._study import (
     BASELINE_ATTR,
+    FIGURES,
     SearchSettings,
     count_trials,
     counts_for_budget,
@@ -55,19 +56,6 @@ DEFAULT_MAX_TIME_S = 2.0
 DEFAULT_TIMEOUT_PER_TRIAL_S = 300.0
 BASELINE_TIMEOUT_S = 3600.0
 RESULTS_SCHEMA = 1
-_FIGURES = (
-    "accuracy",
-    "energy_j_per_item",
-    "energy_source",
-    "energy_uncertainty",
-    "latency_ms_p50",
-    "latency_ms_p90",
-    "throughput_items_per_s",
-    "co2e_g_per_million_items",
-    "macs_per_item",
-    "params",
-    "size_bytes",
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -483,7 +471,7 @@ def _export_best(
 
 
 def _figures(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: row.get(k) for k in _FIGURES}
+    return {k: row.get(k) for k in FIGURES}
 
 
 def _search_energy(
@@ -540,7 +528,7 @@ def _results(
     counts = count_trials(trials)
     search_j, source, unc, by_phase = _search_energy(baseline, trials, export_ledger)
     base: dict[str, Any] = {
-        **{k: baseline.get(k) for k in _FIGURES},
+        **{k: baseline.get(k) for k in FIGURES},
         "recipe": [],
         "deployment": baseline.get("deployment"),
     }

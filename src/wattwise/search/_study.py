@@ -41,6 +41,21 @@ from wattwise.search._space import SCENARIOS, Candidate, SearchSpace, params_key
 if TYPE_CHECKING:
     import optuna
 
+
+# The figures a trial records (from its measurement and evaluation), in results and reports.
+FIGURES = (
+    "accuracy",
+    "energy_j_per_item",
+    "energy_source",
+    "energy_uncertainty",
+    "latency_ms_p50",
+    "latency_ms_p90",
+    "throughput_items_per_s",
+    "co2e_g_per_million_items",
+    "macs_per_item",
+    "params",
+    "size_bytes",
+)
 __all__ = [
     "SearchSettings",
     "TrialCounts",
@@ -599,22 +614,7 @@ def run_trials(
             reason = f"{result.get('kind', 'error')}: {result.get('message', '')}"
             trial.set_user_attr("fail_reason", reason)
             raise _TrialFailed(reason)
-        figures = {
-            k: result[k]
-            for k in (
-                "accuracy",
-                "energy_j_per_item",
-                "energy_source",
-                "energy_uncertainty",
-                "latency_ms_p50",
-                "latency_ms_p90",
-                "throughput_items_per_s",
-                "co2e_g_per_million_items",
-                "macs_per_item",
-                "params",
-                "size_bytes",
-            )
-        }
+        figures = {k: result[k] for k in FIGURES}
         trial.set_user_attr("figures", figures)
         trial.set_user_attr("measurement", result.get("measurement"))
         trial.set_user_attr("check", result.get("check"))
@@ -767,21 +767,7 @@ def trial_rows(
                 if accuracy is not None and baseline_accuracy is not None
                 else None
             ),
-            **{
-                k: figures.get(k)
-                for k in (
-                    "energy_j_per_item",
-                    "energy_source",
-                    "energy_uncertainty",
-                    "latency_ms_p50",
-                    "latency_ms_p90",
-                    "throughput_items_per_s",
-                    "co2e_g_per_million_items",
-                    "macs_per_item",
-                    "params",
-                    "size_bytes",
-                )
-            },
+            **{k: figures.get(k) for k in FIGURES if k != "accuracy"},
             "build_energy_j": attrs.get("build_energy_j"),
             "measure_energy_j": attrs.get("measure_energy_j"),
             "search_energy_source": attrs.get("search_energy_source"),
