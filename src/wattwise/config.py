@@ -49,7 +49,7 @@ class Config:
                 f"{tag}: version {version!r} is not supported (this wattwise reads version {target.VERSION})"
             )
         names = {f.name for f in dataclasses.fields(target) if f.init}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(key_name(k) for k in set(data) - names)
         if unknown:
             raise InputError(
                 f"{tag}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
@@ -67,6 +67,11 @@ def register_config(cls: type[C]) -> type[C]:
         raise ValueError(f"{cls.__name__} needs a TYPE")
     CONFIGS.register(cls.TYPE)(cls)
     return cls
+
+
+def key_name(key: object) -> str:
+    """A mapping key as an error message can show it: on one line, quoted when odd."""
+    return key if isinstance(key, str) and key.isprintable() and key.strip() == key else repr(key)
 
 
 def _plain(value: Any) -> Any:

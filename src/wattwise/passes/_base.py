@@ -370,7 +370,10 @@ def check_float(
     high_open: bool = False,
 ) -> float:
     """A finite number within bounds, as a float (so 1 and 1.0 serialise alike)."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    try:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        ok = False
     if ok:
         v = float(value)  # type: ignore[arg-type]
         ok = (v > low if low_open else v >= low) and (

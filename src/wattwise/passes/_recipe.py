@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from wattwise.config import key_name
 from wattwise.errors import InputError
 from wattwise.passes._base import PASSES, Pass
 
@@ -89,11 +90,9 @@ def parse_recipe(text: str, *, where: str = "recipe") -> list[Pass]:
             raise InputError(
                 f"{where}: recipe format {version!r} is not supported (this wattwise reads {FORMAT_VERSION})"
             )
-        unknown = sorted(set(doc) - {"wattwise_recipe", "passes"})
+        unknown = sorted(key_name(k) for k in set(doc) - {"wattwise_recipe", "passes"})
         if unknown:
-            raise InputError(
-                f"{where}: unknown key(s) {', '.join(map(str, unknown))}; expected 'passes'"
-            )
+            raise InputError(f"{where}: unknown key(s) {', '.join(unknown)}; expected 'passes'")
         items = doc.get("passes")
     else:
         items = doc
