@@ -46,6 +46,7 @@ def write_compressed(
     import torch
 
     from wattwise._fs import temp_dir_beside
+    from wattwise.deploy import export_program
     from wattwise.errors import InputError
     from wattwise.passes import dump_recipe
 
@@ -61,16 +62,11 @@ def write_compressed(
         (tmp / "recipe.yaml").write_text(dump_recipe(passes))
         model_file = None
         try:
-            batch = example_input.repeat(2, *([1] * (example_input.dim() - 1)))
-            with contextlib.suppress(Exception):  # exported graphs refuse .eval(); they are eval
-                model.eval()
-            program = torch.export.export(
-                model, (batch,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)
-            )
-            torch.export.save(program, str(tmp / "model.pt2"))
+            torch.export.save(export_program(model, example_input), str(tmp / "model.pt2"))
             model_file = "model.pt2"
         except Exception as exc:  # some quantized graphs don't re-export; say so, keep the log
-            notes.append(f"model not exported with torch.export ({type(exc).__name__}: {exc})")
+            first = (str(exc).strip().splitlines() or [""])[0]
+            notes.append(f"model not exported with torch.export ({type(exc).__name__}: {first})")
         doc = {"schema": 1, "model": model_file, "notes": notes, **log.to_dict()}
         (tmp / "compression_log.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
         if out.exists():
@@ -83,6 +79,24 @@ def write_compressed(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return doc
+
+
+def _check_traceable(model: Any, example_input: Any, name: str) -> None:
+    """Refuse, before any work, a model torch.export cannot trace: its result could not be saved."""
+    from wattwise.deploy import export_program
+    from wattwise.errors import InputError
+
+    try:
+        with contextlib.suppress(Exception):
+            model.eval()
+        export_program(model, example_input)
+    except Exception as exc:
+        first = " ".join((str(exc).strip().splitlines() or [type(exc).__name__])[0].split())
+        raise InputError(
+            f"{name}: torch.export cannot trace this model ({type(exc).__name__}: {first}); "
+            "wattwise compress saves its result as a torch.export program, so the model must "
+            "trace (no Python branches on tensor values)"
+        ) from None
 
 
 def register(app: typer.Typer) -> None:
@@ -127,6 +141,7 @@ def register(app: typer.Typer) -> None:
         the_task = load_task(task)
         resolved = resolve_target(target, input_shape=tuple(the_task.example_input.shape))
         model = resolved.factory()
+        _check_traceable(model, the_task.example_input, resolved.name)
         if resolved.kind == "builtin":
             # A built-in name is an architecture with random weights: train it on the task first,
             # or compressing it would measure nothing meaningful.

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from wattwise.errors import CheckFailed, WattwiseError
 
@@ -49,7 +50,47 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool killed 
 JSON_SCHEMA = 1
 MODES = ("inference", "train")
 
+
+def _click_exception() -> type[Exception]:
+    # typer bundles its own click; reach its ClickException through a public class.
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (a bad option value typer checks itself) as one ``error:`` line, exit 2,
+    like every other error, instead of typer's usage text and boxed panel."""
+
+    def main(  # type: ignore[override]  # same parameters, windows_expand_args via kwargs
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        run = functools.partial(
+            super().main, args=args, prog_name=prog_name, complete_var=complete_var, **kwargs
+        )
+        if not standalone_mode:
+            return run(standalone_mode=False)
+        try:
+            rv = run(standalone_mode=False)
+        except typer.Abort:
+            print("error: interrupted", file=sys.stderr)
+            sys.exit(EXIT_INTERRUPTED)
+        except _click_exception() as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare 'wattwise': show the help
+                ctx = getattr(exc, "ctx", None)
+                print(ctx.get_help() if ctx is not None else str(exc))
+                sys.exit(0)
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            print(f"error: {' '.join(message.split())}", file=sys.stderr)
+            sys.exit(getattr(exc, "exit_code", EXIT_ERROR))
+        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="wattwise",
     help="Measure and reduce the energy of PyTorch models; every joule says where it came from.",
     no_args_is_help=True,

@@ -10,6 +10,7 @@ from wattwise.deploy._backends import (
     BACKENDS,
     Availability,
     Backend,
+    export_program,
     is_pt2e_quantized,
     probe_backends,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "deploy",
     "deploy_with",
     "export_deployment",
+    "export_program",
     "hardware_description",
     "is_pt2e_quantized",
     "load_artifact",
