@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import Result
 from torch import nn
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 import wattwise
 from wattwise.cli import app
