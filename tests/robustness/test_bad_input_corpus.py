@@ -84,7 +84,9 @@ def assert_no_leftovers(out: Path | None) -> None:
         assert not siblings, f"temporary siblings left behind: {siblings}"
 
 
-def run_cli(args: list[str], *, code: int = 2, needle: str, out: Path | None = None) -> Result:
+def check_cli_error(
+    args: list[str], *, code: int = 2, needle: str, out: Path | None = None
+) -> Result:
     result = CliRunner().invoke(app, args)
     stderr = result.stderr
     assert "Traceback" not in result.output
@@ -113,7 +115,7 @@ def run_cli(args: list[str], *, code: int = 2, needle: str, out: Path | None = N
 def test_compress_bad_recipe(ws: Path, recipe: str, needle: str) -> None:
     (ws / "r.yaml").write_text(recipe)
     out = ws / "out"
-    run_cli(
+    check_cli_error(
         ["compress", "digits_cnn", "--recipe", str(ws / "r.yaml"), "--out", str(out)],
         needle=needle,
         out=out,
@@ -122,7 +124,7 @@ def test_compress_bad_recipe(ws: Path, recipe: str, needle: str) -> None:
 
 def test_compress_missing_recipe(ws: Path) -> None:
     out = ws / "out"
-    run_cli(
+    check_cli_error(
         ["compress", "digits_cnn", "--recipe", str(ws / "nope.yaml"), "--out", str(out)],
         needle="nope.yaml",
         out=out,
@@ -142,7 +144,7 @@ def test_compress_missing_recipe(ws: Path) -> None:
 def test_compress_bad_factory(ws: Path, target: str, needle: str) -> None:
     (ws / "r.yaml").write_text(RECIPE_OK)
     out = ws / "out"
-    run_cli(
+    check_cli_error(
         ["compress", target, "--recipe", str(ws / "r.yaml"), "--out", str(out)],
         needle=needle,
         out=out,
@@ -152,7 +154,7 @@ def test_compress_bad_factory(ws: Path, target: str, needle: str) -> None:
 def test_compress_untraceable_model(ws: Path) -> None:
     (ws / "r.yaml").write_text(RECIPE_OK)
     out = ws / "out"
-    run_cli(
+    check_cli_error(
         ["compress", "badmods:data_dependent", "--recipe", str(ws / "r.yaml"), "--out", str(out)],
         needle="data_dependent",
         out=out,
@@ -211,42 +213,42 @@ def test_compress_out_under_a_file(ws: Path) -> None:
     ],
 )
 def test_measure_bad_input(ws: Path, args: list[str], needle: str) -> None:
-    run_cli(["measure", *args], needle=needle)
+    check_cli_error(["measure", *args], needle=needle)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_measure_cuda_without_gpu(ws: Path) -> None:
-    run_cli(["measure", "digits_cnn", "--device", "cuda"], needle="no CUDA GPU")
+    check_cli_error(["measure", "digits_cnn", "--device", "cuda"], needle="no CUDA GPU")
 
 
 def test_measure_pickled_module(ws: Path) -> None:
     torch.save(nn.Linear(2, 2), ws / "m.pt")
-    run_cli(["measure", str(ws / "m.pt")], needle="torch.export")
+    check_cli_error(["measure", str(ws / "m.pt")], needle="torch.export")
 
 
 def test_measure_state_dict(ws: Path) -> None:
     torch.save(nn.Linear(2, 2).state_dict(), ws / "sd.pt")
-    run_cli(["measure", str(ws / "sd.pt")], needle="state dict")
+    check_cli_error(["measure", str(ws / "sd.pt")], needle="state dict")
 
 
 def test_measure_corrupt_pt2(ws: Path) -> None:
     (ws / "junk.pt2").write_bytes(os.urandom(512))
-    run_cli(["measure", str(ws / "junk.pt2")], needle="not a torch.export archive")
+    check_cli_error(["measure", str(ws / "junk.pt2")], needle="not a torch.export archive")
 
 
 def test_measure_missing_pt2(ws: Path) -> None:
-    run_cli(["measure", str(ws / "nope.pt2")], needle="no such file")
+    check_cli_error(["measure", str(ws / "nope.pt2")], needle="no such file")
 
 
 def test_measure_dir_without_deployment(ws: Path) -> None:
     (ws / "d").mkdir()
-    run_cli(["measure", str(ws / "d")], needle="without deployment.json")
+    check_cli_error(["measure", str(ws / "d")], needle="without deployment.json")
 
 
 def test_measure_corrupt_artifact(ws: Path) -> None:
     (ws / "d").mkdir()
     (ws / "d" / "deployment.json").write_text("{junk")
-    run_cli(["measure", str(ws / "d")], needle="not valid JSON")
+    check_cli_error(["measure", str(ws / "d")], needle="not valid JSON")
 
 
 def test_measure_non_utf8_path(ws: Path) -> None:
@@ -282,12 +284,12 @@ def test_measure_non_utf8_path(ws: Path) -> None:
 )
 def test_optimize_bad_input(ws: Path, args: list[str], needle: str) -> None:
     out = ws / "out"
-    run_cli(["optimize", *args, "--out", str(out)], needle=needle, out=out)
+    check_cli_error(["optimize", *args, "--out", str(out)], needle=needle, out=out)
 
 
 def test_optimize_unreachable_storage_hides_password(ws: Path) -> None:
     out = ws / "out"
-    result = run_cli(
+    result = check_cli_error(
         ["optimize", "--storage", "postgresql://u:secret@127.0.0.1:1/x", "--out", str(out)],
         needle="storage",
         out=out,
@@ -298,7 +300,7 @@ def test_optimize_unreachable_storage_hides_password(ws: Path) -> None:
 def test_optimize_out_under_a_file(ws: Path) -> None:
     (ws / "afile").write_text("x")
     out = ws / "afile" / "out"
-    run_cli(["optimize", "--out", str(out)], needle="afile")
+    check_cli_error(["optimize", "--out", str(out)], needle="afile")
     assert (ws / "afile").read_text() == "x"
 
 
@@ -323,20 +325,22 @@ def _results(ws: Path) -> Path:
 
 
 def test_check_missing_file(ws: Path) -> None:
-    run_cli(["check", str(ws / "nofile.json")], needle="cannot read")
+    check_cli_error(["check", str(ws / "nofile.json")], needle="cannot read")
 
 
 def test_check_not_json(ws: Path) -> None:
     (ws / "r.json").write_text("hello")
-    run_cli(["check", str(ws / "r.json")], needle="not JSON")
+    check_cli_error(["check", str(ws / "r.json")], needle="not JSON")
 
 
 def test_check_bad_quantity(ws: Path) -> None:
-    run_cli(["check", str(_results(ws)), "--max-energy-per-item", "2xJ"], needle="2xJ")
+    check_cli_error(["check", str(_results(ws)), "--max-energy-per-item", "2xJ"], needle="2xJ")
 
 
 def test_check_broken_budget_exits_1(ws: Path) -> None:
-    run_cli(["check", str(_results(ws)), "--max-energy-per-item", "1mJ"], code=1, needle="energy")
+    check_cli_error(
+        ["check", str(_results(ws)), "--max-energy-per-item", "1mJ"], code=1, needle="energy"
+    )
 
 
 def test_check_holds_exits_0(ws: Path) -> None:  # the control case: a good input passes
@@ -405,4 +409,6 @@ def test_api_bad_input(ws: Path, call, needle: str) -> None:  # type: ignore[no-
 )
 def test_typer_validated_options(ws: Path, args: list[str], needle: str) -> None:
     out = ws / "out"
-    run_cli([*args, "--out", str(out)] if args[0] == "optimize" else args, needle=needle, out=out)
+    check_cli_error(
+        [*args, "--out", str(out)] if args[0] == "optimize" else args, needle=needle, out=out
+    )

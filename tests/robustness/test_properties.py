@@ -28,7 +28,7 @@ PREFIX = {"": 1.0, "k": 1e3, "m": 1e-3, "u": 1e-6, "µ": 1e-6, "n": 1e-9}
 finite_nonneg = st.floats(min_value=0.0, max_value=1e12, allow_nan=False, allow_infinity=False)
 
 
-def _one_line_input_error(fn: Any, *args: Any) -> str:
+def _check_one_line_input_error(fn: Any, *args: Any) -> str:
     with pytest.raises(InputError) as info:
         fn(*args)
     msg = str(info.value)
@@ -68,7 +68,7 @@ def test_wh_is_3600_joules(v: float, prefix: str) -> None:
 )
 def test_wrong_unit_is_one_line_input_error(v: float, prefix: str, units: tuple[str, str]) -> None:
     got, expected = units
-    msg = _one_line_input_error(parse_quantity, f"{v!r}{prefix}{got}", expected)
+    msg = _check_one_line_input_error(parse_quantity, f"{v!r}{prefix}{got}", expected)
     assert expected in msg
 
 
@@ -81,7 +81,7 @@ def test_wrong_unit_is_one_line_input_error(v: float, prefix: str, units: tuple[
     ),
 )
 def test_negative_nan_inf_rejected(text: str) -> None:
-    _one_line_input_error(parse_quantity, text, "J")
+    _check_one_line_input_error(parse_quantity, text, "J")
 
 
 @FAST
@@ -213,7 +213,7 @@ junk = st.recursive(
 )
 
 
-def _parses_or_input_error(text: str) -> None:
+def _check_parses_or_input_error(text: str) -> None:
     try:
         out = parse_recipe(text)
     except InputError as exc:
@@ -226,14 +226,14 @@ def _parses_or_input_error(text: str) -> None:
 @SLOW
 @given(st.text(max_size=60))
 def test_arbitrary_text_raises_only_input_error(text: str) -> None:
-    _parses_or_input_error(text)
+    _check_parses_or_input_error(text)
 
 
 @SLOW
 @given(junk)
 def test_arbitrary_yaml_document_raises_only_input_error(doc: Any) -> None:
-    _parses_or_input_error(yaml.safe_dump(doc))
-    _parses_or_input_error(yaml.safe_dump({"wattwise_recipe": 1, "passes": doc}))
+    _check_parses_or_input_error(yaml.safe_dump(doc))
+    _check_parses_or_input_error(yaml.safe_dump({"wattwise_recipe": 1, "passes": doc}))
 
 
 @SLOW
@@ -250,7 +250,7 @@ def test_mutated_recipe_raises_only_input_error(
     item = data.draw(st.sampled_from(doc["passes"]))
     field = data.draw(st.sampled_from([key, *item]))
     item[field] = value
-    _parses_or_input_error(yaml.safe_dump(doc))
+    _check_parses_or_input_error(yaml.safe_dump(doc))
 
 
 @pytest.mark.parametrize(
@@ -258,12 +258,12 @@ def test_mutated_recipe_raises_only_input_error(
 )
 def test_mixed_type_keys_are_an_input_error(text: str) -> None:
     # Once a TypeError from sorting int and str keys together.
-    _parses_or_input_error(text)
+    _check_parses_or_input_error(text)
 
 
 def test_huge_int_is_an_input_error() -> None:
     # Once an OverflowError from math.isfinite on an int too large for a float.
-    _parses_or_input_error("- type: prune\n  ratio: 1" + "0" * 400 + "\n")
+    _check_parses_or_input_error("- type: prune\n  ratio: 1" + "0" * 400 + "\n")
 
 
 def test_recipe_format_version_true_is_accepted_as_1() -> None:
