@@ -93,6 +93,22 @@ class JobContext:
     meter: str = "auto"
 
 
+# The figures a trial takes from its Measurement, each carrying its energy source.
+_MEASURED = (
+    "energy_j_per_item",
+    "energy_source",
+    "energy_uncertainty",
+    "latency_ms_p50",
+    "latency_ms_p90",
+    "throughput_items_per_s",
+    "co2e_g_per_million_items",
+)
+
+
+def _measured(m: Any) -> dict[str, Any]:
+    return {k: getattr(m, k) for k in _MEASURED}
+
+
 def task_id(task: Task, spec: str | None) -> str:
     """A stable identity of the task and its baseline training recipe."""
     fields = {
@@ -503,13 +519,7 @@ def baseline_job(ctx: JobContext, batch_size: int, max_time_s: float) -> dict[st
         return {
             "ok": True,
             "accuracy": accuracy,
-            "energy_j_per_item": m.energy_j_per_item,
-            "energy_source": m.energy_source,
-            "energy_uncertainty": m.energy_uncertainty,
-            "latency_ms_p50": m.latency_ms_p50,
-            "latency_ms_p90": m.latency_ms_p90,
-            "throughput_items_per_s": m.throughput_items_per_s,
-            "co2e_g_per_million_items": m.co2e_g_per_million_items,
+            **_measured(m),
             "macs_per_item": macs,
             "params": count_params(model),
             "size_bytes": state_dict_bytes(model),
@@ -622,13 +632,7 @@ def trial_job(ctx: JobContext, cand: Candidate, max_time_s: float) -> dict[str, 
         return {
             "ok": True,
             "accuracy": accuracy,
-            "energy_j_per_item": m.energy_j_per_item,
-            "energy_source": m.energy_source,
-            "energy_uncertainty": m.energy_uncertainty,
-            "latency_ms_p50": m.latency_ms_p50,
-            "latency_ms_p90": m.latency_ms_p90,
-            "throughput_items_per_s": m.throughput_items_per_s,
-            "co2e_g_per_million_items": m.co2e_g_per_million_items,
+            **_measured(m),
             "macs_per_item": macs,
             "params": count_params(model),
             "size_bytes": int(size),
