@@ -18,15 +18,14 @@ import argparse
 import datetime as dt
 import itertools
 import json
-import os
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import wattwise
+from wattwise._fs import atomic_write_text
 from wattwise.deploy import deploy
 from wattwise.measure._hardware import hardware_info
 
@@ -141,7 +140,7 @@ def widths(rounds: int, threads: int, max_time_s: float) -> dict[str, Any]:
 
 def write(result: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    _atomic(out / "deploy.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "deploy.json", json.dumps(result, indent=2) + "\n")
     i8, wd = result["int8_digits"], result["widths"]
     src = i8["rows"][0]["energy_source"]
     unc = i8["rows"][0]["energy_uncertainty"]
@@ -180,14 +179,7 @@ def write(result: dict[str, Any], out: Path) -> None:
         f"MACs and J/item rise with width: **{'yes' if wd['rises_with_width'] else 'NO'}**.",
         "",
     ]
-    _atomic(out / "deploy.md", "\n".join(lines))
-
-
-def _atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(out / "deploy.md", "\n".join(lines))
 
 
 def main() -> None:

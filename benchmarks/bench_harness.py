@@ -16,15 +16,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import platform
 import statistics
-import tempfile
 from pathlib import Path
 
 import torch
 
 import wattwise
+from wattwise._fs import atomic_write_text
 from wattwise.measure import _stats
 from wattwise.measure._hardware import hardware_info
 from wattwise.tasks.digits import DigitsCNN
@@ -72,7 +71,7 @@ def run(repeats: int, window_s: float, batch_size: int, threads: int | None = No
 
 def write(results: list[dict], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic(out_dir / "harness.json", json.dumps({"configs": results}, indent=2) + "\n")
+    atomic_write_text(out_dir / "harness.json", json.dumps({"configs": results}, indent=2) + "\n")
     first = results[0]
     lines = [
         "# Harness overhead and repeatability",
@@ -108,14 +107,7 @@ def write(results: list[dict], out_dir: Path) -> None:
         "the thread count for this reason.",
         "",
     ]
-    _atomic(out_dir / "harness.md", "\n".join(lines))
-
-
-def _atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(out_dir / "harness.md", "\n".join(lines))
 
 
 def main() -> None:

@@ -51,7 +51,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -61,6 +60,7 @@ from typing import Any
 import torch
 
 import wattwise
+from wattwise._fs import atomic_write_text
 from wattwise.measure import _stats
 from wattwise.measure._hardware import hardware_info
 from wattwise.measure._isolate import child_env, pin_threads, run_isolated
@@ -536,7 +536,7 @@ def _reports(result: dict[str, Any]) -> dict[str, str]:
 
 def write(result: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic(out_dir / "meters.json", json.dumps(result, indent=2, default=str) + "\n")
+    atomic_write_text(out_dir / "meters.json", json.dumps(result, indent=2, default=str) + "\n")
     side = result["side_by_side"]
     tools = result["summary"]["tools"]
     hw = result["hardware"]
@@ -670,15 +670,7 @@ def write(result: dict[str, Any], out_dir: Path) -> None:
         + ".",
         "",
     ]
-    _atomic(out_dir / "meters.md", "\n".join(lines))
-
-
-def _atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; these are docs
-    os.replace(tmp, path)
+    atomic_write_text(out_dir / "meters.md", "\n".join(lines))
 
 
 def main() -> None:

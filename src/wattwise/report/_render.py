@@ -15,12 +15,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from wattwise._fs import atomic_write_text
 from wattwise.errors import InputError
 from wattwise.report._svg import PlotPoint, scatter_svg
 from wattwise.report._tables import (
     MISSING,
     ablation,
-    atomic_write_text,
     fmt_accuracy,
     fmt_bytes,
     fmt_count,

@@ -7,7 +7,6 @@ found nothing feasible has no ``best``; they format as :data:`MISSING` instead o
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import decimal
@@ -17,10 +16,8 @@ import math
 import os
 import re
 import statistics
-import tempfile
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from wattwise._units import format_energy
@@ -30,7 +27,6 @@ __all__ = [
     "TRIAL_COLUMNS",
     "AblationRow",
     "ablation",
-    "atomic_write_text",
     "canonical_results",
     "fmt_bytes",
     "fmt_count",
@@ -437,41 +433,6 @@ def trials_csv_text(trials: Iterable[Mapping[str, Any]]) -> str:
             flat["deployment"] = _ordered(flat["deployment"], _DEPLOYMENT_ORDER)
         writer.writerow([_csv_cell(flat.get(c)) for c in columns])
     return buf.getvalue()
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file in the same folder and a rename.
-
-    Readers see the old file or the new one, never half of one, even if we are killed mid-way.
-    """
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode & 0o7777  # keep the mode of the file we replace
-    except FileNotFoundError:
-        mode = 0o666 & ~_umask()  # what open() would have given a new file
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            # mkstemp makes 0600 files; a report is meant to be read by others.
-            os.fchmod(fh.fileno(), mode)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask sets it, racing other threads)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    return 0o022
 
 
 # ----------------------------------------------------------------------------- analysis
