@@ -1,4 +1,5 @@
-"""Efficient architecture families: MobileNetV2, MobileNetV3 (Small/Large), EfficientNet-Lite0–4.
+"""Architecture families: MobileNetV2, MobileNetV3 (Small/Large), EfficientNet-Lite0–4, and
+ResNet-18/34/50 (the classic baseline and teacher).
 
 Our own readable implementations (one file per family), each driven by a frozen config whose
 block table reads like the paper's. Every model traces with ``torch.fx`` / ``torch.export`` and
@@ -39,6 +40,7 @@ from wattwise.archs._student import StudentCandidate, StudentChoice, student_for
 from wattwise.archs.efficientnet_lite import EfficientNetLite, EfficientNetLiteConfig
 from wattwise.archs.mobilenetv2 import MobileNetV2, MobileNetV2Config
 from wattwise.archs.mobilenetv3 import MobileNetV3, MobileNetV3Config
+from wattwise.archs.resnet import ResNet, ResNetConfig
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -57,6 +59,8 @@ __all__ = [
     "MobileNetV2Config",
     "MobileNetV3",
     "MobileNetV3Config",
+    "ResNet",
+    "ResNetConfig",
     "SqueezeExcite",
     "StudentCandidate",
     "StudentChoice",

@@ -1,4 +1,5 @@
-"""Building blocks shared by the MobileNet / EfficientNet-Lite families.
+"""Building blocks shared by the MobileNet / EfficientNet-Lite families (ResNet reuses
+:class:`ConvBNAct`, :class:`DropPath`, :func:`make_divisible` and :func:`init_weights`).
 
 Everything here is a plain ``nn.Module`` with static structure: no in-place activations, no
 Python branches on tensor values, so the models trace with ``torch.fx`` / ``torch.export`` and
@@ -380,9 +381,10 @@ def init_weights(model: nn.Module) -> None:
 class Classifier(nn.Module):
     """Base of the family models: ``features`` → global average pool → head → ``fc``.
 
-    Subclasses build, in this order, ``stem``, ``blocks``, ``head`` (a 1×1 ConvBNAct),
-    ``pool``, ``dropout`` and ``fc`` (the last layer, the one a pruner must leave alone), then
-    call :func:`init_weights`. MobileNetV3 adds a hidden linear layer in :meth:`forward_head`.
+    Subclasses build, in this order, ``stem``, ``blocks``, ``head`` (a 1×1 ConvBNAct; the
+    identity for ResNet, which has none), ``pool``, ``dropout`` and ``fc`` (the last layer, the
+    one a pruner must leave alone), then call :func:`init_weights`. MobileNetV3 adds a hidden
+    linear layer in :meth:`forward_head`.
     """
 
     cfg: ArchConfig

