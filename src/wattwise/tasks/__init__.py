@@ -11,5 +11,6 @@ Note: ``wattwise.tasks.digits`` is the task function; the module of the same nam
 from wattwise.tasks._builtin import get, load_task, names
 from wattwise.tasks._task import Task, accuracy
 from wattwise.tasks.digits import DigitsCNN, digits
+from wattwise.tasks.photos import lite0_photos
 
-__all__ = ["DigitsCNN", "Task", "accuracy", "digits", "get", "load_task", "names"]
+__all__ = ["DigitsCNN", "Task", "accuracy", "digits", "get", "lite0_photos", "load_task", "names"]

@@ -14,12 +14,14 @@ from wattwise._registry import Registry
 from wattwise.errors import InputError, UnknownNameError, WorkloadError
 from wattwise.tasks._task import Task
 from wattwise.tasks.digits import digits
+from wattwise.tasks.photos import lite0_photos
 
 __all__ = ["TASKS", "get", "load_task", "names"]
 
 TASKS: Registry[Callable[[], Task]] = Registry("task")
 TASKS.register("digits")(functools.partial(digits, size=8))
 TASKS.register("digits32")(functools.partial(digits, size=32))
+TASKS.register("lite0-photos")(lite0_photos)
 
 _SPEC = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
 
@@ -30,7 +32,7 @@ def names() -> list[str]:
 
 
 def get(name: str) -> Task:
-    """Build the built-in task ``name`` (``"digits"``, ``"digits32"``).
+    """Build the built-in task ``name`` (``"digits"``, ``"digits32"``, ``"lite0-photos"``).
 
     Raises:
         UnknownNameError: ``name`` is not a built-in task.

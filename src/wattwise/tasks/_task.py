@@ -84,9 +84,10 @@ class Task:
             raise InputError("Task.example_input must be a tensor with a batch dimension")
         if self.example_input.shape[0] != 1:
             self.example_input = self.example_input[:1]
-        for field in ("epochs", "batch_size"):
-            if int(getattr(self, field)) < 1:
-                raise InputError(f"Task.{field} must be >= 1, got {getattr(self, field)!r}")
+        # epochs 0: the factory returns a trained (e.g. pretrained) model, used as it is.
+        for field, low in (("epochs", 0), ("batch_size", 1)):
+            if int(getattr(self, field)) < low:
+                raise InputError(f"Task.{field} must be >= {low}, got {getattr(self, field)!r}")
         if not self.lr > 0:
             raise InputError(f"Task.lr must be > 0, got {self.lr!r}")
 
