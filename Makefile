@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # while an unpinned torch may pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint venv sysdeps clean
+.PHONY: demo test lint venv sysdeps bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ lint: venv
 
 test: lint sysdeps
 	$(BIN)/python -m pytest -q
+
+# docs/BENCHMARKS.md: wattwise vs peers, measured side by side (about an hour on 2 cores).
+bench: venv
+	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[dev,bench]"
+	$(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

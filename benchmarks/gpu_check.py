@@ -5,9 +5,14 @@ What it records (JSON to ``--out``):
 1. the NVML energy counter: its update period, and counter energy vs integrated polled
    power over the same window (they should agree within a few percent);
 2. J/image with the NVML meter through ``wattwise.measure`` (each in its own child process)
-   for our MobileNetV3-Large, MobileNetV2, EfficientNet-Lite0 and, where torchvision is
-   importable, ResNet-50 — fp32 at batch 1 and 256, bf16 at batch 256 — beside the DESIGN.md
-   anchors measured on an H200.
+   for our MobileNetV3-Large, EfficientNet-Lite0 and ResNet-50 (v1.5) — fp32 at batch 1 and
+   256, bf16 at batch 256, bf16 + compile at 256 — beside the DESIGN.md anchors measured on an
+   H200;
+3. wattwise's chosen deployment for each: ``wattwise.deploy.select_deployment`` measures the
+   CUDA candidates (eager and compile × fp32, bf16, fp16 at batch 256) side by side and picks the
+   lowest J/image; its pick is a row of its own.
+
+Sized for one prepared run of at most 5 minutes on an H100 (``--max-time-s`` per measurement).
 
 Run there: ``PYTHONPATH=src python3 benchmarks/gpu_check.py --out $OUT``. Render with
 ``python benchmarks/gpu_report.py RESULT.json > docs/benchmarks/gpu.md``.
@@ -19,7 +24,6 @@ import argparse
 import functools
 import json
 import subprocess
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -44,31 +48,39 @@ def _ours(name: str, dtype: str, compiled: bool = False) -> torch.nn.Module:
     return _finish(archs.create(name, num_classes=1000), dtype, compiled)
 
 
-def _resnet50(dtype: str, compiled: bool = False) -> torch.nn.Module:
-    import torchvision
+MODELS = {
+    "MobileNetV3-Large (ours)": "mobilenetv3_large",
+    "EfficientNet-Lite0 (ours)": "efficientnet_lite0",
+    "ResNet-50 (ours)": "resnet50",
+}
 
-    return _finish(torchvision.models.resnet50(weights=None), dtype, compiled)
 
+def _chosen(name: str, x: torch.Tensor, max_time_s: float) -> dict[str, object]:
+    """wattwise's pick among the CUDA deployments at batch 256, measured side by side."""
+    from wattwise.deploy import offline_candidates, select_deployment
 
-def _models() -> dict[str, object]:
-    out: dict[str, object] = {
-        "MobileNetV3-Large (ours)": functools.partial(_ours, "mobilenetv3_large"),
-        "MobileNetV2 (ours)": functools.partial(_ours, "mobilenetv2"),
-        "EfficientNet-Lite0 (ours)": functools.partial(_ours, "efficientnet_lite0"),
-    }
-    try:
-        import torchvision  # noqa: F401
-
-        out["ResNet-50 (torchvision)"] = _resnet50
-    except Exception as exc:  # not importable beside every torch
-        print(f"no torchvision: {exc}", file=sys.stderr)
-    return out
+    model = archs.create(name, num_classes=1000).eval()
+    cands = offline_candidates(
+        ("eager", "compile"), ("fp32", "bf16", "fp16"), (256,), device="cuda", model=model
+    )
+    sel = select_deployment(model, cands, x, "offline", rounds=1, max_time_s=max_time_s)
+    row: dict[str, object] = {"reason": sel.reason, "notes": list(sel.notes)}
+    row["candidates"] = [c.to_dict() for c in sel.candidates]
+    chosen = sel.chosen
+    if chosen is not None and chosen.measurements:
+        dep = chosen.deployment
+        row |= chosen.measurements[0].to_dict()
+        row |= {"dtype": f"wattwise: {dep.label}", "compiled": dep.backend == "compile"}
+    else:
+        row["error"] = sel.reason
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--max-time-s", type=float, default=4.0)
+    parser.add_argument("--select-time-s", type=float, default=30.0, help="per model's selection")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -94,9 +106,9 @@ def main() -> None:
     rows = []
     x = torch.randn(1, 3, 224, 224)
     configs = [("float32", 1, False), ("float32", 256, False), ("bfloat16", 256, False)]
-    compile_for = {"MobileNetV3-Large (ours)", "ResNet-50 (torchvision)"}
-    for label, factory in _models().items():
-        extra = [("bfloat16", 256, True)] if label in compile_for and args.compile else []
+    for label, arch in MODELS.items():
+        factory = functools.partial(_ours, arch)
+        extra = [("bfloat16", 256, True)] if args.compile else []
         for dtype, batch, compiled in configs + extra:
             row: dict[str, object] = {
                 "model": label,
@@ -134,6 +146,18 @@ def main() -> None:
             )
             rows.append(row)
             _write(args.out / "gpu_results.json", {**result, "rows": rows})
+        try:
+            chosen = _chosen(arch, x, args.select_time_s)
+        except Exception as exc:
+            chosen = {"error": f"{type(exc).__name__}: {exc}"}
+        rows.append({"model": label, "batch_size": 256, "dtype": "wattwise", **chosen})
+        print(
+            json.dumps(
+                {k: rows[-1].get(k) for k in ("model", "dtype", "energy_j_per_item", "error")}
+            ),
+            flush=True,
+        )
+        _write(args.out / "gpu_results.json", {**result, "rows": rows})
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     _write(args.out / "gpu_results.json", {**result, "rows": rows})
 

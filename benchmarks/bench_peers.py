@@ -1,0 +1,506 @@
+"""Compression and deployment vs peers: wattwise optimize against each single technique a user
+would pick instead, side by side in one run, on the same model, data and accuracy limit.
+
+For each model (the digits CNN; a ResNet-style and a MobileNetV3-style network on digits
+upsampled to 32×32; pretrained EfficientNet-Lite0 at 224×224 on the fidelity task):
+
+1. train the fp32 baseline once (the pretrained Lite0 is used as it is);
+2. build every peer from that same trained model (``peers.py``): fp32 eager, ``torch.compile``
+   fp32, torchao PT2E int8 + compile, ONNX Runtime static int8 (QDQ), NNCF PTQ on OpenVINO,
+   Torch-Pruning 50% + fine-tuning; and run ``wattwise.optimize`` for each scenario (online:
+   batch 1; offline: any batch) under the same ≤1-point drop, exporting its best deployment;
+3. score each on the task's validation set (top-1 accuracy; for Lite0, top-1 agreement with
+   the fp32 model on crops of the scikit-learn sample photos);
+4. per scenario, give each peer its best batch size and thread count from a short pre-pass
+   (online: batch 1 with 1 or all threads; offline: the batch sizes below × those threads), as
+   a user tuning that tool would; wattwise's deployment keeps the batch and threads its search
+   chose;
+5. measure all of them in rotating rounds (A B C … , B C … A, …), each measurement in its own
+   child process, and report medians and ratios to fp32 eager from the same rounds.
+
+Writes ``docs/benchmarks/peers.json`` (the raw rounds too); ``benchmarks/run.py`` turns it into
+``docs/BENCHMARKS.md``. Checkpoints per model: rerunning skips models already done unless
+``--fresh``.
+
+Run: ``make bench`` (installs the ``bench`` extra) or ``.venv/bin/python benchmarks/bench_peers.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import functools
+import json
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers
+import wattwise
+from wattwise._fs import atomic_write_text
+from wattwise.measure._hardware import hardware_info
+from wattwise.tasks import Task
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "benchmarks" / "peers.json"
+MAX_DROP = 0.01
+SCENARIOS = ("online", "offline")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One model of the benchmark and how to treat it."""
+
+    key: str
+    title: str
+    make_task: Callable[[], Task]
+    offline_batches: tuple[int, ...]
+    trials: dict[str, int]
+    # Lite0's crops of two photos can't fine-tune anything honestly: deployments only.
+    space_models: tuple[dict[str, Any], ...] | None = None
+
+
+def _digits32(arch: str, **kw: Any) -> Task:
+    task = wattwise.tasks.digits(size=32)
+    factory = functools.partial(
+        wattwise.archs.create, arch, num_classes=10, in_chans=1, resolution=32, **kw
+    )
+    return dataclasses.replace(task, name=f"digits32-{arch}", model_factory=factory)
+
+
+CASES: dict[str, Case] = {
+    c.key: c
+    for c in (
+        Case(
+            "digits-cnn",
+            "digits CNN (8×8)",
+            wattwise.tasks.digits,
+            (16, 64, 256),
+            {"online": 8, "offline": 14},
+        ),
+        Case(
+            "resnet-digits32",
+            "ResNet-18-style, width 0.25, small stem (digits 32×32)",
+            functools.partial(_digits32, "resnet18", width=0.25, stem="small"),
+            (16, 64, 256),
+            {"online": 8, "offline": 14},
+        ),
+        Case(
+            "mobilenetv3-digits32",
+            "MobileNetV3-Small (digits 32×32)",
+            # BatchNorm momentum 0.1 (PyTorch's default) instead of the paper's TF 0.01: the
+            # task trains for a few hundred steps, too few for running statistics at 0.01.
+            functools.partial(_digits32, "mobilenetv3_small", bn_momentum=0.1),
+            (16, 64, 256),
+            {"online": 8, "offline": 14},
+        ),
+        Case(
+            "lite0-224",
+            "EfficientNet-Lite0, ImageNet weights (224×224, fidelity on photo crops)",
+            functools.partial(wattwise.tasks.lite0_photos, n_train=128, n_val=256),
+            (16, 64),
+            {"online": 5, "offline": 8},
+            space_models=({"name": "base"},),
+        ),
+    )
+}
+
+
+class _Callable(torch.nn.Module):
+    """Lets ``task.metric`` (which calls ``.eval()``) score any callable."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], Any]):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.fn(x)
+
+
+def _score(task: Task, fn: Any) -> float:
+    with torch.inference_mode():
+        return task.evaluate(fn if isinstance(fn, torch.nn.Module) else _Callable(fn))
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def build_peers(
+    case: Case, task: Task, model: torch.nn.Module, workdir: Path
+) -> dict[str, dict[str, Any]]:
+    """Every single-technique peer: ``{name: {built, accuracy, build_s} | {error}}``."""
+    prune_epochs = max(2, task.epochs // 3) if task.epochs else 2
+    makers: dict[str, Callable[[], tuple[peers.Built, Any]]] = {
+        "fp32 eager": lambda: (peers.fp32_eager(model, task), model),
+        "torch.compile fp32": lambda: (peers.compile_fp32(model, task), model),
+        "torchao PT2E int8 + compile": lambda: peers.torchao_int8(model, task),
+        "ONNX Runtime static int8": lambda: peers.ort_int8(model, task),
+        "NNCF PTQ int8 (OpenVINO)": lambda: peers.nncf_int8(model, task, workdir),
+        "Torch-Pruning 50% + fine-tune": lambda: peers.torch_pruning_50(model, task, prune_epochs),
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for name, make in makers.items():
+        t0 = time.perf_counter()
+        try:
+            built, scorer = make()
+            scorer = scorer() if isinstance(scorer, functools.partial) else scorer
+            acc = _score(task, scorer)
+        except Exception as exc:  # a peer that fails is a row that says why, not a crash
+            out[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+            _log(f"  {name}: FAILED {out[name]['error']}")
+            traceback.print_exc()
+            continue
+        out[name] = {"built": built, "accuracy": acc, "build_s": time.perf_counter() - t0}
+        _log(f"  {name}: accuracy {acc:.4f}, built in {out[name]['build_s']:.0f} s")
+    return out
+
+
+def run_wattwise(case: Case, task: Task, scenario: str, workdir: Path) -> dict[str, Any]:
+    """``wattwise.optimize`` for one scenario; its exported best as a peer-shaped entry."""
+    from wattwise.search import ModelChoice, default_space
+
+    space = default_space(task, scenario)
+    if case.space_models is not None:
+        models = tuple(ModelChoice(**m) for m in case.space_models)
+        space = dataclasses.replace(space, models=models)
+    if scenario == "offline":
+        space = dataclasses.replace(space, batch_sizes=(1, *case.offline_batches))
+    # One output directory for both scenarios: the second search reuses the models the first
+    # trained (its cache/); each scenario is its own study, and its artifact is moved aside.
+    out = workdir / "wattwise"
+    t0 = time.perf_counter()
+    result = wattwise.optimize(
+        task,
+        scenario=scenario,
+        max_accuracy_drop=MAX_DROP,
+        trials=case.trials[scenario],
+        out=out,
+        space=space,
+        progress=False,
+    )
+    best = result.best
+    info: dict[str, Any] = {
+        "search_s": time.perf_counter() - t0,
+        "search_energy_j": result.results.get("search_energy_j"),
+        "search_energy_source": result.results.get("search_energy_source"),
+        "trials": result.results.get("trials"),
+        "failed_trials": result.results.get("failed_trials"),
+    }
+    if best is None or not (out / "artifact").is_dir():
+        return {**info, "error": "no feasible trial within the accuracy limit"}
+    artifact = workdir / f"artifact-{scenario}"
+    (out / "artifact").rename(artifact)
+    dep = best["deployment"]
+    threads = dep.get("threads") or None
+    built = peers.wattwise_artifact(artifact, float(best.get("macs_per_item") or 0.0))
+    loaded = wattwise.deploy.load_artifact(artifact)
+    acc = _score(task, loaded.callable)
+    return {
+        **info,
+        "built": built,
+        "accuracy": acc,
+        "search_accuracy": best.get("accuracy"),
+        "choice": {
+            "label": best.get("label"),
+            "recipe": best.get("recipe"),
+            "student": best.get("student"),
+            "backend": dep["backend"],
+            "precision": dep["precision"],
+            "batch_size": int(dep["batch_size"]),
+            "threads": threads,
+        },
+    }
+
+
+def _configs(case: Case, scenario: str) -> list[tuple[int, int | None]]:
+    """(batch, threads) choices a peer is tuned over; ``None`` threads = every allowed core."""
+    threads: list[int | None] = [1, None] if peers.default_threads() > 1 else [None]
+    batches = (1,) if scenario == "online" else case.offline_batches
+    return [(b, t) for b in batches for t in threads]
+
+
+def _measure(
+    entry: dict[str, Any], task: Task, batch: int, threads: int | None, max_time_s: float
+) -> dict[str, Any]:
+    factory = entry["built"].make(task.example_input, batch, threads)
+    m = wattwise.measure(
+        factory, task.example_input, batch_size=batch, threads=threads, max_time_s=max_time_s
+    )
+    return m.to_dict()
+
+
+def _tune(
+    entries: dict[str, dict[str, Any]], case: Case, task: Task, scenario: str, max_time_s: float
+) -> dict[str, dict[str, Any]]:
+    """Each peer's best (batch, threads) by one short measurement of each choice."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for name, entry in entries.items():
+        if "error" in entry:
+            continue
+        if name == "wattwise optimize":
+            c = entry["choice"]
+            chosen[name] = {"batch_size": c["batch_size"], "threads": c["threads"], "tried": []}
+            continue
+        tried = []
+        for batch, threads in _configs(case, scenario):
+            try:
+                m = _measure(entry, task, batch, threads, max_time_s)
+            except Exception as exc:
+                tried.append({"batch_size": batch, "threads": threads, "error": str(exc)[:200]})
+                continue
+            tried.append(
+                {
+                    "batch_size": batch,
+                    "threads": threads,
+                    "energy_j_per_item": m["energy_j_per_item"],
+                }
+            )
+        ok = [t for t in tried if "energy_j_per_item" in t]
+        if not ok:
+            entry["error"] = f"every batch/threads choice failed: {tried[0].get('error')}"
+            continue
+        best = min(ok, key=lambda t: t["energy_j_per_item"])
+        chosen[name] = {
+            "batch_size": best["batch_size"],
+            "threads": best["threads"],
+            "tried": tried,
+        }
+    return chosen
+
+
+def _rounds(
+    entries: dict[str, dict[str, Any]],
+    chosen: dict[str, dict[str, Any]],
+    task: Task,
+    rounds: int,
+    max_time_s: float,
+) -> dict[str, list[dict[str, Any]]]:
+    names = [n for n in entries if n in chosen]
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            c = chosen[name]
+            try:
+                runs[name].append(
+                    _measure(entries[name], task, c["batch_size"], c["threads"], max_time_s)
+                )
+            except Exception as exc:
+                runs[name].append({"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+        _log(f"  round {r + 1}/{rounds} done")
+    return runs
+
+
+def _median(rows: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in rows if key in r]
+    return statistics.median(vals) if vals else None
+
+
+def _table(
+    entries: dict[str, dict[str, Any]],
+    chosen: dict[str, dict[str, Any]],
+    runs: dict[str, list[dict[str, Any]]],
+    base_acc: float,
+) -> list[dict[str, Any]]:
+    base = runs.get("fp32 eager", [])
+    ref = {k: _median(base, k) for k in ("energy_j_per_item", "latency_ms_p50", "latency_ms_p90")}
+    ref_size = entries["fp32 eager"]["built"].size_bytes
+    ref_macs = entries["fp32 eager"]["built"].macs_per_item
+    rows = []
+    for name, entry in entries.items():
+        row: dict[str, Any] = {"method": name}
+        if "error" in entry:
+            rows.append({**row, "error": entry["error"]})
+            continue
+        rs = [r for r in runs.get(name, []) if "error" not in r]
+        built: peers.Built = entry["built"]
+        drop = (base_acc - entry["accuracy"]) * 100
+        row |= {
+            "note": built.note,
+            "accuracy": entry["accuracy"],
+            "drop_points": drop,
+            "within_limit": drop <= MAX_DROP * 100 + 1e-9,
+            "batch_size": chosen.get(name, {}).get("batch_size"),
+            "threads": chosen.get(name, {}).get("threads"),
+            "tuning": chosen.get(name, {}).get("tried", []),
+            "size_bytes": built.size_bytes,
+            "size_ratio": built.size_bytes / ref_size,
+            "macs_per_item": built.macs_per_item,
+            "macs_ratio": built.macs_per_item / ref_macs if ref_macs else None,
+            "rounds_j_per_item": [r["energy_j_per_item"] for r in rs],
+            "round_errors": [r["error"] for r in runs.get(name, []) if "error" in r],
+        }
+        if not rs:
+            rows.append({**row, "error": "no round measured"})
+            continue
+        for key in ("energy_j_per_item", "latency_ms_p50", "latency_ms_p90"):
+            value = _median(rs, key)
+            row[key] = value
+            row[key.replace("energy_j_per_item", "energy") + "_ratio"] = (
+                value / ref[key] if value is not None and ref[key] else None
+            )
+        row["energy_source"] = rs[0]["energy_source"]
+        row["energy_uncertainty"] = rs[0]["energy_uncertainty"]
+        row["converged_rounds"] = sum(bool(r.get("converged")) for r in rs)
+        row["notes"] = sorted({n for r in rs for n in r.get("notes", [])})
+        if name == "wattwise optimize":
+            row["choice"] = entry["choice"]
+            row["search_energy_j"] = entry.get("search_energy_j")
+            row["search_s"] = entry.get("search_s")
+        rows.append(row)
+    return rows
+
+
+def _verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Does wattwise use less energy per item than every single-technique peer that keeps the
+    accuracy limit? Names each peer it does not beat."""
+    ours = next((r for r in rows if r["method"] == "wattwise optimize"), None)
+    if ours is None or "energy_j_per_item" not in ours:
+        return {"wattwise_lowest": False, "reason": "wattwise optimize produced no measured row"}
+    feasible = [
+        r
+        for r in rows
+        if r["method"] not in ("wattwise optimize", "fp32 eager")
+        and r.get("within_limit")
+        and r.get("energy_j_per_item") is not None
+    ]
+    beaten_by = [
+        r["method"] for r in feasible if r["energy_j_per_item"] <= ours["energy_j_per_item"]
+    ]
+    best_peer = min(feasible, key=lambda r: r["energy_j_per_item"], default=None)
+    return {
+        "wattwise_lowest": not beaten_by,
+        "beaten_by": beaten_by,
+        "best_peer": best_peer["method"] if best_peer else None,
+        "wattwise_vs_best_peer": (
+            ours["energy_j_per_item"] / best_peer["energy_j_per_item"] if best_peer else None
+        ),
+    }
+
+
+def run_case(case: Case, rounds: int, max_time_s: float, tune_time_s: float) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    _log(f"{case.key}: task and fp32 baseline")
+    task = case.make_task()
+    torch.manual_seed(task.seed)
+    model = (
+        task.fit(task.model_factory(), seed=task.seed).eval()
+        if task.epochs
+        else (task.model_factory().eval())
+    )
+    base_acc = _score(task, model)
+    _log(f"  baseline accuracy {base_acc:.4f}")
+    with tempfile.TemporaryDirectory(prefix=f"ww-bench-{case.key}-") as tmp:
+        workdir = Path(tmp)
+        entries = build_peers(case, task, model, workdir)
+        scenarios: dict[str, Any] = {}
+        for scenario in SCENARIOS:
+            _log(f"  {scenario}: wattwise optimize ({case.trials[scenario]} trials)")
+            try:
+                ours = run_wattwise(case, task, scenario, workdir)
+            except Exception as exc:
+                traceback.print_exc()
+                ours = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+            _log(f"  {scenario}: wattwise chose {ours.get('choice', ours.get('error'))}")
+            both = {**entries, "wattwise optimize": ours}
+            chosen = _tune(both, case, task, scenario, tune_time_s)
+            runs = _rounds(both, chosen, task, rounds, max_time_s)
+            rows = _table(both, chosen, runs, base_acc)
+            scenarios[scenario] = {
+                "rows": rows,
+                "verdict": _verdict(rows),
+                "wattwise_search": {
+                    k: ours.get(k)
+                    for k in ("search_s", "search_energy_j", "search_energy_source", "trials")
+                },
+            }
+            _log(f"  {scenario}: {scenarios[scenario]['verdict']}")
+    return {
+        "key": case.key,
+        "title": case.title,
+        "task": task.name,
+        "baseline_accuracy": base_acc,
+        "metric": "top-1 agreement with fp32" if case.key == "lite0-224" else "top-1 accuracy",
+        "val_items": len(task.val_data),  # type: ignore[arg-type]
+        "offline_batches": list(case.offline_batches),
+        "trials": case.trials,
+        "elapsed_s": time.perf_counter() - t0,
+        "scenarios": scenarios,
+    }
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for dist in (
+        "wattwise",
+        "torchao",
+        "onnxruntime",
+        "nncf",
+        "openvino",
+        "torch-pruning",
+        "optuna",
+    ):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-time-s", type=float, default=2.0, help="per measurement")
+    parser.add_argument("--tune-time-s", type=float, default=0.5, help="per pre-pass measurement")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--fresh", action="store_true", help="redo models already in --out")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: 3-4 trials, 1 round (not for the docs)"
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds = 1
+        for key, case in CASES.items():
+            CASES[key] = dataclasses.replace(case, trials={"online": 3, "offline": 4})
+
+    doc: dict[str, Any] = {}
+    if args.out.exists() and not args.fresh:
+        doc = json.loads(args.out.read_text())
+    doc.setdefault("cases", {})
+    for key in args.models:
+        if key in doc["cases"] and not args.fresh:
+            _log(f"{key}: already in {args.out}, skipped (--fresh to redo)")
+            continue
+        doc["cases"][key] = run_case(CASES[key], args.rounds, args.max_time_s, args.tune_time_s)
+        doc |= {
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "hardware": hardware_info(),
+            "versions": _versions(),
+            "protocol": {
+                "rounds": args.rounds,
+                "max_time_s": args.max_time_s,
+                "tune_time_s": args.tune_time_s,
+                "max_accuracy_drop_points": MAX_DROP * 100,
+            },
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, json.dumps(doc, indent=1, default=str) + "\n")
+        _log(f"{key}: written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

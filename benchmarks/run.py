@@ -1,0 +1,240 @@
+"""The one command behind ``docs/BENCHMARKS.md``: run the benchmarks, then write the document.
+
+1. ``bench_peers.py``: wattwise optimize vs single-technique peers on four models, both
+   scenarios (``docs/benchmarks/peers.json``);
+2. ``bench_meters.py``: our meter and harness vs CodeCarbon and Zeus
+   (``docs/benchmarks/meters.json``);
+3. the GPU table from the last ``gpu_check.py`` run on a lent machine, if one was committed
+   (it needs a GPU, so it is not rerun here; its date and machine are stated beside it).
+
+Run: ``make bench`` (installs the ``bench`` extra first). ``--render-only`` rewrites the
+document from the committed JSON without measuring anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "docs" / "benchmarks"
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+PEER_ORDER = (
+    "wattwise optimize",
+    "torchao PT2E int8 + compile",
+    "ONNX Runtime static int8",
+    "NNCF PTQ int8 (OpenVINO)",
+    "Torch-Pruning 50% + fine-tune",
+    "torch.compile fp32",
+    "fp32 eager",
+)
+
+
+def _run(script: str, *args: str) -> None:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / script), *args]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def _energy(j: float | None) -> str:
+    if j is None:
+        return "—"
+    for scale, unit in ((1.0, "J"), (1e-3, "mJ"), (1e-6, "µJ"), (1e-9, "nJ")):
+        if j >= scale:
+            return f"{j / scale:.3g} {unit}"
+    return f"{j:.3g} J"
+
+
+def _ratio(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}×" if x >= 0.1 else f"{x:.3f}×"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "—"
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def _threads(t: int | None) -> str:
+    return "all" if not t else str(t)
+
+
+def _peer_table(rows: list[dict[str, Any]]) -> list[str]:
+    order = {name: i for i, name in enumerate(PEER_ORDER)}
+    lines = [
+        "| method | accuracy (change, points) | J/item | × fp32 eager | p50 ms/call (×) | p90 ms/call (×) "
+        "| size (×) | MACs/item (×) | batch, threads |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in sorted(rows, key=lambda r: order.get(r["method"], 99)):
+        name = f"**{r['method']}**" if r["method"] == "wattwise optimize" else r["method"]
+        if "energy_j_per_item" not in r:
+            lines.append(f"| {name} | failed: {r.get('error', '?')} | | | | | | | |")
+            continue
+        flag = "" if r["within_limit"] else " ✗"
+        macs = r.get("macs_per_item") or 0
+        lines.append(
+            f"| {name} | {r['accuracy']:.4f} ({-r['drop_points']:+.2f}){flag} "
+            f"| {_energy(r['energy_j_per_item'])} | **{_ratio(r['energy_ratio'])}** "
+            f"| {r['latency_ms_p50']:.3g} ({_ratio(r['latency_ms_p50_ratio'])}) "
+            f"| {r['latency_ms_p90']:.3g} ({_ratio(r['latency_ms_p90_ratio'])}) "
+            f"| {_size(r['size_bytes'])} ({_ratio(r['size_ratio'])}) "
+            f"| {macs / 1e6:.3g} M ({_ratio(r.get('macs_ratio'))}) "
+            f"| {r['batch_size']}, {_threads(r['threads'])} |"
+        )
+    return lines
+
+
+def _choice(row: dict[str, Any]) -> str:
+    c = row.get("choice") or {}
+    what = c.get("label") or f"{c.get('backend')}/{c.get('precision')}"
+    return f"`{what}`"
+
+
+def _verdict_line(case: dict[str, Any], scenario: str, block: dict[str, Any]) -> str:
+    v = block["verdict"]
+    if v.get("wattwise_lowest"):
+        ratio = v.get("wattwise_vs_best_peer")
+        vs = f" ({ratio:.2f}× the J/item of the best peer, {v['best_peer']})" if ratio else ""
+        return f"* {case['title']}, {scenario}: wattwise is lowest{vs}."
+    if v.get("beaten_by"):
+        return (
+            f"* {case['title']}, {scenario}: **wattwise is NOT lowest**: "
+            f"{', '.join(v['beaten_by'])} used less energy per item within the limit."
+        )
+    return f"* {case['title']}, {scenario}: **no wattwise figure**: {v.get('reason')}."
+
+
+def peers_section(data: dict[str, Any]) -> list[str]:
+    proto = data["protocol"]
+    lines = [
+        "## 1. Compression and deployment vs peers",
+        "",
+        f"`benchmarks/bench_peers.py`, {data['date']}. Raw: `benchmarks/peers.json`.",
+        "",
+        "Every method starts from the same trained fp32 model and is scored on the same validation "
+        f"set with the same limit (≤ {proto['max_accuracy_drop_points']:g} point drop). Each peer is "
+        "its own library's documented recipe (`benchmarks/peers.py`) and gets its best batch "
+        "size and thread count from a short pre-pass, as a user tuning it would; wattwise keeps "
+        "the batch and threads its search chose. Then all are measured in "
+        f"{proto['rounds']} rotating rounds (A B C …, B C … A, …), each measurement in its own "
+        "child process; figures are medians, ratios are to fp32 eager from the same rounds. "
+        "Online = batch 1; offline = the best batch. A ✗ marks a drop beyond the limit.",
+        "",
+    ]
+    summary: list[str] = []
+    for case in data["cases"].values():
+        lines += [
+            f"### {case['title']}",
+            "",
+            f"Task `{case['task']}`; metric: {case['metric']} on {case['val_items']} items; "
+            f"baseline {case['baseline_accuracy']:.4f}. wattwise search budget: "
+            f"{case['trials']['online']} trials online, {case['trials']['offline']} offline; "
+            f"this model took {case['elapsed_s'] / 60:.1f} min in all.",
+            "",
+        ]
+        for scenario, block in case["scenarios"].items():
+            rows = block["rows"]
+            ours = next((r for r in rows if r["method"] == "wattwise optimize"), {})
+            sources = sorted(
+                {
+                    f"{r['energy_source']} ±{r['energy_uncertainty']:.0%}"
+                    for r in rows
+                    if "energy_source" in r
+                }
+            )
+            search = block.get("wattwise_search") or {}
+            lines += [f"**{scenario}** (energy: {', '.join(sources) or '—'})", ""]
+            lines += _peer_table(rows)
+            extra = ""
+            if search.get("search_energy_j") is not None:
+                extra = (
+                    f"; the search took {search['search_s'] / 60:.1f} min and "
+                    f"{_energy(search['search_energy_j'])} ({search.get('search_energy_source')})"
+                )
+            lines += ["", f"wattwise chose {_choice(ours)}{extra}.", ""]
+            summary.append(_verdict_line(case, scenario, block))
+    return ["## Summary: is wattwise's result the lowest-energy one?", "", *summary, "", *lines]
+
+
+def meters_section() -> list[str]:
+    path = DATA / "meters.md"
+    if not path.exists():
+        return ["## 2. Measurement vs peers", "", "Not run.", ""]
+    body = path.read_text(encoding="utf-8").splitlines()
+    # Reuse bench_meters.py's own rendering, one heading level down.
+    out = ["## 2. Measurement vs peers: wattwise, CodeCarbon, Zeus"]
+    for line in body[1:]:
+        out.append(line.replace("`meters.json`", "`benchmarks/meters.json`"))
+    return [*out, ""]
+
+
+def gpu_section() -> list[str]:
+    path = DATA / "gpu.md"
+    if not path.exists():
+        return ["## 3. GPU", "", "No GPU run committed yet; see `benchmarks/gpu_check.py`.", ""]
+    body = path.read_text(encoding="utf-8").splitlines()
+    out = [
+        "## 3. GPU (NVML counter)",
+        "",
+        "Not rerun by this command: it needs a lent GPU machine (`benchmarks/gpu_check.py`, one "
+        "prepared run of at most 5 minutes). The last committed run follows, with its own date "
+        "and machine.",
+        "",
+    ]
+    for line in body[1:]:
+        out.append(line.replace("## ", "### "))
+    return [*out, ""]
+
+
+def render(peers_json: Path) -> str:
+    data = json.loads(peers_json.read_text(encoding="utf-8"))
+    hw = data["hardware"]
+    versions = ", ".join(f"{k} {v}" for k, v in data["versions"].items())
+    head = [
+        "# Benchmarks",
+        "",
+        f"Written by `benchmarks/run.py` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC. "
+        f"Machine: {hw.get('cpu_model')}, {hw.get('cpus_allowed')} vCPUs allowed, "
+        f"{(hw.get('ram_bytes') or 0) / 2**30:.0f} GiB, {len(hw.get('cuda_devices') or [])} GPUs "
+        f"({hw.get('os')}). Versions: {versions}.",
+        "",
+        "Every energy figure carries its source. This VM has no energy counter, so its figures "
+        "are `estimated:cpu-ccf` (a CPU-time model, ±40% absolute): read the **ratios**, taken "
+        "side by side within one run, not the absolute joules. Timings are per call (one batch).",
+        "",
+    ]
+    parts = [*head, *peers_section(data), *meters_section(), *gpu_section()]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--render-only", action="store_true")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: few trials, no meters; writes to /tmp"
+    )
+    args = parser.parse_args()
+    from wattwise._fs import atomic_write_text
+
+    if args.quick:
+        tmp = Path("/tmp/wattwise-bench-quick")
+        tmp.mkdir(exist_ok=True)
+        _run("bench_peers.py", "--quick", "--fresh", "--out", str(tmp / "peers.json"))
+        atomic_write_text(tmp / "BENCHMARKS.md", render(tmp / "peers.json"))
+        print(f"wrote {tmp / 'BENCHMARKS.md'}")
+        return
+    if not args.render_only:
+        _run("bench_peers.py", "--fresh")
+        _run("bench_meters.py")
+    atomic_write_text(DOC, render(DATA / "peers.json"))
+    print(f"wrote {DOC.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
