@@ -16,6 +16,7 @@ nothing half-written.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -61,12 +62,19 @@ def write_compressed(
     try:
         (tmp / "recipe.yaml").write_text(dump_recipe(passes))
         model_file = None
+        program = None
         try:
-            torch.export.save(export_program(model, example_input), str(tmp / "model.pt2"))
-            model_file = "model.pt2"
+            # Serialised in memory, then written by Python: PyTorch's own file writer aborts the
+            # process (std::terminate) on a write error such as a full disk or `ulimit -f`.
+            buf = io.BytesIO()
+            torch.export.save(export_program(model, example_input), buf)
+            program = buf.getvalue()
         except Exception as exc:  # some quantized graphs don't re-export; say so, keep the log
             first = (str(exc).strip().splitlines() or [""])[0]
             notes.append(f"model not exported with torch.export ({type(exc).__name__}: {first})")
+        if program is not None:
+            (tmp / "model.pt2").write_bytes(program)
+            model_file = "model.pt2"
         doc = {"schema": 1, "model": model_file, "notes": notes, **log.to_dict()}
         (tmp / "compression_log.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
         if out.exists():

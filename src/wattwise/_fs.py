@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
+
+# Errors that only writing raises and that say the output has no room or no place (file-size
+# limit, full disk, quota, read-only file system), not that wattwise is broken: the CLI prints
+# them as one plain line. EACCES is not here: reading raises it too.
+STORAGE_ERRNOS = frozenset({errno.EFBIG, errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 def temp_dir_beside(target: Path, tag: str = "tmp") -> Path:
@@ -29,7 +35,10 @@ def atomic_write_text(path: Path, text: str) -> Path:
         mode = path.stat().st_mode & 0o7777  # keep the mode of the file we replace
     except FileNotFoundError:
         mode = 0o666 & ~_umask()  # what open() would have given a new file
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _naming(exc, path) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
@@ -38,11 +47,53 @@ def atomic_write_text(path: Path, text: str) -> Path:
             os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            # A failed write names no file (EFBIG, ENOSPC): name the one the user asked for,
+            # not our temporary sibling, which is gone.
+            raise _naming(exc, path) from None
         raise
     return path
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The same error (same class, errno and text) about ``path``."""
+    if exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(path))
+
+
+def storage_error_line(exc: BaseException) -> str | None:
+    """One line for an error that says the output cannot be written where it was asked to go,
+    naming the file; None for any other error.
+
+    Why: "File too large" alone sends people looking for a big file; under ``ulimit -f`` the
+    file is small and the limit is the cause, so the limit is named with it.
+
+    Example:
+        >>> storage_error_line(OSError(errno.ENOSPC, "No space left on device", "out/r.json"))
+        'cannot write out/r.json: No space left on device'
+    """
+    if not isinstance(exc, OSError) or exc.errno not in STORAGE_ERRNOS:
+        return None
+    where = os.fsdecode(exc.filename) if exc.filename is not None else "the output"
+    line = f"cannot write {where}: {exc.strerror or os.strerror(exc.errno or 0)}"
+    limit = file_size_limit() if exc.errno == errno.EFBIG else None
+    if limit is not None:
+        line += f" (this process may write files of at most {limit} bytes: ulimit -f)"
+    return line
+
+
+def file_size_limit() -> int | None:
+    """The largest file this process may write (RLIMIT_FSIZE, bytes); None if unlimited."""
+    try:
+        import resource
+    except ImportError:  # not Unix
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def _umask() -> int:

@@ -125,6 +125,11 @@ def error_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())  # one line, whatever the message held
     if isinstance(exc, WattwiseError):
         return text or type(exc).__name__
+    from wattwise._fs import storage_error_line
+
+    storage = storage_error_line(exc)  # a full disk or a file-size limit is no internal error
+    if storage is not None:
+        return " ".join(storage.split())
     detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return f"internal error ({detail}); rerun as 'wattwise --debug ...' for the traceback"
 
@@ -290,7 +295,10 @@ def measure(
         }
         _print_json(doc)
     else:
-        _print_measurements(Console(), resolved, results, hardware)
+        console = Console()
+        with console.capture() as table:  # rendered as this console would, then written whole
+            _print_measurements(console, resolved, results, hardware)
+        _write_stdout(table.get())
 
 
 def _fixed_batch_sizes(resolved: ResolvedTarget, sizes: list[int] | None) -> list[int]:
@@ -386,8 +394,79 @@ def _finite(value: Any) -> Any:
 
 
 def _print_json(doc: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(_finite(doc), indent=2, allow_nan=False) + "\n")
+    _write_stdout(json.dumps(_finite(doc), indent=2, allow_nan=False) + "\n")
+
+
+def _write_stdout(text: str) -> None:
+    """Write a command's result to stdout whole, or fail saying so and leave nothing behind.
+
+    Two things go wrong without this when stdout is a file that runs out of room
+    (``ulimit -f``, a full disk): with ``PYTHONUNBUFFERED=1`` ``sys.stdout.write`` drops the
+    rest of a short write without an error (exit 0, half a JSON document); and the part that
+    was written stays. So the bytes are written in a loop until all are taken or the OS says
+    why not; on such an error the file is cut back to the size it had, stdout is pointed at
+    /dev/null (the interpreter's flush at exit would fail again, exit 120, and print a second
+    error), and the error names the file.
+    """
+    import os
+
+    from wattwise._fs import STORAGE_ERRNOS
+
     sys.stdout.flush()
+    size = _regular_file_size(sys.stdout)
+    buffer = getattr(sys.stdout, "buffer", None)
+    try:
+        if buffer is None:  # a text-only stream (embedded): it keeps what it is given
+            sys.stdout.write(text)
+        else:
+            _write_all(buffer, text.encode(sys.stdout.encoding or "utf-8", "replace"))
+        sys.stdout.flush()
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        fd = sys.stdout.fileno()
+        where = _fd_path(fd)
+        if size is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+        raise OSError(exc.errno, exc.strerror, where) from None
+
+
+def _write_all(buffer: Any, data: bytes) -> None:
+    """``buffer.write`` until every byte is taken: a raw (unbuffered) stream may take fewer."""
+    import errno
+
+    view = memoryview(data)
+    while view:
+        taken = buffer.write(view)
+        if taken is None:  # a non-blocking raw stream with no room now
+            raise BlockingIOError(errno.EAGAIN, "stdout is non-blocking and full")
+        view = view[taken:]
+    buffer.flush()
+
+
+def _regular_file_size(stream: Any) -> int | None:
+    """The size of the file ``stream`` writes to, if it is a regular file; else None."""
+    import os
+    import stat
+
+    try:
+        info = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # not a real file (CliRunner, embedded)
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _fd_path(fd: int) -> str:
+    """What a file descriptor is open on, for an error message: ``stdout (/path)``."""
+    import os
+
+    with contextlib.suppress(OSError):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if target.startswith("/"):
+            return f"stdout ({target})"
+    return "stdout"
 
 
 def _si(value: float, unit: str = "") -> str:
@@ -459,6 +538,7 @@ def _print_measurements(
         "CI95, windows",
         lambda m: f"±{m.ci95_rel:.1%}, {m.windows}" + ("" if m.converged else " (capped)"),
     )
+    row("disturbed windows", _disturbed_cell)
     console.print(table)
     for source in dict.fromkeys(m.energy_source for m in results):
         uncertainty = max(m.energy_uncertainty for m in results if m.energy_source == source)
@@ -471,6 +551,17 @@ def _print_measurements(
     )
     for note in dict.fromkeys(n for m in results for n in m.notes):
         console.print(f"note: {note}", highlight=False, markup=False)
+
+
+def _disturbed_cell(m: Measurement) -> str:
+    """``3 of 8, foreign CPU 0.9 cores (+5 repeated)``: a window another process disturbed
+    must show in the table, not only in a note under it."""
+    if m.foreign_cpu_cores is None:
+        return "not checked"
+    text = f"{m.disturbed_windows} of {m.windows}"
+    if m.disturbed_windows:
+        text += f", foreign CPU {m.foreign_cpu_cores:.1f} cores"
+    return text + (f" (+{m.repeated_windows} repeated)" if m.repeated_windows else "")
 
 
 # --- doctor ------------------------------------------------------------------------------

@@ -6,7 +6,10 @@ The screenshot and PDF land in ``test-artifacts/`` (gitignored) for a person to 
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +23,14 @@ pytestmark = pytest.mark.browser
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = find_chromium()
+TESTS = Path(__file__).resolve().parents[1]
+# The smallest search: the tiny task's baseline model, eager fp32, batch 1, one thread.
+TINY_SPACE = {
+    "models": [{"name": "base"}],
+    "deployments": ["eager/fp32"],
+    "batch_sizes": [1],
+    "threads": [1],
+}
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +127,64 @@ def test_study_name_shows_as_text(browser: Chromium, tmp_path: Path) -> None:
     meta = browser.evaluate("document.querySelector('.meta').innerText")
     assert f"study: {XSS_STUDY}" in meta
     assert browser.problems == []
+
+
+def _wattwise(*args: str, lock_dir: Path) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a subprocess, finding ``search_tasks`` like the search tests do."""
+    paths = [str(TESTS / "search"), str(TESTS.parent / "src"), os.environ.get("PYTHONPATH", "")]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in paths if p),
+        "WATTWISE_LOCK_DIR": str(lock_dir),
+    }
+    env.pop("COLUMNS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "wattwise", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_script_study_name_through_optimize_and_report(browser: Chromium, tmp_path: Path) -> None:
+    """A study named ``<script>alert(1)</script>`` goes through the real ``wattwise optimize``
+    (one trial) and ``wattwise report``: both pages show the name as text and run no script,
+    and results.json keeps the name as given."""
+    (tmp_path / "lock").mkdir()
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps(TINY_SPACE))
+    out, again = tmp_path / "out", tmp_path / "report"
+    search = _wattwise(
+        *("optimize", "--task", "search_tasks:tiny", "--space", str(space), "--trials", "1"),
+        *("--study", XSS_STUDY, "--out", str(out), "--max-time-s", "0.3"),
+        lock_dir=tmp_path / "lock",
+    )
+    assert search.returncode == 0, search.stderr
+    report = _wattwise(
+        *("report", "--storage", f"sqlite:///{out}/wattwise.db", "--study", XSS_STUDY),
+        *("--out", str(again)),
+        lock_dir=tmp_path / "lock",
+    )
+    assert report.returncode == 0, report.stderr
+    for folder in (out, again):
+        results = json.loads((folder / "results.json").read_text())
+        assert results["study"] == XSS_STUDY
+        assert results["trials"] == 1
+        html = (folder / "report.html").read_text()
+        assert XSS_STUDY not in html  # escaped on the way in, whatever the browser does
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+        browser.load((folder / "report.html").resolve().as_uri())
+        facts = json.loads(
+            browser.evaluate(
+                """JSON.stringify({
+                  scripts: document.querySelectorAll('script').length,
+                  meta: document.querySelector('.meta').innerText,
+                })"""
+            )
+        )
+        assert browser.problems == []  # an alert would be a "dialog" problem here
+        assert facts["scripts"] == 0
+        assert f"study: {XSS_STUDY}" in facts["meta"]

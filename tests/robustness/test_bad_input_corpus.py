@@ -3,11 +3,17 @@ code (2 bad input, 1 a broken ``wattwise check`` budget) and nothing half-writte
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import resource
+import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,7 +21,7 @@ from torch import nn
 from typer.testing import CliRunner, Result
 
 import wattwise
-from wattwise.cli import app
+from wattwise.cli import app, error_line, exit_code_for
 from wattwise.errors import WattwiseError
 
 MODS = """
@@ -54,6 +60,12 @@ def raises():
 
 def nan_model():
     return nn.Sequential(nn.Linear(4, 2), MakeNaN())
+
+
+def small():
+    from wattwise.tasks import DigitsCNN
+
+    return DigitsCNN(width=0.25)
 """
 
 RECIPE_OK = "- type: prune\n  ratio: 0.5\n  finetune_epochs: 0\n"
@@ -412,3 +424,213 @@ def test_typer_validated_options(ws: Path, args: list[str], needle: str) -> None
     check_cli_error(
         [*args, "--out", str(out)] if args[0] == "optimize" else args, needle=needle, out=out
     )
+
+
+# --- where the output cannot go: a file-size limit, a read-only directory -----------------
+
+FSIZE_LIMIT = 1024  # bytes; every result document is larger
+
+
+def _limit_file_size() -> None:
+    """Run in the child before exec: files may grow to ``FSIZE_LIMIT`` bytes (``ulimit -f``),
+    and a write past that fails with EFBIG instead of killing the process (SIGXFSZ ignored, as
+    the Python interpreter does at start-up anyway)."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, FSIZE_LIMIT))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def _run_cli(
+    ws: Path,
+    args: list[str],
+    *,
+    stdout: Any = subprocess.PIPE,
+    preexec_fn: Callable[[], None] | None = None,
+    prefix: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """The real ``wattwise`` in a subprocess (a rlimit or a mount namespace needs one)."""
+    full_env = {**(os.environ if env is None else env)}
+    full_env.update(WATTWISE_LOCK_DIR=str(ws / "lock"), PYTHONPATH=str(ws))
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "wattwise", *args],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        env=full_env,
+        preexec_fn=preexec_fn,
+        timeout=600,
+        check=False,
+    )
+
+
+def check_process_error(
+    proc: subprocess.CompletedProcess[bytes], *, needle: str, code: int = 2
+) -> str:
+    """The ``check_cli_error`` contract for a real process: one ``error:`` line, the exit code,
+    no traceback. Returns the line."""
+    stderr = proc.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in stderr, stderr
+    assert proc.returncode == code, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one stderr line, got: {stderr!r}"
+    assert lines[0].startswith("error:"), lines[0]
+    assert needle.lower() in lines[0].lower(), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "before", "unbuffered"),
+    [
+        (["doctor", "--json"], b"", "1"),
+        (["doctor", "--json"], b"", None),
+        (["doctor", "--json"], b"an earlier run's line\n", "1"),
+    ],
+    ids=["unbuffered-new-file", "buffered-new-file", "appending"],
+)
+def test_json_to_stdout_under_a_file_size_limit(
+    ws: Path, args: list[str], before: bytes, unbuffered: str | None
+) -> None:
+    # PYTHONUNBUFFERED=1 once made the short write vanish silently: exit 0, half a document.
+    out = ws / "result.json"
+    out.write_bytes(before)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = unbuffered
+    with out.open("ab") as fh:
+        proc = _run_cli(ws, args, stdout=fh, preexec_fn=_limit_file_size, env=env)
+    line = check_process_error(proc, needle="file too large")
+    assert str(out) in line and "ulimit -f" in line and str(FSIZE_LIMIT) in line, line
+    # Cut back to what it held: no half JSON document for a script to read.
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in ws.iterdir()) == ["badmods.py", "lock", "result.json"]
+
+
+@pytest.mark.slow
+def test_measure_json_to_stdout_under_a_file_size_limit(ws: Path) -> None:
+    """The real measurement (child process included) under the limit: the result is lost,
+    so the command must fail, and say where and why."""
+    out = ws / "m.json"
+    with out.open("wb") as fh:
+        proc = _run_cli(
+            ws,
+            ["measure", "digits_cnn", "--max-time-s", "0.5", "--json"],
+            stdout=fh,
+            preexec_fn=_limit_file_size,
+        )
+    line = check_process_error(proc, needle="file too large")
+    assert str(out) in line, line
+    assert out.read_bytes() == b""
+
+
+@pytest.mark.slow
+def test_compress_under_a_file_size_limit(ws: Path) -> None:
+    (ws / "r.yaml").write_text(RECIPE_OK)
+    out = ws / "out"
+    proc = _run_cli(
+        ws,
+        ["compress", "badmods:small", "--recipe", str(ws / "r.yaml"), "--out", str(out)],
+        preexec_fn=_limit_file_size,
+    )
+    assert proc.returncode != -signal.SIGABRT, "the process aborted"
+    line = check_process_error(proc, needle="file too large")
+    assert str(out) in line
+    assert_no_leftovers(out)
+
+
+def _read_only(folder: Path) -> list[str]:
+    """A command prefix under which ``folder`` is read-only for real, root included.
+
+    As root, mode 0o500 stops nothing, so the folder is bind-mounted read-only in a private
+    mount namespace (``unshare --mount``): the child sees EROFS, nobody else sees the mount.
+    Other users get ``chmod 0o500``. Skips, saying why, where neither can be done.
+    """
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        return []
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip(
+            "root ignores chmod, and unshare/mount are not here to mount a folder read-only"
+        )
+    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+    prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+    probe = subprocess.run(
+        [*prefix, str(folder), "touch", str(folder / "probe")], capture_output=True, check=False
+    )
+    if probe.returncode == 0 or b"Read-only" not in probe.stderr:
+        pytest.skip(f"cannot mount a folder read-only here: {probe.stderr.decode().strip()}")
+    return [*prefix, str(folder)]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["optimize", "--out", "{ro}/out"], "cannot create output directory {ro}/out"),
+        (
+            ["compress", "badmods:small", "--recipe", "{ws}/r.yaml", "--out", "{ro}/out"],
+            "cannot write to {ro}",
+        ),
+    ],
+    ids=["optimize", "compress"],
+)
+def test_output_in_a_read_only_directory(ws: Path, args: list[str], needle: str) -> None:
+    ro = ws / "ro"
+    ro.mkdir()
+    (ws / "r.yaml").write_text(RECIPE_OK)
+    prefix = _read_only(ro)
+    try:
+        proc = _run_cli(ws, [a.format(ws=ws, ro=ro) for a in args], prefix=prefix)
+    finally:
+        ro.chmod(0o755)
+    line = check_process_error(proc, needle=needle.format(ws=ws, ro=ro))
+    assert "read-only file system" in line.lower() or "permission denied" in line.lower(), line
+    assert list(ro.iterdir()) == []
+    assert not [p.name for p in ws.iterdir() if p.name.startswith(".out")]
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (OSError(errno.EFBIG, "File too large", "out/report.html"), "out/report.html: File too"),
+        (OSError(errno.ENOSPC, "No space left on device", "o/r.json"), "o/r.json: No space"),
+        (OSError(errno.EDQUOT, "Disk quota exceeded", "o/r.json"), "Disk quota exceeded"),
+        (OSError(errno.EROFS, "Read-only file system"), "the output: Read-only"),
+    ],
+    ids=["efbig", "enospc", "edquot", "erofs-no-name"],
+)
+def test_storage_errors_are_plain_lines_not_internal_errors(error: OSError, words: str) -> None:
+    line = error_line(error)
+    assert line.startswith("cannot write "), line
+    assert words in line and "internal error" not in line and "\n" not in line
+    assert exit_code_for(error) == 2
+    # Anything else from the OS is still reported as ours to fix; EACCES too, as reading a
+    # file raises it as well as writing one.
+    assert error_line(OSError(errno.EBADF, "Bad file descriptor")).startswith("internal error")
+    assert error_line(PermissionError(errno.EACCES, "Permission denied", "/x")).startswith(
+        "internal error"
+    )
+
+
+def test_atomic_write_names_the_file_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from wattwise._fs import atomic_write_text, storage_error_line\n"
+        "try:\n"
+        "    atomic_write_text(Path(sys.argv[1]), 'x' * 5000)\n"
+        "except OSError as exc:\n"
+        "    print(storage_error_line(exc))\n"
+    )
+    target = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(target)],
+        capture_output=True,
+        text=True,
+        preexec_fn=_limit_file_size,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (
+        f"cannot write {target}: File too large "
+        f"(this process may write files of at most {FSIZE_LIMIT} bytes: ulimit -f)"
+    )
+    assert list(tmp_path.iterdir()) == []

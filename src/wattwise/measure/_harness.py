@@ -9,7 +9,10 @@ What one call does, in order (all inside a child process unless ``isolate=False`
 4. measure the idle power with the same meter, sleeping for one window;
 5. measure windows, each long enough for the meter (≥ ``min_window_s``, e.g. 10 NVML counter
    updates) by repeating the work, until the 95% confidence interval of the per-window J/item
-   is within ``target_ci95_rel`` of the median, or the time cap;
+   is within ``target_ci95_rel`` of the median, or the time cap; on the CPU, a window in which
+   other processes used more than ``FOREIGN_CORES_MAX`` cores is dropped and measured again
+   (at most ``MAX_REPEATED_WINDOWS`` times, and not past the time cap), then kept and
+   flagged (see :class:`CpuWatch`);
 6. report medians, percentiles, and the harness's own overhead inside the windows.
 """
 
@@ -18,9 +21,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from wattwise.errors import InputError, UnavailableError, WorkloadError
@@ -33,6 +38,13 @@ MODES = ("inference", "train")
 DEFAULT_MIN_WINDOW_S = 0.5
 MIN_WINDOWS = 3
 MAX_WINDOWS = 50
+# A window is disturbed when other processes used more than this many cores on average during
+# it (beyond the counters' resolution, see CpuWatch.disturbed). On our idle 2-core VM the
+# background is 0.00-0.01 cores; one busy-loop process per core reads 1.0-1.9 cores.
+FOREIGN_CORES_MAX = 0.25
+# Disturbed windows dropped and measured again per measurement, before they are kept and flagged.
+MAX_REPEATED_WINDOWS = 5
+PROC_STAT = Path("/proc/stat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +107,9 @@ def measure(
 
     Returns:
         A :class:`Measurement`; its ``energy_source`` says whether the joules were measured
-        by a counter or estimated, and ``energy_uncertainty`` how far to trust them.
+        by a counter or estimated, and ``energy_uncertainty`` how far to trust them. On the
+        CPU, windows in which other processes were busy are measured again, then kept and
+        counted in ``disturbed_windows`` (with a note): such figures may be inflated.
 
     Example:
         >>> m = wattwise.measure(model, torch.randn(1, 3, 224, 224), batch_size=32)
@@ -321,6 +335,196 @@ def _count_macs(step: Callable[[], Any], batch_size: int) -> float:
     return counter.get_total_flops() / 2.0 / batch_size
 
 
+def _lengthen(calls: int, took_s: float, window_s: float) -> int:
+    """The calls for the next window: more if this one came out short of the meter's minimum
+    (the work sped up after warm-up), else as many as before."""
+    if took_s >= window_s:
+        return calls
+    return max(calls + 1, math.ceil(calls * window_s / max(took_s, 1e-9)))
+
+
+# --- other processes' CPU load ----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuMark:
+    """The CPU clocks at one instant: the whole machine's busy time and this process's own."""
+
+    wall_s: float  # time.perf_counter()
+    busy_s: float  # CPU seconds every process has been busy since boot, all CPUs (/proc/stat)
+    own_s: float  # CPU seconds this process has used, every thread (time.process_time())
+
+
+def parse_proc_stat(text: str, ticks_per_s: float) -> tuple[float, int]:
+    """Busy CPU seconds since boot (all CPUs together) and the number of CPUs, from the text of
+    ``/proc/stat``.
+
+    Busy is user + nice + system + irq + softirq of the aggregate ``cpu`` line. Guest time is
+    already inside user and nice, and steal (the hypervisor running another VM) is time no
+    process here used, so neither is added; idle and iowait are not busy.
+
+    Raises:
+        ValueError: there is no aggregate ``cpu`` line of at least seven counters.
+    """
+    busy: int | None = None
+    cpus = 0
+    for line in text.splitlines():
+        name, _, rest = line.partition(" ")
+        if name == "cpu":
+            fields = [int(x) for x in rest.split()]
+            if len(fields) < 7:
+                raise ValueError(f"the 'cpu' line has {len(fields)} counters, expected >= 7")
+            user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+            busy = user + nice + system + irq + softirq
+        elif name.startswith("cpu") and name[3:].isdigit():
+            cpus += 1
+    if busy is None:
+        raise ValueError("no aggregate 'cpu' line")
+    return busy / ticks_per_s, max(cpus, 1)
+
+
+def foreign_cpu_s(start: CpuMark, end: CpuMark) -> float:
+    """CPU seconds other processes used between two marks: the machine's busy time less ours
+    (never below zero, which only the counters' resolution can produce)."""
+    return max(0.0, (end.busy_s - start.busy_s) - (end.own_s - start.own_s))
+
+
+def foreign_cores(start: CpuMark, end: CpuMark) -> float:
+    """How many cores other processes kept busy, on average, between two marks."""
+    wall_s = end.wall_s - start.wall_s
+    return foreign_cpu_s(start, end) / wall_s if wall_s > 0 else 0.0
+
+
+def is_disturbed(
+    start: CpuMark,
+    end: CpuMark,
+    cpus: int,
+    ticks_per_s: float,
+    limit_cores: float = FOREIGN_CORES_MAX,
+) -> bool:
+    """Whether other processes used more than ``limit_cores`` on average between two marks.
+
+    ``/proc/stat`` counts in clock ticks (10 ms) charged per CPU, while our own time is exact:
+    each CPU's figure may be a tick off and each reading is cut to whole ticks, so up to
+    ``cpus + 2`` ticks of "foreign" time are resolution, not load. Without that allowance a
+    short window on a quiet machine could read as disturbed.
+    """
+    wall_s = end.wall_s - start.wall_s
+    slack_s = (cpus + 2) / ticks_per_s
+    return foreign_cpu_s(start, end) > limit_cores * wall_s + slack_s
+
+
+class CpuWatch:
+    """How much CPU other processes took during a window, from ``/proc/stat``.
+
+    Why: on a shared machine a neighbour's busy loop slows the measured work (longer windows,
+    more cache misses) and, for meters that count the whole package (RAPL), adds its joules to
+    ours. Neither shows in the figures themselves, so each window is checked: the machine's busy
+    time less this process's own CPU time (every thread; the measuring child's when isolated)
+    is what other processes used.
+
+    Example:
+        >>> watch = CpuWatch.open()
+        >>> a = watch.mark(); b = watch.mark()  # doctest: +SKIP
+        >>> watch.disturbed(a, b)  # doctest: +SKIP
+        False
+    """
+
+    def __init__(self, path: Path = PROC_STAT, ticks_per_s: float | None = None) -> None:
+        self.path = Path(path)
+        self.ticks_per_s = float(ticks_per_s or _clock_ticks())
+        _, self.cpus = self._read()
+
+    @classmethod
+    def open(cls, path: Path = PROC_STAT, ticks_per_s: float | None = None) -> CpuWatch | None:
+        """A watch on ``path``; None where it cannot be read or parsed (not Linux)."""
+        try:
+            return cls(path, ticks_per_s)
+        except (OSError, ValueError):
+            return None
+
+    def _read(self) -> tuple[float, int]:
+        return parse_proc_stat(self.path.read_text(encoding="ascii"), self.ticks_per_s)
+
+    def mark(self) -> CpuMark:
+        busy_s, _ = self._read()
+        return CpuMark(time.perf_counter(), busy_s, time.process_time())
+
+    def disturbed(self, start: CpuMark, end: CpuMark) -> bool:
+        return is_disturbed(start, end, self.cpus, self.ticks_per_s)
+
+
+def _clock_ticks() -> float:
+    """USER_HZ, the unit of /proc/stat (100 on every mainstream Linux)."""
+    try:
+        return float(os.sysconf("SC_CLK_TCK"))
+    except (AttributeError, ValueError, OSError):
+        return 100.0
+
+
+@dataclasses.dataclass
+class _Disturbance:
+    """The verdicts on one measurement's windows: which were dropped, which were kept disturbed."""
+
+    watch: CpuWatch | None
+    repeated: int = 0
+    kept_cores: list[float] = dataclasses.field(default_factory=list)
+    disturbed_cores: list[float] = dataclasses.field(default_factory=list)
+
+    def mark(self) -> CpuMark | None:
+        return self.watch.mark() if self.watch is not None else None
+
+    def drop(self, start: CpuMark | None, end: CpuMark | None, may_repeat: bool = True) -> bool:
+        """Judge a window: True to drop it and measure another (while repeats remain and
+        ``may_repeat``: under a neighbour every window is slow, so repeats stop at the time
+        cap); a kept window is recorded, flagged if disturbed."""
+        if self.watch is None or start is None or end is None:
+            return False
+        cores = foreign_cores(start, end)
+        if self.watch.disturbed(start, end):
+            if may_repeat and self.repeated < MAX_REPEATED_WINDOWS:
+                self.repeated += 1
+                return True
+            self.disturbed_cores.append(cores)
+        self.kept_cores.append(cores)
+        return False
+
+    def notes(self, windows: int) -> list[str]:
+        if self.watch is None:
+            return ["other processes' CPU load not checked: /proc/stat is unreadable here"]
+        again = f"{self.repeated} disturbed window(s) were dropped and measured again"
+        if not self.disturbed_cores:
+            return [again] if self.repeated else []
+        text = (
+            f"{len(self.disturbed_cores)} of {windows} windows disturbed by other processes "
+            f"(foreign CPU {statistics.fmean(self.disturbed_cores):.1f} cores); "
+            "figures may be inflated"
+        )
+        return [f"{text}; {again}" if self.repeated else text]
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "disturbed_windows": len(self.disturbed_cores),
+            "repeated_windows": self.repeated,
+            "foreign_cpu_cores": _mean_or_none(self.kept_cores),
+        }
+
+
+def _mean_or_none(values: Sequence[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _idle_note(dist: _Disturbance, start: CpuMark | None, end: CpuMark | None) -> list[str]:
+    """A note when the idle window was disturbed: a whole-package counter then reads the
+    neighbour's power as our idle, and the figure above idle comes out too low."""
+    if dist.watch is None or start is None or end is None or not dist.watch.disturbed(start, end):
+        return []
+    return [
+        f"idle power measured while other processes used {foreign_cores(start, end):.1f} cores; "
+        "it may be inflated"
+    ]
+
+
 def _run(work: _Workload) -> dict[str, Any]:
     """The measuring itself; runs in the child process when isolated."""
     import resource
@@ -409,11 +613,19 @@ def _measure_loop(
     window_s = max(work.min_window_s or DEFAULT_MIN_WINDOW_S, meter.min_window_s)
     calls = max(1, math.ceil(window_s / max(call_s, 1e-9)))
 
+    # Other processes' CPU load is checked on the CPU only: a GPU's counter is its own.
+    dist = _Disturbance(CpuWatch.open() if device == "cpu" else None)
+    if device == "cpu" and dist.watch is None:
+        notes.extend(dist.notes(0))
+
     # Idle power: the same meter over a window of sleep.
+    cpu0 = dist.mark()
     mark = meter.start()
     time.sleep(max(window_s, 0.2))
     idle = meter.stop(mark)
     idle_power_w = idle.energy_j / idle.time_s
+    if meter.source.startswith("measured:"):  # the estimate's idle is a model: unaffected
+        notes.extend(_idle_note(dist, cpu0, dist.mark()))
 
     latencies: list[float] = []
     per_window_j: list[float] = []
@@ -423,8 +635,13 @@ def _measure_loop(
     total_s = 0.0
     items_total = 0
     measure_start = clock()
+
+    def out_of_time() -> bool:
+        return len(per_window_j) >= MIN_WINDOWS and clock() - measure_start >= work.max_time_s
+
     while True:
         lat: list[float] = []
+        cpu0 = dist.mark()
         outer0 = clock()
         mark = meter.start()
         w0 = clock()
@@ -441,6 +658,13 @@ def _measure_loop(
             raise WorkloadError(
                 f"the {meter.name} meter returned {reading.energy_j!r} J for a window"
             )
+        if dist.drop(cpu0, dist.mark(), may_repeat=clock() - measure_start < work.max_time_s):
+            # Another process was busy: this window says little about our work. Measure another,
+            # unless the time is up (the windows kept so far then stand).
+            if out_of_time():
+                break
+            calls = _lengthen(calls, w1 - w0, window_s)
+            continue
         per_window_j.append(reading.energy_j / items)
         per_window_above.append((reading.energy_j - idle_power_w * reading.time_s) / items)
         window_times.append(w1 - w0)
@@ -452,13 +676,11 @@ def _measure_loop(
         n = len(per_window_j)
         if n >= MIN_WINDOWS and _stats.ci95_rel(per_window_j) <= work.target_ci95_rel:
             break
-        if n >= MIN_WINDOWS and clock() - measure_start >= work.max_time_s:
+        if out_of_time():
             break
         if n >= MAX_WINDOWS:
             break
-        # If a window came out short of the meter's minimum (the work sped up), lengthen it.
-        if w1 - w0 < window_s:
-            calls = max(calls + 1, math.ceil(calls * window_s / max(w1 - w0, 1e-9)))
+        calls = _lengthen(calls, w1 - w0, window_s)
 
     ci = _stats.ci95_rel(per_window_j)
     converged = ci <= work.target_ci95_rel
@@ -466,6 +688,8 @@ def _measure_loop(
         notes.append(
             f"J/item CI95 ±{ci:.1%} after {len(per_window_j)} windows (target ±{work.target_ci95_rel:.0%})"
         )
+    if dist.watch is not None:
+        notes.extend(dist.notes(len(per_window_j)))
     energy = statistics.median(per_window_j)
     above = statistics.median(per_window_above)
     if above <= 0:
@@ -503,4 +727,5 @@ def _measure_loop(
         "warmup_calls": len(warm),
         "harness_overhead_rel": max(0.0, (total_s - busy_s) / total_s) if total_s > 0 else 0.0,
         "notes": tuple(notes),
+        **dist.fields(),
     }

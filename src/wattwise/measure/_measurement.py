@@ -23,6 +23,12 @@ class Measurement:
         idle_power_w: the device's power while we slept, measured by the same meter.
         ci95_rel: half-width of the 95% confidence interval of the per-window J/item median,
             relative to it; ``converged`` says whether it reached the target before the time cap.
+        disturbed_windows: of the ``windows`` reported, how many ran while other processes used
+            more than ``FOREIGN_CORES_MAX`` CPU cores (see ``_harness.CpuWatch``); above 0 the
+            figures may be inflated, and ``notes`` says so. Defaults keep older dicts loading.
+        repeated_windows: disturbed windows dropped and measured again (not in ``windows``).
+        foreign_cpu_cores: the CPU cores other processes used on average during the reported
+            windows; None where it was not checked (a GPU, or no ``/proc/stat``).
     """
 
     mode: str  # "inference" | "train"
@@ -51,6 +57,9 @@ class Measurement:
     warmup_calls: int
     harness_overhead_rel: float
     notes: tuple[str, ...] = ()
+    disturbed_windows: int = 0
+    repeated_windows: int = 0
+    foreign_cpu_cores: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("energy_j_per_item", "latency_ms_p50", "throughput_items_per_s"):
@@ -65,6 +74,11 @@ class Measurement:
     @property
     def is_estimate(self) -> bool:
         return self.energy_source.startswith("estimated:")
+
+    @property
+    def is_disturbed(self) -> bool:
+        """Whether other processes' CPU load ran through some of the reported windows."""
+        return self.disturbed_windows > 0
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
