@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 # Errors that only writing raises and that say the output has no room or no place (file-size
@@ -30,7 +31,32 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
     Readers see the old file or the new one, never half of one, even if we are killed mid-way.
     """
-    path = Path(path)
+    return atomic_write_texts({Path(path): text})[0]
+
+
+def atomic_write_texts(files: Mapping[Path, str]) -> list[Path]:
+    """Write several files all or none: every one goes to a temp sibling first, and only when
+    all of them are whole are they renamed into place (a rename cannot run out of room).
+
+    Why: a report is three files; a full disk after the first must not leave a results.json
+    that no report.html or trials.csv goes with.
+    """
+    temps: list[tuple[str, Path]] = []
+    try:
+        for path, text in files.items():
+            temps.append((_write_temp(Path(path), text), Path(path)))
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+    return [path for _, path in temps]
+
+
+def _write_temp(path: Path, text: str) -> str:
+    """``text`` in a new temp file beside ``path`` with the mode ``path`` has (or would get)."""
     try:
         mode = path.stat().st_mode & 0o7777  # keep the mode of the file we replace
     except FileNotFoundError:
@@ -46,7 +72,6 @@ def atomic_write_text(path: Path, text: str) -> Path:
             # mkstemp makes 0600 files; a report is meant to be read by others.
             os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -55,7 +80,7 @@ def atomic_write_text(path: Path, text: str) -> Path:
             # not our temporary sibling, which is gone.
             raise _naming(exc, path) from None
         raise
-    return path
+    return tmp
 
 
 def _naming(exc: OSError, path: Path) -> OSError:

@@ -634,3 +634,44 @@ def test_atomic_write_names_the_file_and_leaves_no_temp_file(tmp_path: Path) -> 
         f"(this process may write files of at most {FSIZE_LIMIT} bytes: ulimit -f)"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+_REPORT_UNDER_LIMIT = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from report_study import make_study
+from wattwise.report import render_report
+from wattwise._fs import storage_error_line
+results, trials = make_study()
+try:
+    render_report(results, trials, Path(sys.argv[1]))
+except OSError as exc:
+    print("error:", storage_error_line(exc), file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+@pytest.mark.parametrize("limit", [1, 8 * 1024])
+def test_report_under_a_file_size_limit_writes_all_three_files_or_none(
+    ws: Path, limit: int
+) -> None:
+    """The report is three files: past the limit on any of them, none is left (1 byte: the
+    first fails; 8 kB: results.json fits, the page does not), nor the folder made for them."""
+    out = ws / "rep"
+    reports = Path(__file__).resolve().parent.parent / "report"
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _REPORT_UNDER_LIMIT, str(out), str(reports)],
+        capture_output=True,
+        preexec_fn=limited,
+        timeout=120,
+        check=False,
+    )
+    line = check_process_error(proc, needle="file too large")
+    assert str(out) in line
+    assert_no_leftovers(out)

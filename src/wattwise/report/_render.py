@@ -8,6 +8,7 @@ is the second line of defence if one ever slips through.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import html
 import json
@@ -15,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from wattwise._fs import atomic_write_text
+from wattwise._fs import atomic_write_texts
 from wattwise.errors import InputError
 from wattwise.report._svg import PlotPoint, scatter_svg
 from wattwise.report._tables import (
@@ -941,9 +942,19 @@ def render_report(
     rows = _check_inputs(results, trials)
     page = render_html(results, rows, title=title)  # render first: no files if it raises
     out = Path(out_dir)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    return {
-        "json": atomic_write_text(out / "results.json", results_json_text(results)),
-        "csv": atomic_write_text(out / "trials.csv", trials_csv_text(rows)),
-        "html": atomic_write_text(out / "report.html", page),
+    # All three or none: a failed write (full disk, ulimit -f) leaves the previous set whole.
+    files = {
+        "json": (out / "results.json", results_json_text(results)),
+        "csv": (out / "trials.csv", trials_csv_text(rows)),
+        "html": (out / "report.html", page),
     }
+    try:
+        atomic_write_texts(dict(files.values()))
+    except BaseException:
+        if created:  # a folder we made for a report that was never written
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    return {key: path for key, (path, _) in files.items()}
