@@ -46,6 +46,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers
 import wattwise
+from run import verdict
 from wattwise._fs import atomic_write_text
 from wattwise.measure._hardware import hardware_info
 from wattwise.tasks import Task
@@ -361,33 +362,6 @@ def _table(
     return rows
 
 
-def _verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Does wattwise use less energy per item than every single-technique peer that keeps the
-    accuracy limit? Names each peer it does not beat."""
-    ours = next((r for r in rows if r["method"] == "wattwise optimize"), None)
-    if ours is None or "energy_j_per_item" not in ours:
-        return {"wattwise_lowest": False, "reason": "wattwise optimize produced no measured row"}
-    feasible = [
-        r
-        for r in rows
-        if r["method"] not in ("wattwise optimize", "fp32 eager")
-        and r.get("within_limit")
-        and r.get("energy_j_per_item") is not None
-    ]
-    beaten_by = [
-        r["method"] for r in feasible if r["energy_j_per_item"] <= ours["energy_j_per_item"]
-    ]
-    best_peer = min(feasible, key=lambda r: r["energy_j_per_item"], default=None)
-    return {
-        "wattwise_lowest": not beaten_by,
-        "beaten_by": beaten_by,
-        "best_peer": best_peer["method"] if best_peer else None,
-        "wattwise_vs_best_peer": (
-            ours["energy_j_per_item"] / best_peer["energy_j_per_item"] if best_peer else None
-        ),
-    }
-
-
 def run_case(case: Case, rounds: int, max_time_s: float, tune_time_s: float) -> dict[str, Any]:
     t0 = time.perf_counter()
     _log(f"{case.key}: task and fp32 baseline")
@@ -418,7 +392,7 @@ def run_case(case: Case, rounds: int, max_time_s: float, tune_time_s: float) -> 
             rows = _table(both, chosen, runs, base_acc)
             scenarios[scenario] = {
                 "rows": rows,
-                "verdict": _verdict(rows),
+                "verdict": verdict(rows),
                 "wattwise_search": {
                     k: ours.get(k)
                     for k in ("search_s", "search_energy_j", "search_energy_source", "trials")
