@@ -39,6 +39,7 @@ from wattwise.search._study import (
     open_study,
     quiet_optuna,
     run_trials,
+    storage_errors,
     trial_rows,
 )
 
@@ -225,7 +226,7 @@ def optimize(
     name = study.strip() if study else f"{task_obj.name}-{scenario}"
     try:
         store = open_storage(url)
-        with quiet_optuna():
+        with quiet_optuna(), storage_errors(url):
             the_study, settings = open_study(
                 store, name, settings, url=url, seeds=seed_params(space)
             )
@@ -274,7 +275,7 @@ def run_worker(
     """
     from wattwise.measure import check_device
 
-    with quiet_optuna():
+    with quiet_optuna(), storage_errors(storage):
         store = open_storage(storage)
         the_study, settings = open_study(store, study, None, url=storage, worker_salt=os.getpid())
     spec = settings.task_spec or task
@@ -346,6 +347,31 @@ def _best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _search(
+    the_study: optuna.Study,
+    settings: SearchSettings,
+    ctx: JobContext,
+    *,
+    out_dir: Path,
+    url: str,
+    export: bool,
+    progress: bool | None,
+    on_trial: Callable[[dict[str, Any]], None] | None,
+) -> OptimizeResult:
+    """Run the search, with a database failing under it (a server restart) as one line."""
+    with storage_errors(url):
+        return _search_study(
+            the_study,
+            settings,
+            ctx,
+            out_dir=out_dir,
+            url=url,
+            export=export,
+            progress=progress,
+            on_trial=on_trial,
+        )
+
+
+def _search_study(
     the_study: optuna.Study,
     settings: SearchSettings,
     ctx: JobContext,

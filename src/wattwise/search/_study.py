@@ -12,13 +12,15 @@ finished trial (complete or failed for a reason of its own) across all workers a
 rerunning a command resumes it. Trials that died with their worker (kill -9, a lost machine)
 are failed as *interrupted*, are not counted, and their candidate is queued again: a dead
 worker on this machine is seen at once (its process is gone), one elsewhere when its
-heartbeat goes stale.
+heartbeat goes stale (after :data:`GRACE_PERIOD_S`, or ``WATTWISE_HEARTBEAT_GRACE_S`` seconds).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
+import functools
 import math
 import os
 import socket
@@ -74,6 +76,10 @@ SETTINGS_VERSION = 1
 DIRECTIONS = ("maximize", "minimize", "minimize")  # accuracy, J/item, p90 latency
 HEARTBEAT_INTERVAL_S = 20
 GRACE_PERIOD_S = 90
+# Overrides GRACE_PERIOD_S (whole seconds >= 2), e.g. for tests, or a cluster that wants a lost
+# worker's trial back sooner. Set it alike for every worker of a study: the heartbeat interval
+# follows it, and a worker beating at the default interval looks dead to a shorter grace period.
+GRACE_PERIOD_ENV = "WATTWISE_HEARTBEAT_GRACE_S"
 MAX_CONSECUTIVE_DUPLICATES = 40
 INTERRUPTED = "interrupted"
 # Settings a study keeps for life; the budget (trials) and the per-trial limits may change.
@@ -243,21 +249,127 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         raise InputError(
             f"storage {_redact(url)}: unsupported scheme {scheme!r}; use sqlite:/// or postgresql://"
         )
+    interval, grace = heartbeat_timing()
     try:
         with warnings.catch_warnings():
             # Heartbeats are marked experimental; they are what recovers a lost worker's trial.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
+            return _storage_class()(
                 url,
                 engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                grace_period=GRACE_PERIOD_S,
+                heartbeat_interval=interval,
+                grace_period=grace,
                 heartbeat_stale_trial_callback=_retry_stale,
             )
     except Exception as exc:
         first = _scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else "", url)
         raise InputError(
             f"cannot open storage {_redact(given)}: {type(exc).__name__}: {first[:300]}"
+        ) from None
+
+
+def heartbeat_timing() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds: the defaults, or the grace period from
+    :data:`GRACE_PERIOD_ENV` with an interval a quarter of it (at most the default), so a live
+    worker beats several times before its trial could be taken for lost.
+
+    Raises:
+        InputError: the variable is set to something other than whole seconds >= 2.
+    """
+    raw = os.environ.get(GRACE_PERIOD_ENV, "").strip()
+    if not raw:
+        return HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S
+    grace = int(raw) if raw.isdigit() else 0
+    if grace < 2:
+        raise InputError(f"{GRACE_PERIOD_ENV} must be whole seconds >= 2, got {raw!r}")
+    return max(1, min(HEARTBEAT_INTERVAL_S, grace // 4)), grace
+
+
+def storage_error_types() -> tuple[type[Exception], ...]:
+    """What Optuna and SQLAlchemy raise when the database fails (a server restarting, a lost
+    connection): Optuna wraps most of them as "invalid data in the commit", which they aren't."""
+    import optuna
+    import sqlalchemy.exc
+
+    return (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
+
+
+@functools.cache
+def _storage_class() -> type[optuna.storages.RDBStorage]:
+    """Optuna's RDB storage, made to leave no trial without an owner or a heartbeat.
+
+    * Every trial this process starts is signed with its :func:`worker_identity` as it is
+      made (in the same transaction), or popped from the queue (the very next commit): a worker
+      killed, or cut off from the database, between Optuna starting the trial and our objective
+      signing it would otherwise leave a RUNNING trial that no check can tell is dead.
+    * A heartbeat that fails (the database restarting) is skipped, not raised: Optuna beats from
+      a thread that dies on the first error, with a traceback on stderr, and the trial then runs
+      on without heartbeats, to be taken for lost by other workers. The next beat retries.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    errors = storage_error_types()
+
+    class SignedStorage(optuna.storages.RDBStorage):
+        def _create_new_trial(
+            self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None
+        ) -> optuna.trial.FrozenTrial:
+            if template_trial is None:  # asked for by this process, to run now
+                template_trial = optuna.trial.create_trial(
+                    state=TrialState.RUNNING, user_attrs={"worker": worker_identity()}
+                )
+            return super()._create_new_trial(study_id, template_trial)
+
+        def set_trial_state_values(
+            self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+        ) -> bool:
+            taken = super().set_trial_state_values(trial_id, state, values)
+            if taken and state == TrialState.RUNNING:  # popped from the queue by this process
+                self.set_trial_user_attr(trial_id, "worker", worker_identity())
+            return taken
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            with contextlib.suppress(*errors):
+                super().record_heartbeat(trial_id)
+
+    return SignedStorage
+
+
+def _storage_failure(exc: BaseException) -> BaseException | None:
+    """The database error behind ``exc``, if any: Optuna may raise one of its own on the way out
+    (5.0 raises UnboundLocalError when telling a trial's end fails), the database's as context."""
+    types = storage_error_types()
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, types):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+@contextlib.contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """Turn a failing database into one line naming the storage (password redacted).
+
+    Raises:
+        UnavailableError: the storage failed under the search; rerunning resumes it.
+    """
+    try:
+        yield
+    except Exception as exc:
+        failure = None if isinstance(exc, WattwiseError) else _storage_failure(exc)
+        if failure is None:
+            raise
+        cause = failure.__cause__ if failure.__cause__ is not None else failure
+        cause = getattr(cause, "orig", None) or cause  # the driver's own error, without SQL
+        text = str(cause).strip()
+        first = _scrub(text.splitlines()[0] if text else "", url)
+        raise UnavailableError(
+            f"storage {_redact(url)} failed: {type(cause).__name__}: {first[:300]}; "
+            "rerun the same command to resume (finished trials are kept)"
         ) from None
 
 
@@ -457,14 +569,20 @@ def _alive(identity: Mapping[str, Any]) -> bool:
 
 
 def _enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Queue the candidate of an interrupted trial again (once per interrupted trial)."""
+    """Queue the candidate of an interrupted trial again (once per interrupted trial).
+
+    Only a trial that got as far as its candidate (its label) has one: a trial stopped while the
+    sampler was choosing holds part of the parameters, and queueing those would fix them for a
+    trial that is no retry of anything.
+    """
     from optuna.trial import TrialState
 
+    if not trial.params or "label" not in trial.user_attrs:
+        return
     for other in study.get_trials(deepcopy=False):
         if other.user_attrs.get("retry_of") == trial.number and other.state != TrialState.FAIL:
             return
-    if trial.params:
-        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+    study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
 
 
 def _retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -472,30 +590,47 @@ def _retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     _enqueue_retry(study, trial)
 
 
+def _why_dead(trial: optuna.trial.FrozenTrial, host: str, grace_s: float) -> str | None:
+    """Why the RUNNING ``trial`` must have lost its worker, or ``None`` if it may be alive."""
+    identity = trial.user_attrs.get("worker")
+    if isinstance(identity, Mapping):
+        if identity.get("host") != host or _alive(identity):
+            return None
+        return f"its worker (pid {identity.get('pid')}) stopped mid-trial"
+    # A live worker signs its trial moments after starting it. One unsigned for longer than the
+    # grace period lost its worker in between, maybe before its first heartbeat: Optuna would
+    # never see that trial go stale.
+    started = trial.datetime_start
+    if started is not None and (datetime.datetime.now() - started).total_seconds() > grace_s:
+        return "its worker stopped as the trial started"
+    return None
+
+
 def recover_dead_trials(study: optuna.Study) -> list[int]:
-    """Fail (as interrupted) and requeue RUNNING trials whose worker on this machine is gone.
+    """Fail (as interrupted) and requeue RUNNING trials whose worker on this machine is gone,
+    and trials no worker signed within the grace period.
 
     Returns the numbers of the trials recovered. Trials of workers on other machines are left
-    to the heartbeat (:data:`GRACE_PERIOD_S`).
+    to the heartbeat (:data:`GRACE_PERIOD_S`): those gone stale are failed and requeued here
+    too, because Optuna checks only as a trial starts, and a worker that counts the lost trial
+    as running may find the budget taken and start none, leaving it RUNNING for ever.
     """
     import optuna
     from optuna.trial import TrialState
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # calls _retry_stale for each
     host = socket.gethostname()
+    grace_s = heartbeat_timing()[1]
     recovered = []
     storage = study._storage
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        identity = trial.user_attrs.get("worker")
-        if not isinstance(identity, Mapping) or identity.get("host") != host:
-            continue
-        if _alive(identity):
+        why = _why_dead(trial, host, grace_s)
+        if why is None:
             continue
         try:
-            storage.set_trial_user_attr(
-                trial._trial_id,
-                "fail_reason",
-                f"{INTERRUPTED}: its worker (pid {identity.get('pid')}) stopped mid-trial",
-            )
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"{INTERRUPTED}: {why}")
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # someone else finished it first
@@ -550,8 +685,9 @@ def run_trials(
     """Run trials of ``study`` until ``budget`` finished trials exist (all workers together).
 
     Each trial runs its candidate in child processes (:func:`build_job` when the model is not
-    cached yet, then :func:`trial_job`). A ``KeyboardInterrupt`` fails the trial in flight as
-    interrupted, queues its candidate again and propagates.
+    cached yet, then :func:`trial_job`). A ``KeyboardInterrupt`` or a failing database (see
+    :func:`storage_errors`) fails the trial in flight as interrupted, queues its candidate again
+    and propagates.
     """
     import optuna
     from optuna.trial import TrialState
@@ -560,6 +696,7 @@ def run_trials(
 
     state = LoopState()
     identity = worker_identity()
+    lost_storage = storage_error_types()
     space = settings.space
 
     started: list[int] = []  # the trial numbers this worker's last optimize() call ran
@@ -571,12 +708,20 @@ def run_trials(
         try:
             return body(trial, ledgers, t0)
         except KeyboardInterrupt:
-            # Wherever Ctrl-C lands in the trial: mark it, keep its energy, queue it again.
-            with contextlib.suppress(Exception):
-                trial.set_user_attr("fail_reason", f"{INTERRUPTED}: stopped by Ctrl-C")
-                _record_energy(trial, ledgers, time.monotonic() - t0)
-                _enqueue_retry(study, study._storage.get_trial(trial._trial_id))
+            give_back(trial, ledgers, t0, "stopped by Ctrl-C")
             raise
+        except lost_storage:
+            give_back(trial, ledgers, t0, "its worker lost the storage")
+            raise
+
+    def give_back(trial: optuna.Trial, ledgers: list[dict[str, Any]], t0: float, why: str) -> None:
+        """Wherever Ctrl-C or a database failure lands in the trial: mark it, keep its energy,
+        queue it again. With the database still down this fails too; the trial stays RUNNING
+        and the next run on this machine, seeing this process gone, does it."""
+        with contextlib.suppress(Exception):
+            trial.set_user_attr("fail_reason", f"{INTERRUPTED}: {why}")
+            _record_energy(trial, ledgers, time.monotonic() - t0)
+            _enqueue_retry(study, study._storage.get_trial(trial._trial_id))
 
     def body(
         trial: optuna.Trial, ledgers: list[dict[str, Any]], t0: float
