@@ -433,3 +433,16 @@ def test_pareto_given_as_rows(study: Study) -> None:
         t["pareto"] = False
     svg = _svg(render_html(results, trials), "plot-pareto")
     assert re.findall(r'class="pt pt-pareto trial[^"]*" data-trial="(\d+)"', svg) == ["3"]
+
+
+def test_disturbed_windows_are_flagged_in_the_page_and_the_csv(tmp_path: Path) -> None:
+    """A trial measured while other processes loaded the CPU says so wherever it is shown."""
+    results, trials = make_study()
+    trials[0]["disturbed_windows"] = 2
+    paths = render_report(results, trials, tmp_path)
+    page = paths["html"].read_text(encoding="utf-8")
+    assert "⚠ 2 disturbed window(s)" in page
+    rows = list(csv.DictReader(paths["csv"].open(encoding="utf-8")))
+    by_number = {r["number"]: r for r in rows}
+    assert by_number[str(trials[0]["number"])]["disturbed_windows"] == "2"
+    assert page.count("disturbed window(s)") == 1  # the undisturbed trials carry no flag

@@ -790,6 +790,13 @@ def _trials_section(results: Mapping[str, Any], trials: Sequence[Mapping[str, An
             t.get("energy_uncertainty"),
             badge_below=True,
         )
+        disturbed = num(t.get("disturbed_windows"))
+        if disturbed:
+            energy += (
+                f"<br><span class='unc' title='other processes used the CPU during "
+                f"{int(disturbed)} measured window(s); the figure may be inflated'>"
+                f"⚠ {int(disturbed)} disturbed window(s)</span>"
+            )
         rows.append(
             f"<tr class='{cls}' data-trial='{_e(t.get('number'))}'>"
             f"<td class='n'>{_e(t.get('number'))}</td><td>{_e(status)}</td>"

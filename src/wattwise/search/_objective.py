@@ -102,6 +102,9 @@ _MEASURED = (
     "latency_ms_p90",
     "throughput_items_per_s",
     "co2e_g_per_million_items",
+    # Windows another process's CPU load disturbed and that could not be measured again:
+    # their figures may be inflated (see docs/measurement.md, "Disturbed windows").
+    "disturbed_windows",
 )
 
 

@@ -57,6 +57,7 @@ FIGURES = (
     "macs_per_item",
     "params",
     "size_bytes",
+    "disturbed_windows",
 )
 __all__ = [
     "SearchSettings",
