@@ -396,8 +396,15 @@ def seed_params(space: SearchSpace) -> list[dict[str, Any]]:
     """Known-good starting points, enqueued before the sampler takes over.
 
     int8 with ONNX Runtime at the largest batch for the baseline, the pruned models and the
-    distilled student; batching alone (fp32 eager); int8 with compile; a pruned model
-    compiled at one thread. Points outside ``space`` are left out.
+    distilled student; the student's int8 on the other runtime (compile); batching alone (fp32
+    eager); int8 with compile; a pruned model compiled at one thread. Points outside ``space``
+    are left out.
+
+    Why both int8 runtimes for the student: which one is faster depends on the model and the
+    CPU. On our 2-vCPU EPYC, ONNX Runtime's QDQ int8 was the cheapest for the digits CNN but
+    slower than fp32 for a ResNet-style network, where torchao's PT2E int8 compiled by inductor
+    used a third of its energy per item (``docs/BENCHMARKS.md``); a small budget must try both
+    on the model most likely to win.
     """
     choices = space.choices()
     big = max(space.batch_sizes)
@@ -410,6 +417,7 @@ def seed_params(space: SearchSpace) -> list[dict[str, Any]]:
         ("base", "onnxruntime/int8", big, all_threads),
         ("prune50", "onnxruntime/int8", big, one),
         *((s, "onnxruntime/int8", big, one) for s in students[:1]),
+        *((s, "compile/int8", big, all_threads) for s in students[:1]),
         ("prune30", "onnxruntime/int8", big, all_threads),
         ("base", "eager/fp32", big, all_threads),
         ("base", "compile/int8", big, all_threads),
