@@ -402,6 +402,8 @@ def run_case(case: Case, rounds: int, max_time_s: float, tune_time_s: float) -> 
     return {
         "key": case.key,
         "title": case.title,
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": _commit(),
         "task": task.name,
         "baseline_accuracy": base_acc,
         "metric": "top-1 agreement with fp32" if case.key == "lite0-224" else "top-1 accuracy",
@@ -411,6 +413,19 @@ def run_case(case: Case, rounds: int, max_time_s: float, tune_time_s: float) -> 
         "elapsed_s": time.perf_counter() - t0,
         "scenarios": scenarios,
     }
+
+
+def _commit() -> str | None:
+    """The wattwise commit measured (the search's choices depend on it), if in a git checkout."""
+    import subprocess
+
+    proc = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return proc.stdout.strip() or None
 
 
 def _versions() -> dict[str, str]:

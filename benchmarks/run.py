@@ -177,7 +177,12 @@ def peers_section(data: dict[str, Any]) -> list[str]:
             f"Task `{case['task']}`; metric: {case['metric']} on {case['val_items']} items; "
             f"baseline {case['baseline_accuracy']:.4f}. wattwise search budget: "
             f"{case['trials']['online']} trials online, {case['trials']['offline']} offline; "
-            f"this model took {case['elapsed_s'] / 60:.1f} min in all.",
+            f"this model took {case['elapsed_s'] / 60:.1f} min in all"
+            + (
+                f", finished {case['finished']} at commit `{case['commit']}`."
+                if case.get("finished")
+                else f" (run finished {data['date']})."
+            ),
             "",
         ]
         for scenario, block in case["scenarios"].items():
