@@ -47,6 +47,10 @@ def _wait_for(db: str, out, proc: subprocess.Popen, *, need_complete: bool) -> i
     raise AssertionError(f"no running trial seen (exit code {proc.poll()})")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _trials(db: str) -> list[optuna.trial.FrozenTrial]:
     try:
         return optuna.load_study(study_name="tiny-offline", storage=db).get_trials()
@@ -81,7 +85,15 @@ def test_ctrl_c_and_kill_9_then_rerun_resumes_with_completed_trials_intact(tmp_p
     # Run 1: Ctrl-C while its first trial runs. It stops cleanly with a summary and exit 130;
     # the trial in flight is failed as interrupted and queued again.
     zeroth = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell starts background jobs with SIGINT ignored, and Python keeps it ignored: a
+        # test run launched with `&` would send a Ctrl-C nobody hears. Give the child the
+        # default disposition, as a terminal would.
+        preexec_fn=_default_sigint,
     )
     stopped = _wait_for(db, out, zeroth, need_complete=False)
     zeroth.send_signal(signal.SIGINT)
