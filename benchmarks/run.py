@@ -226,6 +226,10 @@ READING = """### Reading the committed run (2026-11-26)
 * **Digits CNN online (a tie)**: at batch 1 the digits CNN costs about 20 µs per call, most of it
   the runtime's own per-call overhead; wattwise's student on ONNX Runtime and ONNX Runtime int8
   alone are within the rounds' spread of each other (1.02×).
+* **EfficientNet-Lite0 (fidelity)**: no int8 flow kept top-1 agreement within a point (NNCF
+  −3.1, torchao −7.4, ONNX Runtime −34.8 points), so its search (deployments only: there is
+  nothing honest to fine-tune on two photos) picked fp32 `torch.compile` on one thread: 0.53×
+  fp32 eager online, and below every peer that kept fidelity in both scenarios.
 * **Where wattwise wins**, it is by stacking levers no single tool applies: a distilled or
   pruned model *and* a fast runtime *and* the batch and thread count for this machine (e.g.
   digits offline: 0.50× the best peer; MobileNetV3 online: 0.49×).
