@@ -357,102 +357,83 @@ def _search(
     progress: bool | None,
     on_trial: Callable[[dict[str, Any]], None] | None,
 ) -> OptimizeResult:
-    """Run the search, with a database failing under it (a server restart) as one line."""
+    """Run the search; a database failing under it (a server restart) becomes one line."""
     with storage_errors(url):
-        return _search_study(
+        import io
+
+        start = time.monotonic()
+        stream = io.StringIO() if progress is False else None
+        counts = count_trials(the_study.get_trials(deepcopy=False))
+        interrupted = False
+        notes: list[str] = []
+        export_ledger: dict[str, Any] = {}
+        with SearchProgress(settings.trials, done=counts.counted, stream=stream) as bar:
+            baseline = _ensure_baseline(the_study, settings, ctx, bar)
+            base_acc = float(baseline["accuracy"])
+            bar.message(
+                f"baseline: accuracy {base_acc:.4f}, "
+                f"{baseline['energy_j_per_item'] * 1e3:.4g} mJ/item ({baseline['energy_source']} "
+                f"±{baseline['energy_uncertainty']:.0%}), p90 {baseline['latency_ms_p90']:.3g} ms"
+            )
+
+            def on_end(trial: optuna.trial.FrozenTrial) -> None:
+                rows = trial_rows(the_study.get_trials(deepcopy=False), base_acc, settings)
+                row = next((r for r in rows if r["number"] == trial.number), None)
+                if row is None:
+                    return
+                bar.trial_finished(row, _best(rows), counted=counts_for_budget(trial))
+                if on_trial is not None:
+                    on_trial(row)
+
+            try:
+                with quiet_optuna():
+                    loop = run_trials(
+                        the_study,
+                        settings,
+                        ctx,
+                        baseline_accuracy=base_acc,
+                        budget=settings.trials,
+                        on_start=bar.trial_started,
+                        on_end=on_end,
+                    )
+                if loop.exhausted:
+                    bar.message(
+                        "stopped early: the sampler keeps proposing candidates already tried"
+                    )
+            except KeyboardInterrupt:
+                interrupted = True
+                bar.message(
+                    "interrupted: the trial in flight is failed and queued for the next run"
+                )
+                notes.append("interrupted (Ctrl-C): rerun the same command to resume the search")
+
+            all_trials = the_study.get_trials(deepcopy=False)
+            rows = trial_rows(all_trials, base_acc, settings)
+            best = _best(rows)
+            artifact: Path | None = None
+            if best is not None and export and not interrupted:
+                artifact, export_ledger, note = _export_best(
+                    the_study, settings, ctx, best, out_dir, bar
+                )
+                if note:
+                    notes.append(note)
+        results = _results(
             the_study,
             settings,
-            ctx,
-            out_dir=out_dir,
+            baseline,
+            rows,
+            best,
+            artifact,
             url=url,
-            export=export,
-            progress=progress,
-            on_trial=on_trial,
+            export_ledger=export_ledger,
+            elapsed_s=time.monotonic() - start,
+            interrupted=interrupted,
+            notes=notes,
         )
-
-
-def _search_study(
-    the_study: optuna.Study,
-    settings: SearchSettings,
-    ctx: JobContext,
-    *,
-    out_dir: Path,
-    url: str,
-    export: bool,
-    progress: bool | None,
-    on_trial: Callable[[dict[str, Any]], None] | None,
-) -> OptimizeResult:
-    import io
-
-    start = time.monotonic()
-    stream = io.StringIO() if progress is False else None
-    counts = count_trials(the_study.get_trials(deepcopy=False))
-    interrupted = False
-    notes: list[str] = []
-    export_ledger: dict[str, Any] = {}
-    with SearchProgress(settings.trials, done=counts.counted, stream=stream) as bar:
-        baseline = _ensure_baseline(the_study, settings, ctx, bar)
-        base_acc = float(baseline["accuracy"])
-        bar.message(
-            f"baseline: accuracy {base_acc:.4f}, "
-            f"{baseline['energy_j_per_item'] * 1e3:.4g} mJ/item ({baseline['energy_source']} "
-            f"±{baseline['energy_uncertainty']:.0%}), p90 {baseline['latency_ms_p90']:.3g} ms"
-        )
-
-        def on_end(trial: optuna.trial.FrozenTrial) -> None:
-            rows = trial_rows(the_study.get_trials(deepcopy=False), base_acc, settings)
-            row = next((r for r in rows if r["number"] == trial.number), None)
-            if row is None:
-                return
-            bar.trial_finished(row, _best(rows), counted=counts_for_budget(trial))
-            if on_trial is not None:
-                on_trial(row)
-
-        try:
-            with quiet_optuna():
-                loop = run_trials(
-                    the_study,
-                    settings,
-                    ctx,
-                    baseline_accuracy=base_acc,
-                    budget=settings.trials,
-                    on_start=bar.trial_started,
-                    on_end=on_end,
-                )
-            if loop.exhausted:
-                bar.message("stopped early: the sampler keeps proposing candidates already tried")
-        except KeyboardInterrupt:
-            interrupted = True
-            bar.message("interrupted: the trial in flight is failed and queued for the next run")
-            notes.append("interrupted (Ctrl-C): rerun the same command to resume the search")
-
-        all_trials = the_study.get_trials(deepcopy=False)
-        rows = trial_rows(all_trials, base_acc, settings)
-        best = _best(rows)
-        artifact: Path | None = None
-        if best is not None and export and not interrupted:
-            artifact, export_ledger, note = _export_best(
-                the_study, settings, ctx, best, out_dir, bar
-            )
-            if note:
-                notes.append(note)
-    results = _results(
-        the_study,
-        settings,
-        baseline,
-        rows,
-        best,
-        artifact,
-        url=url,
-        export_ledger=export_ledger,
-        elapsed_s=time.monotonic() - start,
-        interrupted=interrupted,
-        notes=notes,
-    )
-    paths = _write_outputs(results, rows, out_dir)
-    if artifact is not None:
-        paths["artifact"] = artifact
-    return OptimizeResult(results, rows, out_dir, paths, interrupted)
+        paths = _write_outputs(results, rows, out_dir)
+        if artifact is not None:
+            paths["artifact"] = artifact
+        return OptimizeResult(results, rows, out_dir, paths, interrupted)
 
 
 def _export_best(
