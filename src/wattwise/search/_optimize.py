@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from wattwise.errors import InputError
 from wattwise.search._objective import JobContext, TaskRef, baseline_job, export_job, task_id
+from wattwise.search._outdir import check_out_dir
 from wattwise.search._progress import SearchProgress
 from wattwise.search._space import Candidate, SearchSpace, default_space, seed_params
 from wattwise.search._study import (
@@ -96,27 +97,6 @@ class OptimizeResult:
     def payback_items(self) -> float | None:
         value = self.results.get("payback_items")
         return float(value) if value is not None else None
-
-
-def _check_out_dir(out: Path) -> bool:
-    """Create ``out`` if needed and make sure we can write there; returns whether we made it."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output directory {out} exists and is not a directory")
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create output directory {out}: {exc.strerror or exc}") from None
-    probe = out / f".wattwise-write-test-{os.getpid()}"
-    try:
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        if created:
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        raise InputError(f"output directory {out} is not writable: {exc.strerror or exc}") from None
-    return created
 
 
 def _load_task(task: Any) -> tuple[Task, str | None]:
@@ -221,7 +201,7 @@ def optimize(
         timeout_per_trial_s=timeout_per_trial_s,
         meter=meter,
     )
-    created = _check_out_dir(out_dir)
+    created = check_out_dir(out_dir)
     url = storage if storage is not None else default_storage(out_dir)
     name = study.strip() if study else f"{task_obj.name}-{scenario}"
     try:
@@ -289,7 +269,7 @@ def run_worker(
             f"--task {spec!r} is task {task_obj.name!r}, but study {study!r} searches {settings.task_name!r}"
         )
     out_dir = Path(out).expanduser()
-    _check_out_dir(out_dir)
+    check_out_dir(out_dir)
     dev = check_device(device or settings.device)
     ctx = JobContext(
         task=TaskRef(spec),
@@ -636,7 +616,7 @@ def report_study(
     if not isinstance(baseline, dict) or not baseline.get("ok"):
         raise InputError(f"study {study!r} has no measured baseline yet: nothing to report")
     out_dir = Path(out).expanduser()
-    _check_out_dir(out_dir)
+    check_out_dir(out_dir)
     rows = trial_rows(the_study.get_trials(deepcopy=False), float(baseline["accuracy"]), settings)
     best = _best(rows)
     results = _results(
