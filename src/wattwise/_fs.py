@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 # Errors that only writing raises and that say the output has no room or no place (file-size
 # limit, full disk, quota, read-only file system), not that wattwise is broken: the CLI prints
@@ -128,3 +131,247 @@ def _umask() -> int:
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
     return 0o022
+
+
+# ----------------------------------------------------------------------------- bounded reads
+# Files wattwise reads from places the user controls (results.json, a --space file, the
+# marker in an output directory, an artifact's manifest) can be anything: /dev/zero, a FIFO no
+# one writes, a 1 GB file, 100k nested brackets. They are read with a size limit, only as
+# regular files, and parsed with limits on depth, so the answer is one line, never a hang or
+# an out-of-memory kill.
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
+
+
+def _kind(mode: int) -> str:
+    for test, name in _KINDS:
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
+
+
+def read_bounded(
+    path: str | os.PathLike[str],
+    limit_bytes: int,
+    *,
+    what: str = "",
+    follow_symlinks: bool = True,
+) -> bytes:
+    """The bytes of the regular file at ``path`` if it holds at most ``limit_bytes``.
+
+    Raises :class:`~wattwise.errors.InputError` ``"cannot read <what> <path>: <reason>"`` for a
+    missing or unreadable file, one that is not a regular file (a directory, a FIFO, a device),
+    one that is too big, and with ``follow_symlinks=False`` a symbolic link.
+
+    Why O_NONBLOCK: opening a FIFO for reading waits for a writer, forever if there is none;
+    non-blocking, the open returns at once and fstat says what it is.
+
+    Example:
+        >>> read_bounded("/dev/zero", 1024)  # doctest: +SKIP
+        InputError: cannot read /dev/zero: it is a character device, not a regular file
+    """
+    from wattwise.errors import InputError
+
+    shown = f"{what} {os.fsdecode(path)}" if what else os.fsdecode(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        if not follow_symlinks and stat.S_ISLNK(os.lstat(path).st_mode):
+            raise InputError(f"cannot read {shown}: it is a symbolic link, not a regular file")
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise InputError(f"cannot read {shown}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(
+                f"cannot read {shown}: it is {_kind(info.st_mode)}, not a regular file"
+            )
+        if info.st_size > limit_bytes:
+            raise InputError(
+                f"cannot read {shown}: it holds {_size(info.st_size)}, more than the "
+                f"{_size(limit_bytes)} wattwise reads"
+            )
+        chunks: list[bytes] = []
+        got = 0
+        # Read to the limit, not to st_size: a file may grow while we read it.
+        while got <= limit_bytes:
+            chunk = os.read(fd, min(1 << 20, limit_bytes + 1 - got))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    except OSError as exc:
+        raise InputError(f"cannot read {shown}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if got > limit_bytes:
+        raise InputError(
+            f"cannot read {shown}: it holds more than the {_size(limit_bytes)} wattwise reads"
+        )
+    return b"".join(chunks)
+
+
+def decode_utf8(data: bytes, *, what: str) -> str:
+    """``data`` as UTF-8 text (a leading BOM dropped: Windows editors write one), or an
+    :class:`~wattwise.errors.InputError` naming what the bytes look like instead."""
+    from wattwise.errors import InputError
+
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data[:4]:
+        raise InputError(f"{what} is UTF-16 or UTF-32 text; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{what} is not UTF-8 text (byte {exc.start})") from None
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _depth(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests at most ``limit`` containers deep (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        )
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return False
+                stack.append((child, depth + 1))
+    return True
+
+
+def parse_json(text: str, *, what: str, max_depth: int = 64) -> Any:
+    """JSON ``text`` parsed, refusing what ``json.loads`` would take silently or fail on with
+    a traceback: a duplicate key (which of the two counts depends on the reader), a number
+    past Python's 4300-digit limit, nesting deeper than ``max_depth``. ``NaN`` and
+    ``Infinity`` are parsed; callers that read figures refuse them by name.
+
+    Raises:
+        InputError: one line, starting with ``what``.
+    """
+    from wattwise.errors import InputError
+
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicates)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{what} is not JSON: {exc.msg} at line {exc.lineno}") from None
+    except _DuplicateKey as exc:
+        raise InputError(f"{what} has the key {_short(str(exc))!r} twice") from None
+    except RecursionError:
+        raise InputError(f"{what} nests deeper than {max_depth} levels") from None
+    except ValueError:  # int() refusing a number of more than 4300 digits (CVE-2020-10735)
+        raise InputError(f"{what} holds a number with too many digits to read") from None
+    if not _depth(data, max_depth):
+        raise InputError(f"{what} nests deeper than {max_depth} levels")
+    return data
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters for an error line (names in files can be huge)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def parse_yaml(text: str, *, what: str, max_depth: int = 32, max_nodes: int = 100_000) -> Any:
+    """YAML (or JSON) ``text`` parsed with PyYAML's safe constructors, refusing aliases.
+
+    Why no aliases: anchors and aliases let 600 bytes describe a billion-element list
+    ("billion laughs"); ``safe_load`` builds it as shared references, and the first walk over
+    it (``json.dumps``, a deep copy) runs out of memory. A config file has no need of them.
+    Nesting and the number of nodes are bounded for the same reason, and the composer
+    recurses once per level.
+
+    Raises:
+        InputError: one line, starting with ``what``: not YAML, an alias, too deep or too big,
+            a tag other than the plain YAML types (``!!python/object``), or a number of more
+            than 4300 digits.
+    """
+    import yaml
+
+    from wattwise.errors import InputError
+
+    class Loader(yaml.SafeLoader):
+        depth = 0
+        nodes = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise InputError(
+                    f"{what} uses a YAML alias (*name) at line {mark.line + 1}; "
+                    "aliases are not allowed, write the value out"
+                )
+            self.depth += 1
+            self.nodes += 1
+            if self.depth > max_depth:
+                raise InputError(f"{what} nests deeper than {max_depth} levels")
+            if self.nodes > max_nodes:
+                raise InputError(f"{what} holds more than {max_nodes} values")
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            # PyYAML keeps the last of two equal keys; which one a reader meant is a guess.
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    twice = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the constructor says so below
+                    continue
+                if twice:
+                    raise InputError(
+                        f"{what} has the key {_short(str(key))!r} twice "
+                        f"(line {key_node.start_mark.line + 1})"
+                    )
+            return super().construct_mapping(node, deep=deep)
+
+    loader = Loader(text)
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        problem = _short(" ".join(str(exc.problem or exc.context or "").split()), 120)
+        line = f" at line {exc.problem_mark.line + 1}" if exc.problem_mark is not None else ""
+        raise InputError(f"{what} is not valid YAML/JSON: {problem}{line}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{what} is not valid YAML/JSON: {type(exc).__name__}") from None
+    except RecursionError:
+        raise InputError(f"{what} nests deeper than {max_depth} levels") from None
+    except ValueError as exc:
+        if isinstance(exc, InputError):
+            raise
+        # int() refusing a number of more than 4300 digits (CVE-2020-10735)
+        raise InputError(f"{what} holds a number with too many digits to read") from None
+    finally:
+        loader.dispose()

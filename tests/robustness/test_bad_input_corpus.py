@@ -675,3 +675,186 @@ def test_report_under_a_file_size_limit_writes_all_three_files_or_none(
     line = check_process_error(proc, needle="file too large")
     assert str(out) in line
     assert_no_leftovers(out)
+
+
+# --- check: results files that are hostile, huge, endless or wrong -----------------------
+
+
+def _best_with(ws: Path, **figures: Any) -> Path:
+    """A results.json whose best deployment has ``figures`` (written as given, NaN included)."""
+    doc = json.loads(_results(ws).read_text())
+    doc["best"].update(figures)
+    path = ws / "results.json"
+    path.write_text(json.dumps(doc))  # allow_nan: NaN and Infinity as bare words, as others write
+    return path
+
+
+@pytest.mark.parametrize(
+    ("figures", "needle"),
+    [
+        ({"energy_j_per_item": -5.0}, "best.energy_j_per_item is -5.0; it must be greater than 0"),
+        ({"energy_j_per_item": 0}, "best.energy_j_per_item is 0; it must be greater than 0"),
+        ({"energy_j_per_item": float("nan")}, "best.energy_j_per_item is nan, not a finite"),
+        ({"energy_j_per_item": float("inf")}, "best.energy_j_per_item is inf, not a finite"),
+        ({"energy_j_per_item": "0.001"}, "must be a number, got a string"),
+        ({"energy_j_per_item": True}, "must be a number, got a boolean"),
+        ({"energy_uncertainty": -0.4}, "best.energy_uncertainty is -0.4"),
+        ({"accuracy_drop": float("nan")}, "best.accuracy_drop is nan"),
+        ({"energy_source": "measured:rapl\x1b[2J\nok: all fine"}, "short source label"),
+        ({"energy_source": "x" * 100_000}, "short source label"),
+    ],
+    ids=[
+        "energy-negative",
+        "energy-zero",
+        "energy-nan",
+        "energy-infinite",
+        "energy-string",
+        "energy-boolean",
+        "uncertainty-negative",
+        "drop-nan",
+        "source-escape-sequence",
+        "source-100k-chars",
+    ],
+)
+def test_check_refuses_broken_figures(ws: Path, figures: dict[str, Any], needle: str) -> None:
+    # Exit 2 (a broken file), not 0 (−5 J/item once passed the gate) nor 1 (NaN read "missing").
+    path = _best_with(ws, **figures)
+    result = check_cli_error(["check", str(path), "--max-energy-per-item", "1J"], needle=needle)
+    assert "\x1b" not in result.output and len(result.stderr) < 400
+
+
+def test_check_refuses_a_broken_figure_even_when_not_gated(ws: Path) -> None:
+    # The ok: line prints the energy: a gate on accuracy alone must not print "-5 J/item".
+    path = _best_with(ws, energy_j_per_item=-5)
+    check_cli_error(["check", str(path), "--max-accuracy-drop", "0.05"], needle="greater than 0")
+
+
+def _fifo(ws: Path) -> Path:
+    path = ws / "fifo"
+    os.mkfifo(path)
+    return path
+
+
+def _sparse(ws: Path, size: int) -> Path:
+    """A file of ``size`` bytes that takes no disk (a hole): reading it whole would."""
+    path = ws / "huge"
+    with path.open("wb") as fh:
+        fh.truncate(size)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda ws: Path("/dev/zero"), "/dev/zero: it is a character device, not a regular file"),
+        (_fifo, "it is a FIFO (named pipe), not a regular file"),
+        (lambda ws: _sparse(ws, 1 << 30), "it holds 1 GiB, more than the 64 MiB wattwise reads"),
+        (lambda ws: ws, "it is a directory"),
+    ],
+    ids=["dev-zero", "fifo", "1-gib-file", "directory"],
+)
+def test_check_reads_only_bounded_regular_files(
+    ws: Path, make: Callable[[Path], Path], needle: str
+) -> None:
+    check_cli_error(["check", str(make(ws)), "--max-energy-per-item", "1J"], needle=needle)
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b'{"schema": ' + b"1" * 5001 + b"}", "a number with too many digits"),
+        (b"[" * 100_000 + b"]" * 100_000, "nests deeper than 64 levels"),
+        (b'[{"schema": 1}]', "expected a JSON object, got a list"),
+        (b'"results"', "expected a JSON object, got a string"),
+        ('{"schema": 1}'.encode("utf-16"), "UTF-16"),
+        (b'{"schema": 1, "note": "caf\xe9"}', "not UTF-8 text"),
+        (b'{"schema": 1, "best": {}, "baseline": {}, "best": null}', "has the key 'best' twice"),
+        (b'{"schema": true, "best": null, "baseline": {}}', "results schema True"),
+        (b'{"schema": 1, "best": [1], "baseline": {}}', "'best' must be a JSON object or null"),
+    ],
+    ids=[
+        "int-5001-digits",
+        "brackets-100k-deep",
+        "top-level-list",
+        "top-level-string",
+        "utf-16",
+        "latin-1",
+        "duplicate-keys",
+        "schema-true",
+        "best-is-a-list",
+    ],
+)
+def test_check_bad_results_documents(ws: Path, content: bytes, needle: str) -> None:
+    path = ws / "results.json"
+    path.write_bytes(content)
+    check_cli_error(["check", str(path), "--max-energy-per-item", "1J"], needle=needle)
+
+
+def test_check_reads_a_results_file_with_a_bom(ws: Path) -> None:  # control: Windows editors
+    path = _results(ws)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    result = CliRunner().invoke(app, ["check", str(path), "--max-energy-per-item", "1J"])
+    assert result.exit_code == 0, result.output
+
+
+# --- optimize --space: hostile YAML -------------------------------------------------------
+
+BILLION_LAUGHS = "".join(
+    [
+        'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n',
+        *(
+            f"{b}: &{b} [{','.join([f'*{a}'] * 9)}]\n"
+            for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+        ),
+        "models: *i\ndeployments: *i\nbatch_sizes: [1]\n",
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("space", "needle"),
+    [
+        (BILLION_LAUGHS, "uses a YAML alias (*name) at line 2"),
+        ("models: !!python/object/apply:os.system [echo pwned]\n", "python/object/apply"),
+        ("models: " + "[" * 100_000 + "]" * 100_000 + "\n", "nests deeper than 32 levels"),
+        ("batch_sizes: [" + "9" * 5001 + "]\n", "a number with too many digits"),
+        ("models: [{name: base}]\nmodels: []\n", "has the key 'models' twice (line 2)"),
+        ("deployments: [" + "x" * 500_000 + "]\nmodels: [{name: b}]\nbatch_sizes: [1]\n", "…"),
+    ],
+    ids=[
+        "billion-laughs",
+        "python-tag",
+        "brackets-100k-deep",
+        "int-5001-digits",
+        "duplicate-key",
+        "500k-char-value",
+    ],
+)
+def test_optimize_hostile_space_file(ws: Path, space: str, needle: str) -> None:
+    assert len(BILLION_LAUGHS) < 700  # 9**9 "lol"s in 600 bytes: the case is the small size
+    (ws / "space.yaml").write_text(space)
+    out = ws / "out"
+    result = check_cli_error(
+        ["optimize", "--space", str(ws / "space.yaml"), "--out", str(out)], needle=needle, out=out
+    )
+    assert len(result.stderr) < 600
+    assert not (ws / "pwned").exists()
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda ws: ws, "cannot read search space"),
+        (lambda ws: Path("/dev/zero"), "it is a character device"),
+        (_fifo, "it is a FIFO"),
+        (lambda ws: _sparse(ws, 2 << 20), "more than the 1 MiB wattwise reads"),
+    ],
+    ids=["directory", "dev-zero", "fifo", "2-mib-file"],
+)
+def test_optimize_space_file_that_is_no_file(
+    ws: Path, make: Callable[[Path], Path], needle: str
+) -> None:
+    out = ws / "out"
+    check_cli_error(
+        ["optimize", "--space", str(make(ws)), "--out", str(out)], needle=needle, out=out
+    )

@@ -70,6 +70,49 @@ def test_load_results_refuses_what_is_not_a_results_file(tmp_path):
         load_results(tmp_path / "missing.json")
 
 
+@pytest.mark.parametrize(
+    ("figures", "match"),
+    [
+        ({"energy_j_per_item": -5e-3}, r"best\.energy_j_per_item is -0\.005; it must be greater"),
+        ({"energy_j_per_item": 0.0}, "must be greater than 0"),
+        ({"energy_j_per_item": float("nan")}, "is nan, not a finite number"),
+        ({"energy_j_per_item": float("-inf")}, "is -inf, not a finite number"),
+        ({"energy_j_per_item": False}, "must be a number, got a boolean"),
+        ({"energy_j_per_item": [1e-3]}, "must be a number, got a list"),
+        ({"latency_ms_p90": -1}, r"best\.latency_ms_p90 is -1; it must be at least 0"),
+        ({"energy_source": 7}, "short source label"),
+    ],
+)
+def test_broken_figures_are_input_errors_not_breaches(figures, match):
+    broken = {**RESULTS, "best": {**RESULTS["best"], **figures}}
+    with pytest.raises(InputError, match=match):
+        check_results(broken, max_energy_j_per_item=1.0)
+
+
+def test_missing_figures_are_breaches_and_a_zero_uncertainty_is_fine():
+    best = {k: v for k, v in RESULTS["best"].items() if k != "energy_j_per_item"}
+    (breach,) = check_results({**RESULTS, "best": best}, max_energy_j_per_item=1.0)
+    assert breach.message == "energy per item: missing from the results"
+    exact = {**RESULTS, "best": {**RESULTS["best"], "energy_uncertainty": 0}}
+    assert check_results(exact, max_energy_j_per_item=1.0) == []
+    # A negative accuracy drop is a candidate better than the baseline, not a broken file.
+    better = {**RESULTS, "best": {**RESULTS["best"], "accuracy_drop": -0.002}}
+    assert check_results(better, max_accuracy_drop=0.0) == []
+
+
+def test_load_results_is_bounded_and_strict(tmp_path):
+    path = tmp_path / "results.json"
+    with path.open("wb") as fh:
+        fh.truncate((64 << 20) + 1)  # one byte over the limit, stored as a hole
+    with pytest.raises(InputError, match="more than the 64 MiB wattwise reads"):
+        load_results(path)
+    path.write_text(json.dumps(RESULTS)[:-1] + ', "best": null}')
+    with pytest.raises(InputError, match="has the key 'best' twice"):
+        load_results(path)
+    path.write_text(json.dumps(RESULTS))
+    assert load_results(path) == RESULTS
+
+
 def test_cli_check_exit_codes(results_file):
     runner = CliRunner()
     ok = runner.invoke(

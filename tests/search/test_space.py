@@ -17,6 +17,7 @@ from wattwise.search import (
     SearchSettings,
     SearchSpace,
     default_space,
+    load_space,
     seed_params,
 )
 from wattwise.search._objective import (
@@ -190,3 +191,28 @@ def test_model_cache_round_trips_pruned_and_student_models(tmp_path):
     assert ledger.energy_j["train"] > 0 and ledger.energy_j["compress"] > 0
     assert ledger.source.startswith(("measured:", "estimated:"))
     ledger.close()
+
+
+SPACE_YAML = """\
+models:
+  - {name: base}
+  - {name: prune50, passes: [{type: prune, ratio: 0.5, finetune_epochs: 2}]}
+deployments: &deps [onnxruntime/int8, eager/fp32]
+batch_sizes: [1, 64]
+"""
+
+
+def test_load_space_reads_yaml_and_json_and_refuses_aliases(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE_YAML)  # an anchor with no alias is harmless and still read
+    space = load_space(path)
+    assert [m.name for m in space.models] == ["base", "prune50"]
+    assert space.deployments == ("onnxruntime/int8", "eager/fp32") and space.threads == (0,)
+    (tmp_path / "space.json").write_text(json.dumps(space.to_dict()))
+    assert load_space(tmp_path / "space.json") == space
+    path.write_text(SPACE_YAML + "threads: *deps\n")
+    with pytest.raises(InputError, match=r"uses a YAML alias \(\*name\) at line 6"):
+        load_space(path)
+    path.write_text("a: " + "[" * 40 + "]" * 40 + "\n")
+    with pytest.raises(InputError, match="nests deeper than 32 levels"):
+        load_space(path)

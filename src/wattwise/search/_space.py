@@ -26,7 +26,6 @@ import inspect
 import json
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wattwise.errors import InputError
@@ -431,6 +430,10 @@ def seed_params(space: SearchSpace) -> list[dict[str, Any]]:
     return out
 
 
+# A space lists a few models and deployments: kilobytes. More is not a space file.
+MAX_SPACE_BYTES = 1 << 20
+
+
 def load_space(path: str | os.PathLike[str]) -> SearchSpace:
     """Read a :class:`SearchSpace` from a YAML or JSON file (``wattwise optimize --space``)::
 
@@ -440,26 +443,23 @@ def load_space(path: str | os.PathLike[str]) -> SearchSpace:
     deployments: [onnxruntime/int8, eager/fp32]
     batch_sizes: [1, 64, 256]
     threads: [1, 0]          # 0 = every allowed core
-    """
-    import yaml
 
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise InputError(f"cannot read search space {path}: {reason}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InputError(
-            f"search space {path} is not valid YAML/JSON: {type(exc).__name__}"
-        ) from None
+    The file is read only if it is a regular file of at most 1 MiB, and parsed without YAML
+    aliases and with bounded nesting, so a hostile file is one error line, never a hang or an
+    out-of-memory kill ("billion laughs": 600 bytes of nested aliases).
+    """
+    from wattwise._fs import decode_utf8, parse_yaml, read_bounded
+
+    what = f"search space {os.fsdecode(path)}"
+    raw = read_bounded(path, MAX_SPACE_BYTES, what="search space")
+    data = parse_yaml(decode_utf8(raw, what=what), what=what)
     try:
         return SearchSpace.from_dict(data)
-    except InputError as exc:
-        raise InputError(f"search space {path}: {exc}") from None
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"search space {path}: {exc}") from None
+    except (TypeError, ValueError) as exc:  # InputError included
+        # The message may quote a value from the file; a 1 MiB name is not one line to read.
+        text = " ".join(str(exc).split())
+        text = text if len(text) <= 300 else text[:299] + "…"
+        raise InputError(f"{what}: {text}") from None
 
 
 def params_key(params: Mapping[str, Any]) -> str:
