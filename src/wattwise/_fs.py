@@ -8,7 +8,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -375,3 +375,98 @@ def parse_yaml(text: str, *, what: str, max_depth: int = 32, max_nodes: int = 10
         raise InputError(f"{what} holds a number with too many digits to read") from None
     finally:
         loader.dispose()
+
+
+# ----------------------------------------------------------------------------- output markers
+# Each output directory wattwise writes (optimize, worker, report) holds this file, listing
+# the names wattwise owns there; search/_outdir.py decides from it whether a directory is ours
+# to write into. It lives here, below both search and report, because the report writer
+# records its files in it too.
+
+OUT_MARKER = ".wattwise-out.json"
+OUT_MARKER_VERSION = 1
+MAX_MARKER_BYTES = 64 << 10  # a few hundred names; the marker we write is under 1 KiB
+MAX_MARKER_NAMES = 1000
+
+
+def plain_name(name: object) -> bool:
+    """Whether ``name`` is one entry of a directory: no separator, not ``.``/``..``, no NUL."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= 255
+        and name not in (".", "..")
+        and "/" not in name
+        and "\x00" not in name
+    )
+
+
+def read_out_marker(out: Path) -> frozenset[str] | None:
+    """The names the marker in ``out`` says wattwise owns; ``None`` when there is no marker.
+
+    The marker sits in a directory the user controls, so it is read as hostile: a regular
+    file (not a link) of at most 64 KiB, JSON only, every name a plain entry name.
+
+    Raises:
+        InputError: the marker is there but is not one wattwise wrote.
+    """
+    from wattwise.errors import InputError
+
+    path = Path(out) / OUT_MARKER
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    raw = read_bounded(path, MAX_MARKER_BYTES, follow_symlinks=False)
+    doc = parse_json(decode_utf8(raw, what=str(path)), what=str(path), max_depth=4)
+    names = doc.get("owns") if isinstance(doc, dict) else None
+    if (
+        not isinstance(doc, dict)
+        or doc.get("wattwise_output_dir") != OUT_MARKER_VERSION
+        or isinstance(doc.get("wattwise_output_dir"), bool)
+        or not isinstance(names, list)
+        or len(names) > MAX_MARKER_NAMES
+        or not all(plain_name(n) for n in names)
+    ):
+        raise InputError(
+            f"{path} is not a marker this wattwise wrote (expected "
+            f'{{"wattwise_output_dir": {OUT_MARKER_VERSION}, "owns": [names]}}); '
+            "choose another output directory"
+        )
+    return frozenset(names)
+
+
+def write_out_marker(out: Path, names: Iterable[str]) -> Path:
+    """Write the marker of ``out`` (atomically: a reader never sees half of it) owning
+    ``names``, the marker itself included."""
+    owned = sorted({*names, OUT_MARKER})
+    bad = [n for n in owned if not plain_name(n)]
+    if bad:
+        raise ValueError(f"output names must be plain file names, got {bad[:3]!r}")
+    doc = {
+        "wattwise_output_dir": OUT_MARKER_VERSION,
+        "about": "wattwise wrote this directory and owns the names below; it refuses to write "
+        "into a directory that holds anything else",
+        "owns": owned,
+    }
+    return atomic_write_text(Path(out) / OUT_MARKER, json.dumps(doc, indent=1) + "\n")
+
+
+def record_outputs(out: Path, names: Iterable[str]) -> None:
+    """Add ``names`` to the marker of ``out`` before they are written there.
+
+    A folder without a marker is not a wattwise output directory (``render_report`` may be
+    writing into any folder an API caller chose) and is left as it is. Recording comes
+    before writing so that a kill between the two leaves a name owned but absent, never a
+    file of ours that a rerun would take for the user's.
+
+    Example:
+        >>> record_outputs(Path("wattwise-out"), ["report.html"])  # doctest: +SKIP
+    """
+    owned = read_out_marker(out)
+    if owned is None:
+        return
+    wanted = set(names)
+    if not wanted <= owned:
+        write_out_marker(out, owned | wanted)

@@ -858,3 +858,78 @@ def test_optimize_space_file_that_is_no_file(
     check_cli_error(
         ["optimize", "--space", str(make(ws)), "--out", str(out)], needle=needle, out=out
     )
+
+
+# --- optimize --out: a directory holding the user's own files -----------------------------
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes | None, int]]:
+    """Every entry under ``folder`` (links not followed) with its bytes and mtime in ns."""
+    out: dict[str, tuple[bytes | None, int]] = {}
+    for path in sorted(folder.rglob("*")):
+        info = path.lstat()
+        data = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+        out[str(path.relative_to(folder))] = (data, info.st_mtime_ns)
+    return out
+
+
+def _foreign_dir(ws: Path, files: Mapping[str, str]) -> Path:
+    out = ws / "mine"
+    for name, text in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("files", "needle"),
+    [
+        ({"artifact/notes.txt": "my notes"}, "artifact/notes.txt"),
+        ({"report.html": "<p>my own page</p>"}, "report files (report.html)"),
+        ({"thesis.tex": "x", "results.json": "{}"}, "thesis.tex"),
+        ({".wattwise-out.json": "[1, 2"}, "not JSON"),
+        ({".wattwise-out.json": '{"wattwise_output_dir": 1, "owns": ["../up"]}'}, "not a marker"),
+        ({"evil\x1b[31m\nname": "x"}, "evil\\x1b[31m\\nname"),
+    ],
+    ids=[
+        "artifact-notes",
+        "foreign-report",
+        "foreign-file",
+        "damaged-marker",
+        "marker-with-a-path",
+        "escape-in-a-name",
+    ],
+)
+def test_optimize_refuses_an_out_dir_holding_foreign_files(
+    ws: Path, files: dict[str, str], needle: str
+) -> None:
+    out = _foreign_dir(ws, files)
+    before = _snapshot(out)
+    check_cli_error(["optimize", "--out", str(out)], needle=needle)
+    assert _snapshot(out) == before  # byte-identical, same mtimes, nothing added
+
+
+def test_optimize_out_is_a_link_to_a_foreign_dir(ws: Path) -> None:
+    target = _foreign_dir(ws, {"artifact/notes.txt": "my notes"})
+    link = ws / "link"
+    link.symlink_to(target)
+    before = _snapshot(target)
+    check_cli_error(["optimize", "--out", str(link)], needle="artifact/notes.txt")
+    assert _snapshot(target) == before
+
+
+def test_optimize_out_holds_a_link_named_like_ours(ws: Path) -> None:
+    out = ws / "mine"
+    out.mkdir()
+    (ws / "elsewhere.json").write_text("{}")
+    (out / "results.json").symlink_to(ws / "elsewhere.json")
+    check_cli_error(["optimize", "--out", str(out)], needle="did not write (results.json)")
+    assert (ws / "elsewhere.json").read_text() == "{}"
+
+
+def test_optimize_marker_that_is_a_link(ws: Path) -> None:
+    out = ws / "mine"
+    out.mkdir()
+    (ws / "secret").write_text("x")
+    (out / ".wattwise-out.json").symlink_to(ws / "secret")
+    check_cli_error(["optimize", "--out", str(out)], needle="symbolic link")

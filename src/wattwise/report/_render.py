@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from wattwise._fs import atomic_write_texts
+from wattwise._fs import atomic_write_texts, record_outputs
 from wattwise.errors import InputError
 from wattwise.report._svg import PlotPoint, scatter_svg
 from wattwise.report._tables import (
@@ -958,6 +958,8 @@ def render_report(
         "html": (out / "report.html", page),
     }
     try:
+        # In a wattwise output directory the marker owns these names before they exist.
+        record_outputs(out, [path.name for path, _ in files.values()])
         atomic_write_texts(dict(files.values()))
     except BaseException:
         if created:  # a folder we made for a report that was never written
