@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import re
 from pathlib import Path
@@ -95,6 +96,23 @@ def test_trials_csv_has_one_flat_row_per_trial(tmp_path: Path, study: Study) -> 
     assert by_number[9]["deployment"] == "" and by_number[9]["accuracy"] == ""
     # One recipe with a script payload is one cell, quoted, not a broken row.
     assert XSS_RECIPE in by_number[6]["recipe"]
+
+
+def test_trials_csv_cells_cannot_run_as_spreadsheet_formulas() -> None:
+    """A cell a spreadsheet would run (=, +, -, @, tab, CR first) is text with a leading
+    quote; numbers, negative ones included, stay numbers."""
+    evil = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
+    trials = [
+        {"number": i, "fail_reason": text, "accuracy_drop": -0.5, "search_delta": -3}
+        for i, text in enumerate(evil)
+    ]
+    trials.append({"number": len(evil), "=cmd|' /C calc'!A0": "x", "fail_reason": "a = b\rc"})
+    rows = list(csv.DictReader(io.StringIO(trials_csv_text(trials), newline="")))
+    assert [r["fail_reason"] for r in rows[: len(evil)]] == ["'" + text for text in evil]
+    assert {(r["accuracy_drop"], r["search_delta"]) for r in rows[: len(evil)]} == {("-0.5", "-3")}
+    # Only a leading character makes a formula; a CR inside is quoted, not a row break.
+    assert len(rows) == len(trials) and rows[-1]["fail_reason"] == "a = b\rc"
+    assert rows[-1]["'=cmd|' /C calc'!A0"] == "x"  # the header row too
 
 
 def test_results_json_round_trips_with_stable_order(tmp_path: Path, study: Study) -> None:

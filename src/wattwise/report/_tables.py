@@ -395,6 +395,18 @@ def results_json_text(results: Mapping[str, Any]) -> str:
     return json.dumps(canonical_results(results), indent=2, ensure_ascii=False) + "\n"
 
 
+# A spreadsheet opening trials.csv runs a cell that starts with one of these as a formula
+# (CSV injection: a study name or fail reason "=HYPERLINK(...)" from a shared study).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_text(text: str) -> str:
+    """``text`` for a CSV cell: a would-be formula gets a leading ``'``, which spreadsheets
+    take as "this is text" (OWASP's advice). Only strings: a number such as ``-0.5`` is
+    written as a number and stays one."""
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
 def _csv_cell(value: Any) -> str:
     if value is None:
         return ""
@@ -402,8 +414,10 @@ def _csv_cell(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else ""
-    if isinstance(value, int | str):
+    if isinstance(value, int):
         return str(value)
+    if isinstance(value, str):
+        return _csv_text(value)
     # Structured cells (recipe, deployment) as compact JSON: one cell, parseable again.
     return json.dumps(_jsonable(value), separators=(",", ":"), ensure_ascii=False)
 
@@ -422,8 +436,11 @@ def trials_csv_text(trials: Iterable[Mapping[str, Any]]) -> str:
     extra = sorted({str(k) for row in rows for k in row} - set(TRIAL_COLUMNS))
     columns = [*TRIAL_COLUMNS, *extra]
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
+    # CRLF, RFC 4180's line end: the writer quotes a cell holding any character of the line
+    # terminator, so with "\n" alone a bare CR inside a fail reason was left unquoted and
+    # readers split the row there.
+    writer = csv.writer(buf, lineterminator="\r\n")
+    writer.writerow([_csv_text(c) for c in columns])  # extra columns are the trials' keys
     for row in rows:
         flat = dict(row)
         # Known keys first (type before its parameters) so the JSON cells read naturally.
