@@ -3,8 +3,9 @@
 :func:`resolve_target` turns the string into a picklable zero-argument model factory (the
 harness sends it to its measuring child process) and an example input of batch size 1.
 
-Files are loaded without unpickling arbitrary objects: ``.pt2`` is a ``torch.export`` program
-(a graph plus tensors), and ``.pt``/``.pth`` go through ``torch.load(weights_only=True)``,
+Files are loaded without running code from them: ``.pt2`` programs and exported deployment
+directories go through ``wattwise.deploy._safe_load`` (see ``docs/artifacts.md``), and
+``.pt``/``.pth`` go through ``torch.load(weights_only=True)``,
 which can only hold tensors, so a pickled ``nn.Module`` is refused with the one-line recipe to
 convert it. ``module:factory`` imports and runs the user's code, as the user asked.
 """
@@ -347,41 +348,11 @@ def load_exported(path: str) -> nn.Module:
     return ExportedModule(_load_program(Path(path)).module())
 
 
-def _uses_quantized_ops(path: Path) -> bool:
-    with zipfile.ZipFile(path) as archive:
-        graphs = [n for n in archive.namelist() if "/models/" in n and n.endswith(".json")]
-        return any(b"quantized_decomposed" in archive.read(name) for name in graphs)
-
-
 def _load_program(path: Path) -> Any:
-    import logging
+    # The deploy layer's loader: it refuses anything in the archive that would run code.
+    from wattwise.deploy._safe_load import load_program
 
-    import torch
-
-    if not zipfile.is_zipfile(path):
-        raise InputError(f"TARGET '{path}': not a torch.export archive (it is not a zip file)")
-    if _uses_quantized_ops(path):
-        # int8 programs from the pt2e flow call quantized_decomposed ops that torchao registers.
-        try:
-            import torchao.quantization.pt2e  # noqa: F401
-        except ImportError:
-            raise InputError(
-                f"TARGET '{path}' is an int8 program: pip install torchao to load it"
-            ) from None
-    # torch.export.load logs a full traceback at WARNING before re-raising; our one line is enough.
-    log = logging.getLogger("torch.export")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        return torch.export.load(str(path))
-    except Exception as exc:
-        from wattwise.tasks._builtin import one_line
-
-        raise InputError(
-            f"TARGET '{path}': cannot read it as a torch.export program: {one_line(exc)}"
-        ) from None
-    finally:
-        log.setLevel(level)
+    return load_program(path, where=f"TARGET '{path}'")
 
 
 def _file_target(path: Path, shape: tuple[int, ...] | None) -> ResolvedTarget:
@@ -424,7 +395,7 @@ def _artifact_target(path: Path, shape: tuple[int, ...] | None) -> ResolvedTarge
             f"TARGET '{path}' is a directory without deployment.json; measure takes an exported "
             "deployment directory or a .pt2 file"
         )
-    artifact = load_artifact(path)  # validates the manifest and checksums, unpickles nothing
+    artifact = load_artifact(path)  # checksums, hostile content and stored outputs checked
     example = artifact.example_input
     if not isinstance(example, torch.Tensor):
         raise InputError(f"TARGET '{path}': the deployment takes several inputs; measure takes one")

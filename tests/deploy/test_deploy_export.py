@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -211,8 +212,10 @@ def _pickled_weight(art: Path) -> None:
                 data = json.dumps(config).encode()
             zout.writestr(item, data)
     tmp.replace(src)
+    # Resealed, as an attacker would: the checksum passes and the pickled weight is what's refused.
     files = json.loads((art / "deployment.json").read_text())["files"]
-    files.pop("model.pt2")
+    files["model.pt2"]["sha256"] = hashlib.sha256(src.read_bytes()).hexdigest()
+    files["model.pt2"]["size_bytes"] = src.stat().st_size
     _set_manifest(art, files=files)
 
 
@@ -247,7 +250,7 @@ CORRUPTIONS = {
         lambda p: (_truncate(p / "model.pt2"), _set_manifest(p, files={})),
         "model.pt2",
     ),
-    "pickled weight in pt2": ("pt2", _pickled_weight, "model.pt2"),
+    "pickled weight in pt2": ("pt2", _pickled_weight, "stored as a pickled object"),
 }
 
 
