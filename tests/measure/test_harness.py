@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -13,6 +14,7 @@ from torch import nn
 import wattwise
 from wattwise.errors import InputError, UnavailableError, WorkloadError
 from wattwise.measure import IsolationError, Measurement, measure
+from wattwise.tasks import Task, digits
 
 
 class SmallNet(nn.Module):
@@ -146,3 +148,46 @@ def test_macs_of_a_compiled_model_are_counted_without_a_second_graph() -> None:
     m = measure(compiled, X, isolate=False, batch_size=2, **FAST)
     assert m.macs_per_item == pytest.approx(8 * 9 * 64 + 512 * 10, rel=1e-6)
     assert counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.fixture(scope="module")
+def trained_digits() -> tuple[Task, nn.Module]:
+    task = dataclasses.replace(digits(), epochs=2)
+    model = task.fit(task.model_factory())
+    model.eval()
+    model.features[0].requires_grad_(False)  # a frozen layer stays frozen, the rest trainable
+    return task, model
+
+
+@pytest.mark.parametrize("isolate", [False, True], ids=["in-process", "isolated"])
+def test_measuring_in_train_mode_leaves_the_callers_model_as_it_was(
+    trained_digits: tuple[Task, nn.Module], isolate: bool
+) -> None:
+    # Training steps update weights, BatchNorm running statistics and gradients in place: on
+    # the caller's module they would cost a trained model its accuracy (1.000 -> 0.961 seen).
+    task, model = trained_digits
+    accuracy = task.evaluate(model)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    flags = [m.training for m in model.modules()]
+    trainable = [p.requires_grad for p in model.parameters()]
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    x, y = task.train_data[0]
+    m = measure(
+        model,
+        x.unsqueeze(0),
+        mode="train",
+        target=torch.as_tensor(y).reshape(1),
+        batch_size=16,
+        isolate=isolate,
+        **FAST,
+    )
+    assert m.mode == "train" and m.energy_j_per_item > 0
+    after = model.state_dict()
+    assert after.keys() == state.keys()
+    changed = [k for k, v in state.items() if not torch.equal(v, after[k])]
+    assert not changed, f"measuring changed {changed}"
+    assert [mod.training for mod in model.modules()] == flags
+    assert [p.requires_grad for p in model.parameters()] == trainable
+    for p, g in zip(model.parameters(), grads, strict=True):
+        assert (p.grad is None) if g is None else torch.equal(p.grad, g)
+    assert task.evaluate(model) == accuracy

@@ -94,7 +94,8 @@ def measure(
             repeated along dimension 0 to ``batch_size``.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         mode: ``"inference"`` (no grad, eval mode) or ``"train"`` (forward, loss, backward
-            and an SGD step per call; energy is per sample trained).
+            and an SGD step per call; energy is per sample trained). Training runs on a copy:
+            the caller's module keeps its weights, buffers, gradients and flags.
         target: labels for ``mode="train"``, batch size 1 like ``example_input``.
         loss_fn: training loss; default cross-entropy for integer targets, else MSE.
         meter: ``"auto"`` or a meter name (``nvml``, ``rapl``, ``estimate``).
@@ -250,6 +251,22 @@ def _resolve_model(obj: Any) -> Any:
     if not callable(built):
         raise InputError(f"the model factory returned {type(built).__name__}, not a model")
     return built
+
+
+def _private_copy(model: Any) -> Any:
+    """A copy of the caller's module to train: training steps update its weights, BatchNorm
+    statistics, gradients and train/eval flags in place, and measuring must not change the
+    caller's model (a trained one lost 4 points of accuracy). In a child process the model
+    is already a copy, unpickled there."""
+    import copy
+
+    try:
+        return copy.deepcopy(model)
+    except Exception as exc:
+        raise InputError(
+            f"mode='train' trains a copy of the model, and this one cannot be copied "
+            f"({type(exc).__name__}: {exc}); pass a factory, or measure with isolate=True"
+        ) from None
 
 
 def _sync(device: str) -> None:
@@ -541,6 +558,8 @@ def _run(work: _Workload) -> dict[str, Any]:
     device = work.device
     notes: list[str] = []
     model = _resolve_model(work.model)
+    if work.mode == "train" and not work.isolated and model is work.model:
+        model = _private_copy(model)
     if isinstance(model, torch.nn.Module):
         model = model.to(device)
         params = sum(p.numel() for p in model.parameters())
