@@ -8,7 +8,14 @@ Every measurement (and later every search trial) runs through :func:`run_isolate
   neither returns memory to the OS nor serves big blocks with ``mmap``. On our 2-core VM the
   default allocator made one forward pass take 2652 ms in one run and 466 ms in the next
   (page faults); with these tunables the swings went away;
-* threads are pinned: ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` and CPU affinity.
+* threads are pinned: ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` and CPU affinity;
+* with ``log_path``, whatever the child writes to its stdout and stderr (the user's prints,
+  C libraries writing to fd 1 and 2, warnings) goes to that file instead of the caller's
+  terminal, the file capped at :data:`LOG_MAX_BYTES` (one model printed 512 MiB);
+* the child is left to exit by itself once it has answered: killed at once, it lost the
+  semaphores it had made (tqdm makes one in every ``torch.fx`` interpreter run) without
+  unlinking them, and the resource tracker warned of "leaked semaphore objects" at the
+  caller's exit.
 """
 
 from __future__ import annotations
@@ -16,15 +23,27 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import pickle
 import signal
+import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from wattwise import errors
 
 TAME_MALLOC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295"
+# A child's log keeps its first LOG_MAX_BYTES and its last LOG_TAIL_BYTES (where a traceback
+# is); what lies between is dropped, and the log says how much.
+LOG_MAX_BYTES = 8 * 2**20
+LOG_TAIL_BYTES = 64 * 2**10
+# How long a child that has answered may take to exit on its own before it is killed. Its
+# exit runs the finalizers that unlink its semaphores; a torch child's takes well under 1 s.
+EXIT_GRACE_S = 10.0
+_logged = False  # this process's fd 1 and 2 were sent to a log by run_isolated
 
 
 class IsolationError(errors.WorkloadError):
@@ -74,8 +93,35 @@ def pin_threads(threads: int | None) -> int:
     return n
 
 
-def _child_main(conn: Connection, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
+def output_is_logged() -> bool:
+    """Whether this process is a child of :func:`run_isolated` whose stdout and stderr go to a
+    log file (so nothing it writes can reach the caller's terminal)."""
+    return _logged
+
+
+def _send_output_to(out: Connection) -> None:
+    """Point fd 1 and 2 at ``out`` (the pipe to the parent's log writer), for Python and C."""
+    global _logged
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os.dup2(out.fileno(), 1)
+    os.dup2(out.fileno(), 2)
+    out.close()
+    # Line by line, so the log holds what was printed up to a crash.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    _logged = True
+
+
+def _child_main(conn: Connection, out: Connection | None, payload: bytes) -> None:
     try:
+        if out is not None:
+            _send_output_to(out)
+        # Unpickled only now, with the output redirected: unpickling imports the user's
+        # modules, and their import-time prints belong in the log too.
+        func, args = pickle.loads(payload)
         result = func(*args)
         conn.send(("ok", result))
     except BaseException as exc:  # report everything; the parent decides what it means
@@ -94,37 +140,55 @@ def run_isolated(
     threads: int | None = None,
     timeout_s: float = 600.0,
     what: str = "measurement",
+    log_path: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Call ``func(*args)`` in a spawned child and return its result.
 
     ``func`` and ``args`` must pickle (module-level functions, importable classes).
+
+    Args:
+        log_path: send the child's stdout and stderr (fd 1 and 2) to this file, appended to,
+            its directory made if need be; the file keeps at most about :data:`LOG_MAX_BYTES`
+            (its start and its end) and says what it dropped. ``None``: the child writes
+            where this process does.
 
     Raises:
         InputError: the payload cannot be sent to a child (e.g. a lambda).
         IsolationError: the child crashed, was killed or timed out.
         WattwiseError subclasses raised in the child are re-raised with their message.
     """
+    try:
+        payload = pickle.dumps((func, args), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise _unpicklable(what, exc) from None
     ctx = mp.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child_main, args=(send, func, args), daemon=True)
+    log = _LogWriter(Path(log_path), ctx) if log_path is not None else None
+    proc = ctx.Process(
+        target=_child_main, args=(send, log.child_end if log else None, payload), daemon=True
+    )
     try:
         with _environ(child_env(threads)):
             proc.start()
-    except Exception as exc:  # pickling fails here, in the parent
+    except Exception as exc:
         recv.close()
         send.close()
-        raise errors.InputError(
-            f"cannot send the {what} to a child process ({type(exc).__name__}: {exc}); "
-            "use a picklable model or factory, or isolate=False"
-        ) from None
+        if log is not None:
+            log.close()
+        raise _unpicklable(what, exc) from None
     send.close()
+    if log is not None:
+        log.start()
     try:
         message = _receive(recv, proc, timeout_s, what)
+        proc.join(EXIT_GRACE_S)  # let it exit by itself: see the module's docstring
     finally:
         recv.close()
         if proc.is_alive():
             proc.kill()
         proc.join(5)
+        if log is not None:
+            log.close()
     status = message[0]
     if status == "ok":
         return message[1]
@@ -145,6 +209,86 @@ def run_isolated(
     if hasattr(error, "add_note"):  # Python >= 3.11
         error.add_note(f"in the child process:\n{tb}")
     raise error
+
+
+def _unpicklable(what: str, exc: Exception) -> errors.InputError:
+    return errors.InputError(
+        f"cannot send the {what} to a child process ({type(exc).__name__}: {exc}); "
+        "use a picklable model or factory, or isolate=False"
+    )
+
+
+class _LogWriter:
+    """Copies a child's output from a pipe into a log file, in a thread of the parent (so a
+    child that crashes loses nothing it wrote), keeping the file's first
+    :data:`LOG_MAX_BYTES` and the last :data:`LOG_TAIL_BYTES` of the output after them."""
+
+    def __init__(self, path: Path, ctx: Any) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = path.open("ab")
+        self.room = max(0, LOG_MAX_BYTES - self.file.tell())  # appended calls share the cap
+        self.read_end, self.child_end = ctx.Pipe(duplex=False)
+        self.thread = threading.Thread(target=self._copy, name="wattwise-child-log", daemon=True)
+
+    def start(self) -> None:
+        self.child_end.close()  # the child holds its own copy: EOF comes when it exits
+        self.thread.start()
+
+    def _copy(self) -> None:
+        fd = self.read_end.fileno()
+        tail = bytearray()
+        dropped = 0
+        try:
+            # A full disk or a closed pipe ends the copy; the child's own work goes on.
+            with contextlib.suppress(OSError, ValueError):
+                while chunk := os.read(fd, 1 << 16):
+                    if self.room:
+                        kept, chunk = chunk[: self.room], chunk[self.room :]
+                        self.file.write(kept)
+                        self.file.flush()
+                        self.room -= len(kept)
+                    tail += chunk
+                    if len(tail) > LOG_TAIL_BYTES:
+                        dropped += len(tail) - LOG_TAIL_BYTES
+                        del tail[: len(tail) - LOG_TAIL_BYTES]
+                if dropped:
+                    note = (
+                        f"\n[wattwise: {dropped} bytes of output dropped here; the log keeps "
+                        f"its first {LOG_MAX_BYTES // 2**20} MiB and the last "
+                        f"{LOG_TAIL_BYTES // 2**10} KiB]\n"
+                    )
+                    self.file.write(note.encode())
+                self.file.write(bytes(tail))
+        finally:
+            with contextlib.suppress(OSError):
+                self.file.close()
+
+    def close(self) -> None:
+        """Wait (briefly) for the copy to end: a grandchild still holding the pipe open keeps it
+        running, writing into the capped file, until that one exits too."""
+        self.child_end.close()
+        if self.thread.is_alive():
+            self.thread.join(5)
+        if not self.thread.is_alive():
+            self.read_end.close()
+            if not self.file.closed and not self.thread.ident:  # never started
+                self.file.close()
+
+
+def log_tail(path: str | os.PathLike[str], lines: int = 20, max_chars: int = 2000) -> str:
+    """The last ``lines`` lines of a log (each cut to 300 characters, ``max_chars`` in all),
+    or ``""`` if it is missing or empty: to show with a failure."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 4 * max_chars))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    kept = [line[:300] for line in text.splitlines() if line.strip()][-lines:]
+    out = "\n".join(kept)
+    return out[-max_chars:]
 
 
 def _receive(recv: Connection, proc: Any, timeout_s: float, what: str) -> tuple[Any, ...]:
