@@ -40,8 +40,8 @@ from optuna.trial import FrozenTrial, TrialState
 # pytest puts tests/search on sys.path only when it collects that folder
 sys.path.append(str(Path(__file__).resolve().parents[1] / "search"))
 
-import search_tasks
 from search_helpers import subprocess_env, wattwise_cmd
+from user_tasks import HOLD_ENV, pid_file
 
 from wattwise.search import ModelChoice, SearchSettings, SearchSpace, open_storage
 from wattwise.search._objective import task_id
@@ -54,6 +54,7 @@ from wattwise.search._study import (
     open_study,
     recover_dead_trials,
 )
+from wattwise.tasks import load_task
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -489,13 +490,15 @@ def postgres() -> Iterator[Postgres]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _new_study(url: str, name: str, trials: int, batch_sizes: tuple[int, ...]) -> None:
+def _new_study(
+    url: str, name: str, trials: int, batch_sizes: tuple[int, ...], spec: str = "search_tasks:tiny"
+) -> None:
     """Create a study the way ``wattwise optimize --storage URL`` does, for workers to join."""
-    task = search_tasks.tiny()
+    task = load_task(spec)
     settings = SearchSettings(
-        task_spec="search_tasks:tiny",
+        task_spec=spec,
         task_name=task.name,
-        task_id=task_id(task, "search_tasks:tiny"),
+        task_id=task_id(task, spec),
         scenario="offline",
         max_accuracy_drop=0.05,
         latency_p90_ms=None,
@@ -518,14 +521,16 @@ def _worker(
     out: Path,
     *,
     launch: Sequence[str] = (),
+    stderr: Any = subprocess.PIPE,
 ) -> subprocess.Popen[str]:
-    """Start ``wattwise worker`` on the study (in its own process group, for killing)."""
+    """Start ``wattwise worker`` on the study (in its own process group, for killing); its
+    stderr to a pipe, or to ``stderr`` (an open file, to read its progress while it runs)."""
     cmd = wattwise_cmd("worker", "--storage", url, "--study", study, "--out", str(out))
     proc = subprocess.Popen(
         [*launch, *cmd],
         env=subprocess_env(),
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
         start_new_session=True,
     )
@@ -610,6 +615,79 @@ def test_worker_lost_on_another_machine_is_failed_by_its_heartbeat_and_retried(
     assert retry.user_attrs["worker"]["pid"] == here.pid
     _assert_finished_study(trials, budget, "after the lost worker")
     print(f"lost worker: trial {victim.number} retried as {retry.number}; {clock}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_worker_killed_here_mid_trial_is_recovered_by_the_survivor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reaper: list[subprocess.Popen[Any]]
+) -> None:
+    """Two workers on this machine share a SQLite study whose budget is its one trial. The
+    first is held inside that trial (in the user's model) while the second starts and finds
+    the whole budget running elsewhere; then the first is killed with SIGKILL. The survivor
+    must not take the running trial for done and exit short of the budget: it waits, sees the
+    dead worker's process gone, fails the trial as interrupted and runs it again."""
+    monkeypatch.setenv(GRACE_PERIOD_ENV, str(GRACE_S))  # beats every second: cheap to share
+    hold = tmp_path / "hold"
+    hold.write_text("")
+    monkeypatch.setenv(HOLD_ENV, str(hold))
+    url, name, budget = f"sqlite:///{tmp_path / 'study.db'}", "killed-here", 1
+    _new_study(url, name, budget, (4,), spec="user_tasks:held")
+    storage = open_storage(url)
+    clock = _Clock()
+
+    victim_worker = _worker(reaper, url, name, tmp_path / "w0")
+
+    def held_mid_trial() -> FrozenTrial | None:
+        trials = [t for t in _trials(storage, name) if t.state == TrialState.RUNNING]
+        return trials[0] if trials and pid_file(hold).exists() else None
+
+    victim = _wait_until("the first worker held mid-trial", held_mid_trial, [victim_worker])
+    clock.mark("held")
+    survivor_err = tmp_path / "w1.err"
+    with survivor_err.open("w") as err:
+        survivor = _worker(reaper, url, name, tmp_path / "w1", stderr=err)
+    # The survivor prints the baseline's line as it enters its trial loop; given a moment there
+    # it has seen the budget's only trial running, and must still be waiting, not gone.
+    _wait_until(
+        "the survivor in its trial loop",
+        lambda: "baseline:" in survivor_err.read_text(),
+        [survivor],
+    )
+    time.sleep(2)
+    assert survivor.poll() is None, f"the survivor left: {survivor_err.read_text()}"
+    clock.mark("survivor waiting")
+
+    child = int(pid_file(hold).read_text())
+    os.kill(victim_worker.pid, signal.SIGKILL)  # the worker alone: its child has PDEATHSIG
+    victim_worker.communicate(timeout=30)
+    hold.unlink()  # the retry may pass
+    _wait_until("the held trial's child gone with its worker", lambda: not _pid_alive(child), [])
+    clock.mark("killed")
+
+    stdout, _ = survivor.communicate(timeout=200)
+    clock.mark("survivor done")
+    story = f"{clock}; stderr: {survivor_err.read_text()[-2000:]}"
+    assert survivor.returncode == 0, stdout + story
+    assert f"trials: {budget} of {budget}" in stdout, stdout + story
+    trials = _trials(storage, name)
+    story += f"; trials {_describe(trials)}"
+    lost = trials[victim.number]
+    assert lost.state == TrialState.FAIL and is_interrupted(lost), story
+    assert "stopped mid-trial" in lost.user_attrs["fail_reason"], story
+    _assert_retried(trials, victim.number, story)
+    (retry,) = _retries(trials, victim.number)
+    assert retry.user_attrs["worker"]["pid"] == survivor.pid, story
+    _assert_finished_study(trials, budget, story)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is still a process here (a zombie counts as gone: it runs nothing)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def test_trial_never_signed_is_failed_after_the_grace_period(

@@ -1,14 +1,22 @@
 """Trial isolation: a candidate that hangs, outputs NaN, segfaults or runs out of memory fails
-that trial with its reason, and the search goes on to finish with the good candidate."""
+that trial with its reason, and the search goes on to finish with the good candidate; and what
+the user's code prints goes to the trial's log, never to ours."""
 
 from __future__ import annotations
 
+import io
 import json
+from pathlib import Path
 
 import optuna
 import pytest
+from user_tasks import CHATTY_FAIL_BATCH
 
-from wattwise.search import ModelChoice, SearchSpace, optimize
+from wattwise.search import ModelChoice, SearchSettings, SearchSpace, open_storage, optimize
+from wattwise.search._objective import JobContext, TaskRef, task_id
+from wattwise.search._progress import SearchProgress
+from wattwise.search._study import open_study, quiet_optuna, run_trials, trial_rows
+from wattwise.tasks import load_task
 
 
 @pytest.mark.slow
@@ -58,3 +66,68 @@ def test_bad_candidates_fail_alone_with_their_reason(tmp_path):
     # and the search says so instead of failing (the resume test checks a real export).
     exported = (out / "artifact" / "deployment.json").exists()
     assert exported or any("not exported" in n for n in doc["notes"])
+
+
+def test_user_code_output_goes_to_per_trial_logs_with_its_tail_on_failure(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # user_tasks.Chatty prints on every forward pass (stdout, and fd 2 directly); at batch 5
+    # it prints its last words and outputs NaN.
+    spec = "user_tasks:chatty"
+    task = load_task(spec)
+    space = SearchSpace(
+        models=(ModelChoice("base"),),
+        deployments=("eager/fp32",),
+        batch_sizes=(2, CHATTY_FAIL_BATCH),
+        threads=(1,),
+    )
+    settings = SearchSettings(
+        task_spec=spec,
+        task_name=task.name,
+        task_id=task_id(task, spec),
+        scenario="offline",
+        max_accuracy_drop=0.05,
+        latency_p90_ms=None,
+        trials=2,
+        space=space,
+        max_time_s=0.3,
+        timeout_per_trial_s=120,
+    )
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study, _ = open_study(open_storage(url), "chatty", settings, url=url)
+    logs = tmp_path / "logs"
+    ctx = JobContext(
+        task=TaskRef(spec),
+        task_id=settings.task_id,
+        cache_dir=str(tmp_path / "cache"),
+        log_dir=str(logs),
+    )
+    progress = io.StringIO()
+    with quiet_optuna(), SearchProgress(2, stream=progress) as bar:
+
+        def on_end(trial: optuna.trial.FrozenTrial) -> None:
+            row = next(
+                r for r in trial_rows(study.trials, 1.0, settings) if r["number"] == trial.number
+            )
+            bar.trial_finished(row, None, counted=True)
+
+        run_trials(study, settings, ctx, baseline_accuracy=1.0, budget=2, on_end=on_end)
+    ours = capfd.readouterr()
+    assert "chatty" not in ours.out + ours.err  # not a line of the user's output reached us
+
+    rows = {r["deployment"]["batch_size"]: r for r in trial_rows(study.trials, 1.0, settings)}
+    good, bad = rows[2], rows[CHATTY_FAIL_BATCH]
+    assert good["state"] == "complete" and good["output_tail"] is None
+    assert bad["state"] == "failed", bad
+    for row in (good, bad):
+        log = Path(row["log"])
+        assert log == logs / f"trial-{row['number']:04d}.log"
+        text = log.read_text()
+        assert f"chatty forward at batch {row['deployment']['batch_size']}" in text
+        assert f"chatty fd2 at batch {row['deployment']['batch_size']}" in text
+    # The failure comes with the end of what the user's code printed, bounded, and where to
+    # find the rest; the progress shows it under the trial's line.
+    tail = bad["output_tail"]
+    assert "chatty last words 2" in tail and len(tail.splitlines()) <= 20 and len(tail) <= 2000
+    shown = progress.getvalue()
+    assert "    | chatty last words 2" in shown and str(bad["log"]) in shown

@@ -83,6 +83,9 @@ class JobContext:
         seed: seeds training and compression.
         device: where models run and are measured.
         meter: energy meter name (``"auto"`` picks the best available for ``device``).
+        log_dir: where each job's output (the user's prints and warnings, C libraries'
+            writes) goes, one file per trial or step (``OUT/logs``); ``None``: to the caller's
+            stdout and stderr.
     """
 
     task: TaskRef
@@ -91,6 +94,13 @@ class JobContext:
     seed: int = 0
     device: str = "cpu"
     meter: str = "auto"
+    log_dir: str | None = None
+
+    def log_path(self, name: str) -> str | None:
+        """The log file for one trial or step (``trial-0007``, ``baseline``, ``export``), to
+        pass to :func:`~wattwise.measure.run_isolated` as ``log_path``; ``None`` without a
+        ``log_dir``."""
+        return str(Path(self.log_dir) / f"{name}.log") if self.log_dir is not None else None
 
 
 # The figures a trial takes from its Measurement, each carrying its energy source.
@@ -149,17 +159,21 @@ def _die_with_parent() -> None:
     """Set up a job's child process.
 
     Ask Linux to kill this child when its parent dies (kill -9 of a worker): an orphaned trial
-    would otherwise keep running, and keep the device's measurement lock, for minutes. And
-    silence library warnings and log lines (torch, torchao, onnx): the child shares the
-    parent's terminal, where they would tear the progress bar; a trial's failure is reported
-    with its reason instead.
+    would otherwise keep running, and keep the device's measurement lock, for minutes. And,
+    unless its output goes to a log file, silence library warnings and log lines (torch,
+    torchao, onnx): the child then shares the parent's terminal, where they would tear the
+    progress bar; a trial's failure is reported with its reason instead. In a log they help
+    read a failure.
     """
     import logging
     import warnings
 
-    warnings.simplefilter("ignore")
-    for name in ("torch", "torchao", "onnx", "onnxscript", "onnxruntime"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    from wattwise.measure._isolate import output_is_logged
+
+    if not output_is_logged():
+        warnings.simplefilter("ignore")
+        for name in ("torch", "torchao", "onnx", "onnxscript", "onnxruntime"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(Exception):

@@ -41,6 +41,13 @@ def describe_row(row: Mapping[str, Any]) -> str:
     return f"{label}: {row.get('state')} ({row.get('fail_reason')})"
 
 
+def _output_block(tail: str, log: Any) -> str:
+    """A failed trial's last output lines, indented under its line, and where the rest is."""
+    where = f" (all of it in {log})" if log else ""
+    lines = [f"    | {line}" for line in str(tail).splitlines()]
+    return "\n".join([f"    its output ended{where}:", *lines])
+
+
 class SearchProgress:
     """Context manager reporting a search's progress.
 
@@ -131,3 +138,6 @@ class SearchProgress:
                 self.message(line)
         elif row.get("state") != "pruned" or counted:
             self.message(f"{line}; best so far {self.best}; elapsed {elapsed:.0f} s")
+        tail = row.get("output_tail")
+        if tail:
+            self.message(_output_block(tail, row.get("log")))

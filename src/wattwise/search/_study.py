@@ -13,6 +13,8 @@ rerunning a command resumes it. Trials that died with their worker (kill -9, a l
 are failed as *interrupted*, are not counted, and their candidate is queued again: a dead
 worker on this machine is seen at once (its process is gone), one elsewhere when its
 heartbeat goes stale (after :data:`GRACE_PERIOD_S`, or ``WATTWISE_HEARTBEAT_GRACE_S`` seconds).
+A worker whose remaining budget is running in other workers waits for those trials to end
+instead of leaving, so that if their worker dies it runs them again.
 """
 
 from __future__ import annotations
@@ -685,6 +687,10 @@ def run_trials(
 ) -> LoopState:
     """Run trials of ``study`` until ``budget`` finished trials exist (all workers together).
 
+    While the rest of the budget is running in other workers, this one waits (polling the
+    study) rather than returning: a trial whose worker then dies is recovered here, by its
+    process being gone on this machine or its heartbeat going stale, and run again.
+
     Each trial runs its candidate in child processes (:func:`build_job` when the model is not
     cached yet, then :func:`trial_job`). A ``KeyboardInterrupt`` or a failing database (see
     :func:`storage_errors`) fails the trial in flight as interrupted, queues its candidate again
@@ -694,6 +700,7 @@ def run_trials(
     from optuna.trial import TrialState
 
     from wattwise.measure import IsolationError, run_isolated
+    from wattwise.measure._isolate import log_tail
 
     state = LoopState()
     identity = worker_identity()
@@ -752,12 +759,18 @@ def run_trials(
         trial.set_user_attr("recipe", cand.recipe)
         trial.set_user_attr("student", cand.model.student)
         trial.set_user_attr("deployment", cand.deployment)
+        log = ctx.log_path(f"trial-{trial.number:04d}")
+        if log is not None:
+            trial.set_user_attr("log", log)
         if on_start is not None:
             on_start(trial.number, cand.label)
-        result = _run_candidate(ctx, cand, settings, ledgers, run_isolated, IsolationError)
+        result = _run_candidate(ctx, cand, settings, ledgers, run_isolated, IsolationError, log)
         _record_energy(trial, ledgers, time.monotonic() - t0)
         if not result.get("ok"):
             reason = f"{result.get('kind', 'error')}: {result.get('message', '')}"
+            tail = log_tail(log) if log is not None else ""
+            if tail:  # what the user's code printed last: often the why
+                trial.set_user_attr("output_tail", tail)
             trial.set_user_attr("fail_reason", reason)
             raise _TrialFailed(reason)
         figures = {k: result[k] for k in FIGURES}
@@ -779,11 +792,19 @@ def run_trials(
 
     state.recovered = recover_dead_trials(study)
     while True:
-        trials = study.get_trials(deepcopy=False)
-        counts = count_trials(trials)
-        if counts.counted + counts.running >= budget:
+        counts = count_trials(study.get_trials(deepcopy=False))
+        if counts.counted >= budget:
             break
-        if state.duplicates >= MAX_CONSECUTIVE_DUPLICATES:
+        stuck = state.duplicates >= MAX_CONSECUTIVE_DUPLICATES and not counts.waiting
+        if counts.running and (stuck or counts.counted + counts.running >= budget):
+            # What is left of the budget (or all the sampler still proposes) is running in
+            # other workers. Leaving now would leave the budget short if one of them died:
+            # wait until their trials end, or their workers are found dead and the trials are
+            # queued again, to be run here.
+            time.sleep(_wait_poll_s())
+            state.recovered += recover_dead_trials(study)
+            continue
+        if stuck:
             state.exhausted = True
             break
         started.clear()
@@ -801,6 +822,12 @@ def run_trials(
                 on_end(t)
         state.recovered += recover_dead_trials(study)
     return state
+
+
+def _wait_poll_s() -> float:
+    """How often a waiting worker looks at the study: a few times per heartbeat interval, at
+    most every 5 s (a lost worker's trial is back after the grace period, not sooner)."""
+    return float(min(5, max(1, heartbeat_timing()[0] // 2)))
 
 
 def _record_energy(trial: optuna.Trial, ledgers: list[dict[str, Any]], duration_s: float) -> None:
@@ -837,15 +864,22 @@ def _run_candidate(
     ledgers: list[dict[str, Any]],
     run_isolated: Any,
     isolation_error: type[BaseException],
+    log_path: str | None = None,
 ) -> dict[str, Any]:
-    """Build the model if it isn't cached (all cores), then run the trial (its own threads)."""
+    """Build the model if it isn't cached (all cores), then run the trial (its own threads),
+    both writing their output to ``log_path``."""
     cache = Path(ctx.cache_dir) / "models"
     key = model_key(ctx, cand.model.passes)
     cached = (cache / f"{key}.pt").exists() or (cache / f"{key}.uncacheable").exists()
     try:
         if not cached:
             built = run_isolated(
-                build_job, ctx, cand.model, timeout_s=settings.timeout_per_trial_s, what="build"
+                build_job,
+                ctx,
+                cand.model,
+                timeout_s=settings.timeout_per_trial_s,
+                what="build",
+                log_path=log_path,
             )
             ledgers.append(built.get("ledger") or {})
             if not built.get("ok"):
@@ -858,6 +892,7 @@ def _run_candidate(
             threads=cand.threads,
             timeout_s=settings.timeout_per_trial_s,
             what="trial",
+            log_path=log_path,
         )
     except isolation_error as exc:
         message = " ".join(str(exc).split())
@@ -919,6 +954,9 @@ def trial_rows(
             "search_energy_source": attrs.get("search_energy_source"),
             "duration_s": attrs.get("duration_s"),
             "worker": (attrs.get("worker") or {}).get("host"),
+            # The trial's output (the user's prints, warnings) and, when it failed, its end.
+            "log": attrs.get("log"),
+            "output_tail": attrs.get("output_tail") if t.state == TrialState.FAIL else None,
             "feasible": False,
             "pareto": False,
         }
