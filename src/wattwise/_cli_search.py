@@ -17,7 +17,15 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+def _exit_if_interrupted(result: OptimizeResult) -> None:
+    if result.interrupted:
+        raise typer.Exit(
+            EXIT_TERMINATED if result.interrupted_by == "SIGTERM" else EXIT_INTERRUPTED
+        )
 
 
 def _fmt_j(value: Any) -> str:
@@ -62,14 +70,45 @@ def recipe_text(recipe: Any) -> str:
     return " → ".join(parts)
 
 
+def _ratio_words(res: dict[str, Any]) -> list[str]:
+    """Both headline ratios in words: what batching and threads give alone, and what
+    compression plus the runtime add on top."""
+    total, same = res.get("energy_ratio"), res.get("energy_ratio_same_batch")
+    conf = res.get("confirmation") or {}
+    sb = res.get("baseline_same_batch") or {}
+    if not isinstance(same, int | float) or not isinstance(total, int | float):
+        return []
+    rounds = conf.get("rounds")
+    spread = conf.get("spread")
+    where = f"median of {rounds} side-by-side rounds" + (
+        f"; widest spread of a candidate's rounds {spread:.0%} of its median"
+        if isinstance(spread, int | float)
+        else ""
+    )
+    lines = [
+        f"headline: {same:.3g}x less energy per item than fp32 eager at the same batch "
+        f"({_deployment_label(sb.get('deployment'))}) ({where})",
+        f"  from fp32 eager at batch 1: {total:.3g}x in all = {total / same:.3g}x from "
+        f"batching and threads alone × {same:.3g}x from compression and the runtime",
+    ]
+    return lines
+
+
+def _disturbed(doc: dict[str, Any] | None) -> str:
+    n = (doc or {}).get("disturbed_windows")
+    return f" ⚠ {n} disturbed" if isinstance(n, int) and n > 0 else ""
+
+
 def print_summary(result: OptimizeResult, *, file: Any = None) -> None:
-    """The summary table: baseline vs best, with sources, ratio, payback and paths."""
+    """The summary table: baseline, fp32 eager at the winner's batch, and best, with sources,
+    both ratios in words, payback and paths."""
     from rich.console import Console
     from rich.table import Table
 
     console = Console(file=file or sys.stdout)
     res = result.results
     base = res.get("baseline") or {}
+    same = res.get("baseline_same_batch")
     best = res.get("best")
     table = Table(
         title=f"wattwise optimize: {res.get('task')} ({res.get('scenario')}), study {res.get('study')}",
@@ -77,11 +116,19 @@ def print_summary(result: OptimizeResult, *, file: Any = None) -> None:
     )
     table.add_column("")
     table.add_column("baseline", justify="right")
+    if same:
+        table.add_column("fp32 eager, same batch", justify="right")
     table.add_column("best", justify="right")
-    table.add_column("ratio", justify="right")
+    table.add_column("ratio (same batch)", justify="right")
+    confirmed = isinstance(res.get("energy_ratio_same_batch"), int | float)
+    ref = same or base
 
     def ratio(key: str, invert: bool = False) -> str:
-        a, b = base.get(key), (best or {}).get(key)
+        a, b = ref.get(key), (best or {}).get(key)
+        if not confirmed and key in ("energy_j_per_item", "throughput_items_per_s"):
+            return ""  # single measurements minutes apart: not a ratio we publish
+        if key == "energy_j_per_item":  # the median of within-round ratios, as published
+            return f"{res['energy_ratio_same_batch']:.3g}x"
         if not isinstance(a, int | float) or not isinstance(b, int | float) or not a or not b:
             return ""
         return f"{(a / b if not invert else b / a):.3g}x"
@@ -91,53 +138,73 @@ def print_summary(result: OptimizeResult, *, file: Any = None) -> None:
             return "—"
         unc = doc.get("energy_uncertainty")
         tail = f" ±{unc:.0%}" if isinstance(unc, int | float) else ""
-        return f"{_fmt_j(doc.get('energy_j_per_item'))} ({doc.get('energy_source')}{tail})"
+        return (
+            f"{_fmt_j(doc.get('energy_j_per_item'))} ({doc.get('energy_source')}{tail})"
+            + _disturbed(doc)
+        )
 
     b = best or {}
-    table.add_row("what", _deployment_label(base.get("deployment")), b.get("label") or "—", "")
-    table.add_row(
+
+    def row(name: str, a: str, s: str, c: str, r: str) -> None:
+        table.add_row(name, a, *([s] if same else []), c, r)
+
+    row(
+        "what",
+        _deployment_label(base.get("deployment")),
+        _deployment_label((same or {}).get("deployment")),
+        b.get("label") or "—",
+        "",
+    )
+    row(
         "accuracy",
         _fmt_num(base.get("accuracy"), "{:.4f}"),
+        _fmt_num((same or {}).get("accuracy"), "{:.4f}"),
         _fmt_num(b.get("accuracy"), "{:.4f}"),
         _fmt_num(
             -b["accuracy_drop"] * 100 if b.get("accuracy_drop") is not None else None,
             "{:+.2f} pt",
         ),
     )
-    table.add_row("energy / item", energy(base), energy(best), ratio("energy_j_per_item"))
-    table.add_row(
+    row("energy / item", energy(base), energy(same), energy(best), ratio("energy_j_per_item"))
+    row(
         "p90 latency / call",
         _fmt_num(base.get("latency_ms_p90"), "{:.3g} ms"),
+        _fmt_num((same or {}).get("latency_ms_p90"), "{:.3g} ms"),
         _fmt_num(b.get("latency_ms_p90"), "{:.3g} ms"),
         "",
     )
-    table.add_row(
+    row(
         "throughput",
         _fmt_num(base.get("throughput_items_per_s"), "{:.4g} items/s"),
+        _fmt_num((same or {}).get("throughput_items_per_s"), "{:.4g} items/s"),
         _fmt_num(b.get("throughput_items_per_s"), "{:.4g} items/s"),
         ratio("throughput_items_per_s", invert=True),
     )
-    table.add_row(
+    row(
         "MACs / item",
         _fmt_num(base.get("macs_per_item"), "{:.4g}"),
+        _fmt_num((same or {}).get("macs_per_item"), "{:.4g}"),
         _fmt_num(b.get("macs_per_item"), "{:.4g}"),
         ratio("macs_per_item"),
     )
-    table.add_row(
+    row(
         "params",
         _fmt_num(base.get("params"), "{:,}"),
+        _fmt_num((same or {}).get("params"), "{:,}"),
         _fmt_num(b.get("params"), "{:,}"),
         ratio("params"),
     )
     console.print(table)
-    lines = [
+    lines = _ratio_words(res)
+    lines += [
         f"trials: {res.get('trials')} of {res.get('trials_budget')} "
         f"({res.get('failed_trials')} failed), Pareto front: {len(res.get('pareto') or [])}",
         f"search energy: {_fmt_j(res.get('search_energy_j'))} ({res.get('search_energy_source')}); "
         + (
-            f"pays back after {res['payback_items']:.3g} items"
+            f"pays back after {res['payback_items']:.3g} items (against fp32 eager at the same "
+            "batch: the conservative figure)"
             if res.get("payback_items") is not None
-            else "no payback (the best saves nothing per item)"
+            else "no payback figure (no confirmed saving per item at the same batch)"
         ),
     ]
     if best:
@@ -149,7 +216,7 @@ def print_summary(result: OptimizeResult, *, file: Any = None) -> None:
     for note in res.get("notes") or []:
         lines.append(f"note: {note}")
     for line in lines:
-        console.print(line, markup=False, highlight=False)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -215,6 +282,27 @@ def register(app: typer.Typer) -> None:
                 "batch_sizes, threads); default: chosen for the task and scenario."
             ),
         ] = None,
+        confirm_rounds: Annotated[
+            int | None,
+            typer.Option(
+                "--confirm-rounds",
+                min=0,
+                help="Side-by-side rounds that confirm the headline (default 3; 0 skips it "
+                "and publishes no ratio).",
+            ),
+        ] = None,
+        grid_intensity: Annotated[
+            float | None,
+            typer.Option(
+                "--grid-intensity",
+                help="Grid carbon intensity, g CO2e/kWh (default: world average 480).",
+            ),
+        ] = None,
+        price_per_kwh: Annotated[
+            float | None,
+            typer.Option("--price-per-kwh", help="Electricity price per kWh (default 0.15)."),
+        ] = None,
+        currency: Annotated[str, typer.Option(help="The price's currency.")] = "USD",
     ) -> None:
         """Search compression × students × deployments for the least energy per item."""
         from wattwise.search import DEFAULT_TRIALS, load_space
@@ -234,10 +322,13 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             timeout_per_trial_s=timeout_per_trial,
             max_time_s=max_time_s,
+            confirm_rounds=confirm_rounds,
+            grid_intensity_g_per_kwh=grid_intensity,
+            price_per_kwh=price_per_kwh,
+            currency=currency,
         )
         print_summary(result)
-        if result.interrupted:
-            raise typer.Exit(EXIT_INTERRUPTED)
+        _exit_if_interrupted(result)
 
     @app.command()
     @handled
@@ -260,8 +351,7 @@ def register(app: typer.Typer) -> None:
 
         result = run_worker(storage, study, out=out, task=task, device=device)
         print_summary(result)
-        if result.interrupted:
-            raise typer.Exit(EXIT_INTERRUPTED)
+        _exit_if_interrupted(result)
 
     @app.command()
     @handled
@@ -269,11 +359,40 @@ def register(app: typer.Typer) -> None:
         storage: Annotated[str, typer.Option(help="The study's storage URL.", show_default=False)],
         study: Annotated[str, typer.Option(help="The study's name.", show_default=False)],
         out: Annotated[str, typer.Option(help="Where to write the report.")] = "wattwise-report",
+        confirm: Annotated[
+            bool,
+            typer.Option(
+                "--confirm",
+                help="Measure the headline again here, side by side (baseline, fp32 eager at "
+                "the winner's batch, winner, runner-up) before reporting.",
+            ),
+        ] = False,
+        confirm_rounds: Annotated[
+            int, typer.Option("--confirm-rounds", min=3, help="Rounds for --confirm.")
+        ] = 3,
+        grid_intensity: Annotated[
+            float | None,
+            typer.Option("--grid-intensity", help="Grid carbon intensity, g CO2e/kWh."),
+        ] = None,
+        price_per_kwh: Annotated[
+            float | None, typer.Option("--price-per-kwh", help="Electricity price per kWh.")
+        ] = None,
+        currency: Annotated[str, typer.Option(help="The price's currency.")] = "USD",
     ) -> None:
         """Write report.html, results.json and trials.csv for a study as it stands."""
         from wattwise.search import report_study
 
-        print_summary(report_study(storage, study, out=out))
+        print_summary(
+            report_study(
+                storage,
+                study,
+                out=out,
+                confirm_rounds=confirm_rounds if confirm else 0,
+                grid_intensity_g_per_kwh=grid_intensity,
+                price_per_kwh=price_per_kwh,
+                currency=currency,
+            )
+        )
 
     @app.command()
     @handled

@@ -160,6 +160,8 @@ def _energy_cell(j: Any, source: Any, uncertainty: Any, *, badge_below: bool = F
 def _param_value(value: Any) -> str:
     if isinstance(value, str):
         return value
+    if value is None:
+        return MISSING
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
@@ -292,22 +294,52 @@ def _notices(results: Mapping[str, Any]) -> str:
     return "".join(out)
 
 
+def _ratio_split(results: Mapping[str, Any]) -> str:
+    """Both confirmed ratios in words, or why there is none."""
+    total, same = num(results.get("energy_ratio")), num(results.get("energy_ratio_same_batch"))
+    if total is None or same is None or not same:
+        return "no ratio published: not confirmed side by side"
+    return (
+        f"{fmt_ratio(1 / same)} fp32 eager at the same batch; from batch 1: "
+        f"{total / same:.3g}x by batching and threads alone × {same:.3g}x by compression and "
+        "the runtime"
+    )
+
+
+def _disturbed_flag(block: Mapping[str, Any]) -> str:
+    n = num(block.get("disturbed_windows"))
+    if not n:
+        return ""
+    return (
+        f' <span class="src src-unknown" title="windows measured while other processes were '
+        f'busy: the figure may be inflated">⚠ {int(n)} disturbed</span>'
+    )
+
+
 def _cards(results: Mapping[str, Any], pay: Mapping[str, Any]) -> str:
     base, best = _m(results.get("baseline")), _m(results.get("best"))
+    same = _m(results.get("baseline_same_batch"))
     has_best = isinstance(results.get("best"), Mapping)
-    e0, e1 = num(base.get("energy_j_per_item")), num(best.get("energy_j_per_item"))
-    ratio = e1 / e0 if e0 and e1 is not None else None
+    ref = same if same else base
+    e0 = num(ref.get("energy_j_per_item"))
+    e1 = num(best.get("energy_j_per_item"))
 
     def card(k: str, v: str, s: str) -> str:
         return f'<div class="card"><div class="k">{k}</div><div class="v">{v}</div><div class="s">{s}</div></div>'
 
     cards = [
         card(
-            "energy per item",
+            "energy per item" + (" (same batch)" if same else ""),
             _e(f"{fmt_energy_j(e0)} → {fmt_energy_j(e1) if has_best else 'no winner'}"),
-            (f"{_e(fmt_ratio(ratio))} baseline · " if ratio is not None else "")
-            + _source_badge(base.get("energy_source"))
-            + (f" → {_source_badge(best.get('energy_source'))}" if has_best else ""),
+            _e(_ratio_split(results))
+            + " · "
+            + _source_badge(ref.get("energy_source"))
+            + _disturbed_flag(ref)
+            + (
+                f" → {_source_badge(best.get('energy_source'))}{_disturbed_flag(best)}"
+                if has_best
+                else ""
+            ),
         ),
         card(
             "accuracy",
@@ -331,7 +363,7 @@ def _cards(results: Mapping[str, Any], pay: Mapping[str, Any]) -> str:
                 fmt_items(pay["items"])
                 if pay["state"] == "pays"
                 else MISSING
-                if pay["state"] == "unknown"
+                if pay["state"] in ("unknown", "unconfirmed")
                 else "never"
             ),
             _e(f"search spent {fmt_energy_j(pay['search_j'])}"),
@@ -355,6 +387,13 @@ def _payback_line(results: Mapping[str, Any], pay: Mapping[str, Any]) -> str:
             "winner uses no less energy per item than the baseline, so the search never pays "
             "for itself in energy.</p>"
         )
+    if pay["state"] == "unconfirmed":
+        return (
+            f'<p class="payback bad" id="payback">The search spent '
+            f"{_e(fmt_energy_j(pay['search_j']))} {_source_badge(pay['search_source'])}; its "
+            "saving per item was not confirmed side by side, so no payback point is "
+            "published.</p>"
+        )
     saving = fmt_energy_j(pay["saving_j"])
     unc = fmt_uncertainty(pay["saving_uncertainty"])
     saving_html = (
@@ -370,7 +409,13 @@ def _payback_line(results: Mapping[str, Any], pay: Mapping[str, Any]) -> str:
     return (
         f'<p class="payback" id="payback">The search spent '
         f"<b>{_e(fmt_energy_j(pay['search_j']))}</b> {_source_badge(pay['search_source'])}; "
-        f"the winner saves {saving_html}; {items}.</p>"
+        f"the winner saves {saving_html}"
+        + (
+            " against fp32 eager at its own batch size and threads"
+            if isinstance(results.get("baseline_same_batch"), Mapping)
+            else ""
+        )
+        + f"; {items}.</p>"
     )
 
 
@@ -506,7 +551,9 @@ def _recipe_full(recipe: Any) -> str:
 
 def _compare_rows(results: Mapping[str, Any]) -> str:
     base, best = _m(results.get("baseline")), _m(results.get("best"))
+    same = _m(results.get("baseline_same_batch"))
     g = results.get("grid_intensity_g_per_kwh")
+    blocks = [base, same, best] if same else [base, best]
 
     def co2(block: Mapping[str, Any]) -> str:
         v = num(block.get("co2e_g_per_million_items"))
@@ -514,49 +561,40 @@ def _compare_rows(results: Mapping[str, Any]) -> str:
             v = per_million(block.get("energy_j_per_item"), g)
         return fmt_mass_g(v)
 
-    rows: list[tuple[str, str, str]] = [
-        (
-            "accuracy",
-            _e(fmt_accuracy(base.get("accuracy"))),
-            _e(fmt_accuracy(best.get("accuracy"))),
-        ),
-        (
-            "energy per item",
-            _energy_cell(
-                base.get("energy_j_per_item"),
-                base.get("energy_source"),
-                base.get("energy_uncertainty"),
-            ),
-            _energy_cell(
-                best.get("energy_j_per_item"),
-                best.get("energy_source"),
-                best.get("energy_uncertainty"),
-            ),
-        ),
-        (
-            "latency p50 / p90",
-            _e(
-                f"{fmt_latency_ms(base.get('latency_ms_p50'))} / {fmt_latency_ms(base.get('latency_ms_p90'))}"
-            ),
-            _e(
-                f"{fmt_latency_ms(best.get('latency_ms_p50'))} / {fmt_latency_ms(best.get('latency_ms_p90'))}"
-            ),
-        ),
-        (
-            "MACs per item",
-            _e(fmt_count(base.get("macs_per_item"))),
-            _e(fmt_count(best.get("macs_per_item"))),
-        ),
-        ("parameters", _e(fmt_count(base.get("params"))), _e(fmt_count(best.get("params")))),
-        ("size", _e(fmt_bytes(base.get("size_bytes"))), _e(fmt_bytes(best.get("size_bytes")))),
-        ("CO2e per million items", _e(co2(base)), _e(co2(best))),
+    def energy(block: Mapping[str, Any]) -> str:
+        return _energy_cell(
+            block.get("energy_j_per_item"),
+            block.get("energy_source"),
+            block.get("energy_uncertainty"),
+        ) + _disturbed_flag(block)
+
+    def lat(block: Mapping[str, Any]) -> str:
+        return _e(
+            f"{fmt_latency_ms(block.get('latency_ms_p50'))} / "
+            f"{fmt_latency_ms(block.get('latency_ms_p90'))}"
+        )
+
+    rows: list[tuple[str, list[str]]] = [
+        ("accuracy", [_e(fmt_accuracy(b.get("accuracy"))) for b in blocks]),
+        ("energy per item", [energy(b) for b in blocks]),
+        ("latency p50 / p90", [lat(b) for b in blocks]),
+        ("MACs per item", [_e(fmt_count(b.get("macs_per_item"))) for b in blocks]),
+        ("parameters", [_e(fmt_count(b.get("params"))) for b in blocks]),
+        ("size", [_e(fmt_bytes(b.get("size_bytes"))) for b in blocks]),
+        ("CO2e per million items", [_e(co2(b)) for b in blocks]),
     ]
     body = "".join(
-        f"<tr><th>{k}</th><td class='n'>{a}</td><td class='n'>{b}</td></tr>" for k, a, b in rows
+        f"<tr><th>{k}</th>{''.join(f'<td class=n>{v}</td>' for v in cells)}</tr>"
+        for k, cells in rows
     )
+    heads = ["baseline (fp32 eager b1)"]
+    if same:
+        heads.append(f"fp32 eager, winner's batch ({_deployment_short(same.get('deployment'))})")
+    heads.append("winner")
+    head = "".join(f'<th class="n">{_e(h)}</th>' for h in heads)
     return (
-        '<table class="compare"><thead><tr><th></th><th class="n">baseline</th>'
-        f'<th class="n">winner</th></tr></thead><tbody>{body}</tbody></table>'
+        f'<table class="compare"><thead><tr><th></th>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table>"
     )
 
 
@@ -570,7 +608,13 @@ def _winner(results: Mapping[str, Any]) -> str:
             f"<h3>Baseline</h3>{_compare_rows(results)}</section>"
         )
     dep = _m(best.get("deployment"))
-    dep_rows = [(_e(k), _e(_param_value(v))) for k, v in dep.items()] or [("deployment", MISSING)]
+    dep_rows = [
+        (
+            _e(k),
+            _e("every allowed core" if k == "threads" and v is None else _param_value(v)),
+        )
+        for k, v in dep.items()
+    ] or [("deployment", MISSING)]
     artifact = best.get("artifact")
     return (
         '<section id="winner"><h2>Winner</h2>'
@@ -592,7 +636,9 @@ def _energy_section(
 ) -> str:
     base, best = _m(results.get("baseline")), _m(results.get("best"))
     g = num(results.get("grid_intensity_g_per_kwh"))
-    price = num(results.get("cost_per_kwh"))
+    price = num(results.get("price_per_kwh"))
+    if price is None:  # results written before the key was named after the option
+        price = num(results.get("cost_per_kwh"))
     if price is None:
         price = 0.15  # the documented default when a producer leaves it out
     cur = _currency(results)
@@ -680,7 +726,77 @@ def _energy_section(
         f'<div class="scroll">{per_item_table}</div><div class="scroll">{search_table}</div>'
         '<p class="caption">CO2e and cost inherit the energy figure\'s uncertainty; the grid '
         "intensity's and price's own uncertainty is not included. A saving's uncertainty "
-        "combines both figures' in quadrature.</p></section>"
+        "combines both figures' in quadrature. The saving is against fp32 eager at the "
+        "winner's batch size and threads, where the confirmation measured it.</p></section>"
+    )
+
+
+_ROLE_NAMES = {
+    "baseline": "baseline: fp32 eager, batch 1",
+    "baseline_same_batch": "fp32 eager at the winner's batch and threads",
+    "best": "the search's winner",
+    "runner_up": "the search's runner-up",
+}
+
+
+def _confirmation_section(results: Mapping[str, Any]) -> str:
+    conf = _m(results.get("confirmation"))
+    if not conf:
+        return (
+            '<section id="confirmation"><h2>Confirmation</h2><p>The headline was not measured '
+            "side by side (the stage was skipped, interrupted, or failed), so this report "
+            "publishes no ratio. Rerun the search, or <code>wattwise report --confirm</code>."
+            "</p></section>"
+        )
+    cands = _m(conf.get("candidates"))
+    rounds = int(num(conf.get("rounds")) or 0)
+    head = "".join(f'<th class="n">round {i + 1}</th>' for i in range(rounds))
+    rows = []
+    for role, doc in cands.items():
+        d = _m(doc)
+        per_round = list(_m(d.get("round_figures")).get("energy_j_per_item") or [])
+        cells = "".join(
+            f"<td class='n'>{_e(fmt_energy_j(v))}</td>"
+            for v in (per_round + [None] * rounds)[:rounds]
+        )
+        chosen = " <b>(chosen)</b>" if role == conf.get("chosen") else ""
+        fails = "; ".join(str(f) for f in d.get("failures") or [])
+        rows.append(
+            f"<tr><th>{_e(_ROLE_NAMES.get(str(role), role))}{chosen}<br>"
+            f"<small>{_e(d.get('label'))}</small></th>{cells}"
+            f"<td class='n'>{_energy_cell(d.get('energy_j_per_item'), d.get('energy_source'), d.get('energy_uncertainty'))}"
+            f"{_disturbed_flag(d)}</td>"
+            f"<td class='n'>{_e(fmt_uncertainty(num(d.get('spread_rel'))))}</td>"
+            f"<td>{_e(fails) if fails else ''}</td></tr>"
+        )
+    ratios = _m(conf.get("ratios"))
+    ratio_rows = []
+    for key, name in (
+        ("energy_ratio_same_batch", "fp32 eager at the same batch ÷ winner (the headline)"),
+        ("energy_ratio", "fp32 eager at batch 1 ÷ winner"),
+    ):
+        r = _m(ratios.get(key))
+        per = ", ".join(f"{v:.3g}x" for v in r.get("rounds") or [] if num(v) is not None)
+        med = num(r.get("median"))
+        ratio_rows.append(
+            f"<tr><th>{_e(name)}</th><td>{_e(per or MISSING)}</td>"
+            f"<td class='n'><b>{_e(f'{med:.3g}x' if med is not None else MISSING)}</b></td></tr>"
+        )
+    order = " · ".join(
+        "(" + " ".join(str(x).replace("_", " ") for x in o) + ")" for o in conf.get("order") or []
+    )
+    return (
+        '<section id="confirmation"><h2>Confirmation, side by side</h2>'
+        f"<p>After the search, these were measured again in {rounds} rounds whose order rotates "
+        f"({_e(order)}), each measurement in its own child process. Figures are medians over "
+        "rounds; each ratio is taken within a round and the median of those is published. "
+        "Spread is (max − min) ÷ median of a candidate's rounds.</p>"
+        '<div class="scroll"><table id="confirmation-table"><thead><tr><th>candidate</th>'
+        f'{head}<th class="n">median</th><th class="n">spread</th><th>failed rounds</th></tr>'
+        f"</thead><tbody>{''.join(rows)}</tbody></table></div>"
+        '<table id="confirmation-ratios"><thead><tr><th>ratio</th><th>per round</th>'
+        f'<th class="n">median</th></tr></thead><tbody>{"".join(ratio_rows)}</tbody></table>'
+        "</section>"
     )
 
 
@@ -896,6 +1012,7 @@ def render_html(
             _payback_line(results, pay),
             _plots(results, rows),
             _winner(results),
+            _confirmation_section(results),
             _energy_section(results, rows, pay),
             _ablation_section(results, rows),
             _failed_section(rows),

@@ -478,13 +478,19 @@ def payback(results: Mapping[str, Any]) -> dict[str, Any]:
     """The payback arithmetic: what the search spent, what the winner saves per item.
 
     Returns:
-        ``search_j``, ``search_source``, ``saving_j`` (baseline − best J/item, None if unknown),
+        ``search_j``, ``search_source``, ``saving_j`` (baseline − best J/item, the baseline at
+        the winner's batch when ``baseline_same_batch`` is there; None if unknown),
         ``saving_uncertainty`` (relative, propagated from both figures' uncertainties),
         ``items`` (``results["payback_items"]`` when given, else search_j / saving_j, None when
         the winner saves nothing) and ``state``: ``"pays"``, ``"no_best"``, ``"no_saving"``
-        or ``"unknown"``.
+        ``"unconfirmed"`` (no side-by-side confirmation: no payback published) or ``"unknown"``.
     """
     raw_best, raw_base = results.get("best"), results.get("baseline")
+    # The saving is taken against fp32 eager at the winner's batch and threads when the
+    # confirmation measured it: the part of the saving that batching alone would give costs no
+    # search, so crediting it to the search would flatter the payback.
+    if isinstance(results.get("baseline_same_batch"), Mapping):
+        raw_base = results["baseline_same_batch"]
     best: Mapping[str, Any] | None = raw_best if isinstance(raw_best, Mapping) else None
     base: Mapping[str, Any] = raw_base if isinstance(raw_base, Mapping) else {}
     search_j = num(results.get("search_energy_j"))
@@ -510,6 +516,12 @@ def payback(results: Mapping[str, Any]) -> dict[str, Any]:
         out["saving_uncertainty"] = math.hypot(u_base * e_base, u_best * e_best) / abs(saving)
     if saving <= 0:
         out["state"] = "no_saving"
+        return out
+    if "confirmation" in results and not results["confirmation"]:
+        # A results file that knows the confirmation stage but has none: its figures were
+        # measured minutes apart, and a payback from them is not published.
+        out["items"] = None
+        out["state"] = "unconfirmed"
         return out
     if out["items"] is None and search_j is not None:
         out["items"] = search_j / saving

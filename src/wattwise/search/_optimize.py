@@ -17,14 +17,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wattwise.errors import InputError
+from wattwise.search._confirm import DEFAULT_ROUNDS, confirm, confirm_plan
 from wattwise.search._objective import JobContext, TaskRef, baseline_job, export_job, task_id
 from wattwise.search._outdir import check_out_dir
 from wattwise.search._progress import SearchProgress
@@ -58,6 +62,13 @@ DEFAULT_MAX_TIME_S = 2.0
 DEFAULT_TIMEOUT_PER_TRIAL_S = 300.0
 BASELINE_TIMEOUT_S = 3600.0
 RESULTS_SCHEMA = 1
+CONFIRMATION_ATTR = "wattwise_confirmation"
+PUBLISH_ATTR = "wattwise_publish"  # grid intensity and price given to optimize, for report/worker
+# Overrides the default number of confirmation rounds (0 skips the stage: no ratio is then
+# published). The test suite sets it to 0 for the many tests that check other things.
+CONFIRM_ROUNDS_ENV = "WATTWISE_CONFIRM_ROUNDS"
+DEFAULT_PRICE_PER_KWH = 0.15
+DEFAULT_CURRENCY = "USD"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +80,8 @@ class OptimizeResult:
         trials: one dict per trial (the rows of ``trials.csv``).
         out_dir: the output directory.
         paths: ``json``, ``csv``, ``html`` (and ``artifact`` when one was exported).
-        interrupted: the search was stopped by Ctrl-C before its budget was used.
+        interrupted: the search was stopped (Ctrl-C or SIGTERM) before its budget was used.
+        interrupted_by: ``"SIGINT"`` or ``"SIGTERM"`` when interrupted.
     """
 
     results: dict[str, Any]
@@ -77,6 +89,7 @@ class OptimizeResult:
     out_dir: Path
     paths: dict[str, Path]
     interrupted: bool = False
+    interrupted_by: str | None = None
 
     @property
     def baseline(self) -> dict[str, Any]:
@@ -89,8 +102,15 @@ class OptimizeResult:
 
     @property
     def energy_ratio(self) -> float | None:
-        """Baseline J/item over best J/item (5.0 = five times less energy per item)."""
+        """fp32 eager batch-1 J/item over best J/item, from the confirmation rounds."""
         value = self.results.get("energy_ratio")
+        return float(value) if value is not None else None
+
+    @property
+    def energy_ratio_same_batch(self) -> float | None:
+        """fp32 eager J/item at the winner's batch size and threads over best J/item (the
+        saving compression and the runtime give beyond batching), from the same rounds."""
+        value = self.results.get("energy_ratio_same_batch")
         return float(value) if value is not None else None
 
     @property
@@ -130,6 +150,10 @@ def optimize(
     export: bool = True,
     progress: bool | None = None,
     on_trial: Callable[[dict[str, Any]], None] | None = None,
+    confirm_rounds: int | None = None,
+    grid_intensity_g_per_kwh: float | None = None,
+    price_per_kwh: float | None = None,
+    currency: str = DEFAULT_CURRENCY,
 ) -> OptimizeResult:
     """Search compression recipes × students × deployments for the least energy per item.
 
@@ -159,11 +183,20 @@ def optimize(
         progress: show progress on stderr (default: a bar on a terminal, lines otherwise);
             ``False`` for silence.
         on_trial: called with each finished trial's row (e.g. to log it elsewhere).
+        confirm_rounds: rounds of the confirmation stage (default 3, or
+            ``WATTWISE_CONFIRM_ROUNDS``; at least 3, or 0 to skip it): the baseline, fp32 eager
+            at the winner's batch and threads, the winner and the runner-up are measured again
+            side by side, and the published figures and ratios are their medians. Skipped, no
+            ratio is published.
+        grid_intensity_g_per_kwh: grid carbon intensity for the CO2e figures (default: the
+            world average, or ``WATTWISE_GRID_G_PER_KWH``).
+        price_per_kwh: electricity price for the cost figures (default 0.15).
+        currency: the price's currency (a label only).
 
     Returns:
-        An :class:`OptimizeResult`. With Ctrl-C, the trial in flight is failed as interrupted
-        (it is queued again for the next run) and the partial results are returned with
-        ``interrupted=True``.
+        An :class:`OptimizeResult`. With Ctrl-C or SIGTERM, the trial in flight is failed as
+        interrupted (it is queued again for the next run) and the partial results are returned
+        with ``interrupted=True``.
 
     Raises:
         InputError: bad arguments, a task that can't be loaded, an unwritable output
@@ -181,6 +214,7 @@ def optimize(
     device = check_device(device)
     if study is not None and (not isinstance(study, str) or not study.strip()):
         raise InputError(f"study must be a non-empty name, got {study!r}")
+    publish = _publish_settings(confirm_rounds, grid_intensity_g_per_kwh, price_per_kwh, currency)
     task_obj, spec = _load_task(task)
     out_dir = Path(out).expanduser()
     space = space if space is not None else default_space(task_obj, scenario, device)
@@ -201,7 +235,7 @@ def optimize(
         timeout_per_trial_s=timeout_per_trial_s,
         meter=meter,
     )
-    created = check_out_dir(out_dir)
+    created = check_out_dir(out_dir, storage=storage)
     url = storage if storage is not None else default_storage(out_dir)
     name = study.strip() if study else f"{task_obj.name}-{scenario}"
     try:
@@ -231,6 +265,7 @@ def optimize(
         export=export,
         progress=progress,
         on_trial=on_trial,
+        publish=publish,
     )
 
 
@@ -242,6 +277,7 @@ def run_worker(
     task: str | None = None,
     device: str | None = None,
     progress: bool | None = None,
+    confirm_rounds: int | None = None,
 ) -> OptimizeResult:
     """Join an existing study (``wattwise worker``): run its trials on this machine until its
     budget is used, then write results from all workers' trials to ``out``.
@@ -252,8 +288,11 @@ def run_worker(
         out: this worker's output directory (its model cache and a copy of the results).
         task: the task spec, needed only when the study was started from a Python ``Task``.
         device: where this worker measures (default: the study's device).
+        confirm_rounds: as for :func:`optimize`: this worker's results are confirmed too.
     """
     from wattwise.measure import check_device
+
+    publish = _publish_settings(confirm_rounds, None, None, DEFAULT_CURRENCY)
 
     with quiet_optuna(), storage_errors(storage):
         store = open_storage(storage)
@@ -269,7 +308,7 @@ def run_worker(
             f"--task {spec!r} is task {task_obj.name!r}, but study {study!r} searches {settings.task_name!r}"
         )
     out_dir = Path(out).expanduser()
-    check_out_dir(out_dir)
+    check_out_dir(out_dir, storage=storage)
     dev = check_device(device or settings.device)
     ctx = JobContext(
         task=TaskRef(spec),
@@ -288,7 +327,75 @@ def run_worker(
         export=False,
         progress=progress,
         on_trial=None,
+        publish=publish,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Publish:
+    """How the results are published: the confirmation's rounds, and CO2e and cost factors."""
+
+    confirm_rounds: int
+    grid_intensity_g_per_kwh: float
+    grid_intensity_source: str
+    price_per_kwh: float
+    price_source: str
+    currency: str
+
+    def costs(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "confirm_rounds"}
+
+    def stored_in(self, the_study: optuna.Study, *, save: bool) -> _Publish:
+        """The grid intensity and price the study was started with, unless given here; with
+        ``save``, what is given here is kept for the study's later reports and workers."""
+        stored = the_study.user_attrs.get(PUBLISH_ATTR)
+        given: dict[str, Any] = {}
+        if self.grid_intensity_source == "user":
+            given.update(grid_intensity_g_per_kwh=self.grid_intensity_g_per_kwh)
+            given.update(grid_intensity_source="user")
+        if self.price_source == "user":
+            given.update(price_per_kwh=self.price_per_kwh, price_source="user")
+            given.update(currency=self.currency)
+        merged = self
+        if isinstance(stored, dict):
+            with contextlib.suppress(TypeError, ValueError):  # written by another version
+                merged = dataclasses.replace(self, **{**stored, **given})
+        if save and (given or not isinstance(stored, dict)):
+            the_study.set_user_attr(PUBLISH_ATTR, merged.costs())
+        return merged
+
+
+def _number_arg(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _publish_settings(
+    rounds: Any, grid: float | None, price: float | None, currency: Any
+) -> _Publish:
+    from wattwise.measure._carbon import grid_intensity
+
+    if rounds is None:
+        env = os.environ.get(CONFIRM_ROUNDS_ENV)
+        try:
+            rounds = int(env) if env else DEFAULT_ROUNDS
+        except ValueError:
+            raise InputError(f"{CONFIRM_ROUNDS_ENV}={env!r} is not a whole number") from None
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or (rounds != 0 and rounds < 3):
+        raise InputError(
+            f"confirm_rounds must be 0 (skip the confirmation) or at least 3, got {rounds!r}"
+        )
+    g, g_source = grid_intensity(None if grid is None else _number_arg(grid, "grid intensity"))
+    if price is None:
+        p, p_source = DEFAULT_PRICE_PER_KWH, "default"
+    else:
+        p, p_source = _number_arg(price, "price per kWh"), "user"
+        if p < 0:
+            raise InputError(f"price per kWh must be >= 0, got {price!r}")
+    if not isinstance(currency, str) or not currency.strip() or len(currency) > 8:
+        raise InputError(f"currency must be a short label such as USD, got {currency!r}")
+    return _Publish(rounds, g, g_source, p, p_source, currency.strip())
 
 
 def _ensure_baseline(
@@ -316,14 +423,57 @@ def _ensure_baseline(
 
 
 def _best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    ranked = _ranked(rows)
+    return ranked[0] if ranked else None
+
+
+def _ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Feasible rows, lowest J/item first; ties (within the same figure) go to the higher
+    accuracy, then the lower p90."""
     feasible = [r for r in rows if r["feasible"]]
-    if not feasible:
-        return None
-    # Lowest J/item; ties (within the same figure) go to the higher accuracy, then lower p90.
-    return min(
+    return sorted(
         feasible,
         key=lambda r: (r["energy_j_per_item"], -r["accuracy"], r["latency_ms_p90"], r["number"]),
     )
+
+
+def _runner_up(rows: list[dict[str, Any]], best: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The next feasible candidate after ``best`` by J/item, preferring one on the front; a
+    trial that repeats the winner's own candidate is no runner-up."""
+    others = [r for r in _ranked(rows) if r["label"] != best.get("label")]
+    on_front = [r for r in others if r["pareto"]]
+    for group in (on_front, others):
+        if group:
+            return group[0]
+    return None
+
+
+@contextlib.contextmanager
+def _interrupt_signals() -> Iterator[list[str]]:
+    """SIGTERM (what ``timeout``, CI runners and containers send) stops the search the way
+    Ctrl-C does: as a ``KeyboardInterrupt`` at the point it arrives, so the trial in flight is
+    failed as interrupted and the outputs are written. Yields a list that receives the name
+    of the signal that stopped it."""
+    got: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got  # signal handlers can only be set from the main thread
+        return
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        got.append(signal.Signals(signum).name)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGINT keeps Python's own handler unless it was ignored (a background job): then the
+    # caller asked for Ctrl-C to be ignored, and so it is.
+    signal.signal(signal.SIGTERM, on_signal)
+    if previous[signal.SIGINT] is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_signal)
+    try:
+        yield got
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _search(
@@ -336,17 +486,21 @@ def _search(
     export: bool,
     progress: bool | None,
     on_trial: Callable[[dict[str, Any]], None] | None,
+    publish: _Publish,
 ) -> OptimizeResult:
     """Run the search; a database failing under it (a server restart) becomes one line."""
-    with storage_errors(url):
+    with storage_errors(url), _interrupt_signals() as stopped_by:
         import io
+
+        publish = publish.stored_in(the_study, save=True)
 
         start = time.monotonic()
         stream = io.StringIO() if progress is False else None
         counts = count_trials(the_study.get_trials(deepcopy=False))
         interrupted = False
         notes: list[str] = []
-        export_ledger: dict[str, Any] = {}
+        ledgers: dict[str, Mapping[str, Any]] = {}
+        confirmation: dict[str, Any] | None = None
         with SearchProgress(settings.trials, done=counts.counted, stream=stream) as bar:
             baseline = _ensure_baseline(the_study, settings, ctx, bar)
             base_acc = float(baseline["accuracy"])
@@ -385,18 +539,38 @@ def _search(
                 bar.message(
                     "interrupted: the trial in flight is failed and queued for the next run"
                 )
-                notes.append("interrupted (Ctrl-C): rerun the same command to resume the search")
 
-            all_trials = the_study.get_trials(deepcopy=False)
-            rows = trial_rows(all_trials, base_acc, settings)
+            rows = trial_rows(the_study.get_trials(deepcopy=False), base_acc, settings)
             best = _best(rows)
+            if best is not None and not interrupted and publish.confirm_rounds:
+                try:
+                    confirmation = _ensure_confirmation(
+                        the_study, settings, ctx, rows, best, publish.confirm_rounds, bar
+                    )
+                except KeyboardInterrupt:
+                    interrupted = True
+                    bar.message("interrupted during the confirmation: no ratio is published")
+                if confirmation is not None:
+                    ledgers["confirm"] = confirmation.get("ledger") or {}
+                    best = _confirmed_best(rows, confirmation) or best
             artifact: Path | None = None
             if best is not None and export and not interrupted:
-                artifact, export_ledger, note = _export_best(
-                    the_study, settings, ctx, best, out_dir, bar
-                )
+                try:
+                    artifact, ledgers["export"], note = _export_best(
+                        the_study, settings, ctx, best, out_dir, bar
+                    )
+                except KeyboardInterrupt:
+                    interrupted = True
+                    note = "interrupted while exporting: the best deployment was not exported"
                 if note:
                     notes.append(note)
+        if interrupted:
+            how = stopped_by[0] if stopped_by else "SIGINT"
+            notes.insert(
+                0,
+                f"interrupted ({'Ctrl-C' if how == 'SIGINT' else how}): rerun the same command "
+                "to resume the search",
+            )
         results = _results(
             the_study,
             settings,
@@ -405,15 +579,111 @@ def _search(
             best,
             artifact,
             url=url,
-            export_ledger=export_ledger,
+            ledgers=ledgers,
+            confirmation=confirmation,
+            publish=publish,
             elapsed_s=time.monotonic() - start,
             interrupted=interrupted,
             notes=notes,
         )
+        _apply_grid(rows, publish.grid_intensity_g_per_kwh)
         paths = _write_outputs(results, rows, out_dir)
         if artifact is not None:
             paths["artifact"] = artifact
-        return OptimizeResult(results, rows, out_dir, paths, interrupted)
+        by = (stopped_by[0] if stopped_by else "SIGINT") if interrupted else None
+        return OptimizeResult(results, rows, out_dir, paths, interrupted, by)
+
+
+def _confirmation_key(rows: list[dict[str, Any]], best: Mapping[str, Any], rounds: int) -> dict:
+    runner = _runner_up(rows, best)
+    return {
+        "best": int(best["number"]),
+        "runner_up": int(runner["number"]) if runner is not None else None,
+        "rounds": rounds,
+    }
+
+
+def _ensure_confirmation(
+    the_study: optuna.Study,
+    settings: SearchSettings,
+    ctx: JobContext,
+    rows: list[dict[str, Any]],
+    best: Mapping[str, Any],
+    rounds: int,
+    bar: SearchProgress,
+) -> dict[str, Any] | None:
+    """The confirmation of this study's winner and runner-up: stored in the study, so a rerun
+    with nothing new (or ``wattwise report``) publishes the same rounds; measured now
+    otherwise."""
+    key = _confirmation_key(rows, best, rounds)
+    stored = the_study.user_attrs.get(CONFIRMATION_ATTR)
+    if isinstance(stored, dict) and stored.get("key") == key and stored.get("doc"):
+        return dict(stored["doc"])
+    return _run_confirmation(the_study, settings, ctx, rows, best, rounds, bar)
+
+
+def _run_confirmation(
+    the_study: optuna.Study,
+    settings: SearchSettings,
+    ctx: JobContext,
+    rows: list[dict[str, Any]],
+    best: Mapping[str, Any],
+    rounds: int,
+    bar: SearchProgress,
+) -> dict[str, Any] | None:
+    key = _confirmation_key(rows, best, rounds)
+    runner = _runner_up(rows, best)
+    trials = the_study.get_trials(deepcopy=False)
+    specs = confirm_plan(
+        settings.space, best, runner, lambda n: trials[n].params, device=ctx.device
+    )
+    bar.message(
+        f"confirming side by side, {rounds} rounds: "
+        + ", ".join(f"{s.role.replace('_', ' ')} ({s.label})" for s in specs)
+    )
+
+    def on_measure(r: int, spec: Any) -> None:
+        bar.message(f"  round {r + 1}/{rounds}: {spec.label}")
+
+    doc = confirm(
+        specs,
+        ctx,
+        rounds=rounds,
+        max_time_s=settings.max_time_s,
+        timeout_s=settings.timeout_per_trial_s,
+        on_measure=on_measure,
+    )
+    the_study.set_user_attr(CONFIRMATION_ATTR, {"key": key, "doc": doc})
+    ratio = (doc["ratios"].get("energy_ratio_same_batch") or {}).get("median")
+    if ratio is not None:
+        bar.message(
+            f"confirmed: {ratio:.3g}x less energy per item than fp32 eager at the same batch "
+            f"(median of {rounds} rounds)"
+        )
+    return doc
+
+
+def _confirmed_best(
+    rows: list[dict[str, Any]], confirmation: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The trial row the confirmation chose (the runner-up when it was lower there)."""
+    chosen = confirmation.get("chosen")
+    cand = (confirmation.get("candidates") or {}).get(chosen) if chosen else None
+    if not cand or cand.get("trial") is None:
+        return None
+    return next((r for r in rows if r["number"] == cand["trial"]), None)
+
+
+def _apply_grid(rows: list[dict[str, Any]], g_per_kwh: float) -> None:
+    """CO2e of each trial row at the grid intensity this search publishes with (the trials'
+    children used the default one)."""
+    from wattwise.measure._carbon import co2e_g_per_million_items
+
+    for r in rows:
+        if isinstance(r.get("energy_j_per_item"), int | float):
+            r["co2e_g_per_million_items"] = co2e_g_per_million_items(
+                float(r["energy_j_per_item"]), g_per_kwh
+            )
 
 
 def _export_best(
@@ -462,9 +732,12 @@ def _figures(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _search_energy(
-    baseline: Mapping[str, Any], trials: list[optuna.trial.FrozenTrial], export: Mapping[str, Any]
+    baseline: Mapping[str, Any],
+    trials: list[optuna.trial.FrozenTrial],
+    ledgers: Mapping[str, Mapping[str, Any]],
 ) -> tuple[float, str | None, float | None, dict[str, float]]:
-    """Joules the whole search spent (every worker, every trial, failed ones too)."""
+    """Joules the whole search spent (every worker, every trial, failed ones too, and the
+    confirmation and export after them)."""
     by_phase: dict[str, float] = {}
     sources: set[str] = set()
     uncertainties: list[float] = []
@@ -488,10 +761,40 @@ def _search_energy(
             sources.update(str(t.user_attrs["search_energy_source"]).split("+"))
         if t.user_attrs.get("search_energy_uncertainty") is not None:
             uncertainties.append(float(t.user_attrs["search_energy_uncertainty"]))
-    add(export, "export_")
+    for name, ledger in ledgers.items():
+        add(ledger, f"{name}_")
     total = sum(by_phase.values())
     source = "+".join(sorted(sources)) if sources else None
     return total, source, (max(uncertainties) if uncertainties else None), by_phase
+
+
+# Figures a confirmation round re-measures; the rest of a figure set (accuracy, MACs, params,
+# size) does not depend on when it was measured.
+_CONFIRMED = (
+    "energy_j_per_item",
+    "energy_source",
+    "energy_uncertainty",
+    "latency_ms_p50",
+    "latency_ms_p90",
+    "throughput_items_per_s",
+    "disturbed_windows",
+)
+
+
+def _with_confirmed(
+    figures: Mapping[str, Any], confirmed: Mapping[str, Any] | None, g_per_kwh: float
+) -> dict[str, Any]:
+    """A figure set with the confirmation's medians in place of a single measurement's."""
+    from wattwise.measure._carbon import co2e_g_per_million_items
+
+    out = dict(figures)
+    if confirmed and confirmed.get("energy_j_per_item") is not None:
+        out.update({k: confirmed.get(k) for k in _CONFIRMED})
+    if isinstance(out.get("energy_j_per_item"), int | float):
+        out["co2e_g_per_million_items"] = co2e_g_per_million_items(
+            float(out["energy_j_per_item"]), g_per_kwh
+        )
+    return out
 
 
 def _results(
@@ -503,55 +806,126 @@ def _results(
     artifact: Path | None,
     *,
     url: str,
-    export_ledger: Mapping[str, Any],
+    ledgers: Mapping[str, Mapping[str, Any]],
+    confirmation: Mapping[str, Any] | None,
+    publish: _Publish,
     elapsed_s: float,
     interrupted: bool,
     notes: list[str],
 ) -> dict[str, Any]:
+    """The ``results.json`` document (see ``docs/search.md``, "results.json").
+
+    The headline (``baseline``, ``baseline_same_batch``, ``best`` and both ratios) comes from
+    the confirmation rounds; without them (skipped, interrupted, or every round failed) the
+    figures are the search's single measurements and no ratio is published.
+    """
     from wattwise.measure._hardware import hardware_info
     from wattwise.report import redact_url
 
+    g = publish.grid_intensity_g_per_kwh
     trials = the_study.get_trials(deepcopy=False)
     counts = count_trials(trials)
-    search_j, source, unc, by_phase = _search_energy(baseline, trials, export_ledger)
+    search_j, source, unc, by_phase = _search_energy(baseline, trials, ledgers)
+    confirmed = dict((confirmation or {}).get("candidates") or {})
+    chosen_role = (confirmation or {}).get("chosen")
     base: dict[str, Any] = {
-        **{k: baseline.get(k) for k in FIGURES},
+        **_with_confirmed({k: baseline.get(k) for k in FIGURES}, confirmed.get("baseline"), g),
         "recipe": [],
         "deployment": baseline.get("deployment"),
     }
+    same_batch: dict[str, Any] | None = None
     best_doc = None
-    ratio = payback = None
+    ratio = ratio_same = payback = payback_b1 = None
     if best is not None:
+        best_conf = confirmed.get(chosen_role) if chosen_role else None
         best_doc = {
             "number": best["number"],
-            **_figures(best),
+            **_with_confirmed(_figures(best), best_conf, g),
             "accuracy_drop": best["accuracy_drop"],
             "recipe": best["recipe"],
             "student": best["student"],
             "deployment": best["deployment"],
             "label": best.get("label"),
             "artifact": str(artifact) if artifact is not None else None,
+            # The search's own single measurement of this candidate, for comparison.
+            "trial_energy_j_per_item": best.get("energy_j_per_item"),
         }
-        saving = float(baseline["energy_j_per_item"]) - float(best["energy_j_per_item"])
-        ratio = float(baseline["energy_j_per_item"]) / float(best["energy_j_per_item"])
-        payback = search_j / saving if saving > 0 else None
-        if best["energy_source"] != baseline.get("energy_source"):
+        dep = best.get("deployment") or {}
+        sb_conf = confirmed.get("baseline_same_batch") or (
+            confirmed.get("baseline")
+            if (dep.get("batch_size"), dep.get("threads")) == (1, None)
+            else None
+        )
+        if sb_conf:
+            same_batch = {
+                **_with_confirmed({k: baseline.get(k) for k in FIGURES}, sb_conf, g),
+                "batch_size": dep.get("batch_size"),
+                "threads": dep.get("threads"),
+                "deployment": {
+                    **(baseline.get("deployment") or {}),
+                    "batch_size": dep.get("batch_size"),
+                    "threads": dep.get("threads"),
+                },
+            }
+        if best_conf and best_conf.get("energy_j_per_item"):
+            ratios = (confirmation or {}).get("ratios") or {}
+            ratio = (ratios.get("energy_ratio") or {}).get("median")
+            ratio_same = (ratios.get("energy_ratio_same_batch") or {}).get("median")
+            e_best = float(best_doc["energy_j_per_item"])
+            if same_batch is not None:
+                saving = float(same_batch["energy_j_per_item"]) - e_best
+                payback = search_j / saving if saving > 0 else None
+            saving_b1 = float(base["energy_j_per_item"]) - e_best
+            payback_b1 = search_j / saving_b1 if saving_b1 > 0 else None
+        elif publish.confirm_rounds == 0:
             notes.append(
-                f"baseline and best were measured by different meters ({baseline.get('energy_source')} "
-                f"vs {best['energy_source']}): their ratio mixes sources"
+                "the confirmation stage was skipped (confirm_rounds=0): the figures are the "
+                "search's single measurements, taken minutes apart, so no ratio is published"
+            )
+        else:
+            notes.append(
+                "the headline was not confirmed side by side (interrupted, or its rounds "
+                "failed): no ratio is published; rerun the same command, or "
+                "'wattwise report --confirm'"
+            )
+        if best_doc["energy_source"] != base.get("energy_source"):
+            notes.append(
+                f"baseline and best were measured by different meters ({base.get('energy_source')} "
+                f"vs {best_doc['energy_source']}): their ratio mixes sources"
+            )
+        if chosen_role == "runner_up":
+            notes.append(
+                f"the confirmation rounds chose trial {best['number']} (the search's runner-up): "
+                "it used less energy per item than the search's first pick, side by side"
             )
     else:
         notes.append("no candidate met the constraints: there is no best deployment")
-    if str(baseline.get("energy_source", "")).startswith("estimated:"):
+    disturbed = [
+        name
+        for name, doc in (
+            ("baseline", base),
+            ("baseline_same_batch", same_batch),
+            ("best", best_doc),
+        )
+        if doc and int(doc.get("disturbed_windows") or 0) > 0
+    ]
+    if disturbed:
         notes.append(
-            f"energy figures are estimates ({baseline.get('energy_source')}, "
-            f"±{float(baseline.get('energy_uncertainty') or 0):.0%}): this machine has no energy "
-            "counter; ratios between candidates measured here are much firmer than absolute joules"
+            "windows disturbed by other processes' CPU load remain in "
+            + ", ".join(disturbed)
+            + ": those figures may be inflated"
+        )
+    if str(base.get("energy_source", "")).startswith("estimated:"):
+        notes.append(
+            f"energy figures are estimates ({base.get('energy_source')}, "
+            f"±{float(base.get('energy_uncertainty') or 0):.0%}): this machine has no energy "
+            "counter; ratios between candidates measured side by side here are much firmer "
+            "than absolute joules"
         )
     pareto = [
         {
             "number": r["number"],
-            **_figures(r),
+            **_with_confirmed(_figures(r), None, g),
             "accuracy_drop": r["accuracy_drop"],
             "recipe": r["recipe"],
             "student": r["student"],
@@ -560,6 +934,9 @@ def _results(
         }
         for r in sorted((r for r in rows if r["pareto"]), key=lambda r: r["energy_j_per_item"])
     ]
+    conf_doc = None
+    if confirmation is not None:
+        conf_doc = {k: v for k, v in confirmation.items() if k != "ledger"}
     return {
         "schema": RESULTS_SCHEMA,
         "task": settings.task_name,
@@ -571,12 +948,15 @@ def _results(
         "latency_p90_ms": settings.latency_p90_ms,
         "hardware": hardware_info(include_cuda=settings.device.startswith("cuda")),
         "meter": {
-            "source": baseline.get("energy_source"),
-            "uncertainty": baseline.get("energy_uncertainty"),
+            "source": base.get("energy_source"),
+            "uncertainty": base.get("energy_uncertainty"),
         },
         "baseline": base,
+        "baseline_same_batch": same_batch,
         "best": best_doc,
         "energy_ratio": ratio,
+        "energy_ratio_same_batch": ratio_same,
+        "confirmation": conf_doc,
         "pareto": pareto,
         "trials": counts.counted,
         "failed_trials": counts.failed,
@@ -586,7 +966,15 @@ def _results(
         "search_energy_source": source,
         "search_energy_uncertainty": unc,
         "search_energy_by_phase_j": by_phase,
+        # From the same-batch saving: batching alone would have saved the rest, at no search.
         "payback_items": payback,
+        "payback_basis": "baseline_same_batch",
+        "payback_items_batch1": payback_b1,
+        "grid_intensity_g_per_kwh": g,
+        "grid_intensity_source": publish.grid_intensity_source,
+        "price_per_kwh": publish.price_per_kwh,
+        "price_source": publish.price_source,
+        "currency": publish.currency,
         "elapsed_s": elapsed_s,
         "interrupted": interrupted,
         "notes": notes,
@@ -605,20 +993,72 @@ def _write_outputs(
 
 
 def report_study(
-    storage: str, study: str, *, out: str | os.PathLike[str] = "wattwise-report"
+    storage: str,
+    study: str,
+    *,
+    out: str | os.PathLike[str] = "wattwise-report",
+    confirm_rounds: int = 0,
+    grid_intensity_g_per_kwh: float | None = None,
+    price_per_kwh: float | None = None,
+    currency: str = DEFAULT_CURRENCY,
 ) -> OptimizeResult:
     """Write ``results.json``, ``trials.csv`` and ``report.html`` for a study as it stands now
-    (``wattwise report``), running nothing."""
+    (``wattwise report``).
+
+    Runs nothing unless ``confirm_rounds`` (>= 3) asks to re-confirm the headline side by side
+    on this machine (``wattwise report --confirm``); otherwise the confirmation the search
+    stored is published when it is of the current winner and runner-up.
+    """
+    if confirm_rounds and confirm_rounds < 3:
+        raise InputError(f"confirm_rounds must be 0 or at least 3, got {confirm_rounds!r}")
+    publish = _publish_settings(confirm_rounds, grid_intensity_g_per_kwh, price_per_kwh, currency)
     with quiet_optuna():
         store = open_storage(storage)
         the_study, settings = open_study(store, study, None, url=storage)
+    publish = publish.stored_in(the_study, save=False)
     baseline = the_study.user_attrs.get(BASELINE_ATTR)
     if not isinstance(baseline, dict) or not baseline.get("ok"):
         raise InputError(f"study {study!r} has no measured baseline yet: nothing to report")
     out_dir = Path(out).expanduser()
-    check_out_dir(out_dir)
+    check_out_dir(out_dir, storage=storage)
     rows = trial_rows(the_study.get_trials(deepcopy=False), float(baseline["accuracy"]), settings)
     best = _best(rows)
+    confirmation = None
+    ledgers: dict[str, Mapping[str, Any]] = {}
+    if best is not None:
+        if confirm_rounds:
+            if settings.task_spec is None:
+                raise InputError(
+                    f"study {study!r} was started from a Python Task object: re-confirming "
+                    "needs its task by name; use wattwise.optimize in Python instead"
+                )
+            ctx = JobContext(
+                task=TaskRef(settings.task_spec),
+                task_id=settings.task_id,
+                cache_dir=str(out_dir / "cache"),
+                seed=settings.seed,
+                device=settings.device,
+                meter=settings.meter,
+            )
+            with _interrupt_signals(), SearchProgress(settings.trials, done=0) as bar:
+                confirmation = _run_confirmation(
+                    the_study, settings, ctx, rows, best, confirm_rounds, bar
+                )
+            ledgers["confirm"] = (confirmation or {}).get("ledger") or {}
+        else:
+            stored = the_study.user_attrs.get(CONFIRMATION_ATTR)
+            stored = stored if isinstance(stored, dict) else {}
+            key = stored.get("key")
+            # Published only when it confirmed the current winner and runner-up.
+            if (
+                isinstance(key, dict)
+                and stored.get("doc")
+                and key == _confirmation_key(rows, best, int(key.get("rounds") or 0))
+            ):
+                confirmation = dict(stored["doc"])
+                ledgers["confirm"] = confirmation.get("ledger") or {}
+        if confirmation is not None:
+            best = _confirmed_best(rows, confirmation) or best
     results = _results(
         the_study,
         settings,
@@ -627,9 +1067,12 @@ def report_study(
         best,
         None,
         url=storage,
-        export_ledger={},
+        ledgers=ledgers,
+        confirmation=confirmation,
+        publish=publish,
         elapsed_s=0.0,
         interrupted=False,
         notes=[],
     )
+    _apply_grid(rows, publish.grid_intensity_g_per_kwh)
     return OptimizeResult(results, rows, out_dir, _write_outputs(results, rows, out_dir))
