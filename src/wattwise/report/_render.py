@@ -300,9 +300,9 @@ def _ratio_split(results: Mapping[str, Any]) -> str:
     if total is None or same is None or not same:
         return "no ratio published: not confirmed side by side"
     return (
-        f"{fmt_ratio(1 / same)} fp32 eager at the same batch; from batch 1: "
-        f"{total / same:.3g}x by batching and threads alone × {same:.3g}x by compression and "
-        "the runtime"
+        f"{same:.3g}x less than fp32 eager at the same batch; from batch 1, {total:.3g}x in "
+        f"all = {total / same:.3g}x by batching and threads alone × {same:.3g}x by compression "
+        "and the runtime"
     )
 
 
@@ -739,6 +739,10 @@ _ROLE_NAMES = {
 }
 
 
+def _percent(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.0%}"
+
+
 def _confirmation_section(results: Mapping[str, Any]) -> str:
     conf = _m(results.get("confirmation"))
     if not conf:
@@ -766,7 +770,7 @@ def _confirmation_section(results: Mapping[str, Any]) -> str:
             f"<small>{_e(d.get('label'))}</small></th>{cells}"
             f"<td class='n'>{_energy_cell(d.get('energy_j_per_item'), d.get('energy_source'), d.get('energy_uncertainty'))}"
             f"{_disturbed_flag(d)}</td>"
-            f"<td class='n'>{_e(fmt_uncertainty(num(d.get('spread_rel'))))}</td>"
+            f"<td class='n'>{_e(_percent(num(d.get('spread_rel'))))}</td>"
             f"<td>{_e(fails) if fails else ''}</td></tr>"
         )
     ratios = _m(conf.get("ratios"))
