@@ -222,6 +222,7 @@ def print_summary(result: OptimizeResult, *, file: Any = None) -> None:
 def register(app: typer.Typer) -> None:
     """Add ``optimize``, ``worker``, ``report`` and ``check`` to ``app``."""
     from wattwise.cli import _handled as handled  # cli.py calls register() once it is defined
+    from wattwise.cli import _stdout_to_stderr as to_stderr
 
     @app.command()
     @handled
@@ -308,25 +309,28 @@ def register(app: typer.Typer) -> None:
         from wattwise.search import DEFAULT_TRIALS, load_space
         from wattwise.search import optimize as run
 
-        result = run(
-            task,
-            space=load_space(space) if space is not None else None,
-            max_accuracy_drop=max_accuracy_drop,
-            latency_p90_ms=latency_p90_ms,
-            scenario=scenario,
-            trials=DEFAULT_TRIALS if trials is None else trials,
-            storage=storage,
-            study=study,
-            out=out,
-            device=device,
-            seed=seed,
-            timeout_per_trial_s=timeout_per_trial,
-            max_time_s=max_time_s,
-            confirm_rounds=confirm_rounds,
-            grid_intensity_g_per_kwh=grid_intensity,
-            price_per_kwh=price_per_kwh,
-            currency=currency,
-        )
+        # The user's task is imported and built in this process: what it prints goes to stderr,
+        # so stdout holds the summary alone (trials' output goes to OUT/logs/).
+        with to_stderr():
+            result = run(
+                task,
+                space=load_space(space) if space is not None else None,
+                max_accuracy_drop=max_accuracy_drop,
+                latency_p90_ms=latency_p90_ms,
+                scenario=scenario,
+                trials=DEFAULT_TRIALS if trials is None else trials,
+                storage=storage,
+                study=study,
+                out=out,
+                device=device,
+                seed=seed,
+                timeout_per_trial_s=timeout_per_trial,
+                max_time_s=max_time_s,
+                confirm_rounds=confirm_rounds,
+                grid_intensity_g_per_kwh=grid_intensity,
+                price_per_kwh=price_per_kwh,
+                currency=currency,
+            )
         print_summary(result)
         _exit_if_interrupted(result)
 
@@ -349,7 +353,8 @@ def register(app: typer.Typer) -> None:
         """Join a study from this machine and run its trials until its budget is used."""
         from wattwise.search import run_worker
 
-        result = run_worker(storage, study, out=out, task=task, device=device)
+        with to_stderr():
+            result = run_worker(storage, study, out=out, task=task, device=device)
         print_summary(result)
         _exit_if_interrupted(result)
 
@@ -382,8 +387,8 @@ def register(app: typer.Typer) -> None:
         """Write report.html, results.json and trials.csv for a study as it stands."""
         from wattwise.search import report_study
 
-        print_summary(
-            report_study(
+        with to_stderr():
+            result = report_study(
                 storage,
                 study,
                 out=out,
@@ -392,7 +397,7 @@ def register(app: typer.Typer) -> None:
                 price_per_kwh=price_per_kwh,
                 currency=currency,
             )
-        )
+        print_summary(result)
 
     @app.command()
     @handled

@@ -222,6 +222,7 @@ def confirm(
                     threads=spec.threads,
                     timeout_s=timeout_s,
                     what=f"confirmation of {spec.label}",
+                    log_path=ctx.log_path("confirm"),
                 )
             except WattwiseError as exc:
                 out = {"ok": False, "message": " ".join(str(exc).split())[:500]}

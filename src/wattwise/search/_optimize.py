@@ -255,6 +255,7 @@ def optimize(
         seed=settings.seed,
         device=device,
         meter=meter,
+        log_dir=str(out_dir / "logs"),
     )
     return _search(
         the_study,
@@ -317,6 +318,7 @@ def run_worker(
         seed=settings.seed,
         device=dev,
         meter=settings.meter,
+        log_dir=str(out_dir / "logs"),
     )
     return _search(
         the_study,
@@ -416,6 +418,7 @@ def _ensure_baseline(
         settings.max_time_s,
         timeout_s=BASELINE_TIMEOUT_S,
         what="baseline",
+        log_path=ctx.log_path("baseline"),
     )
     cache.mkdir(parents=True, exist_ok=True)
     the_study.set_user_attr(BASELINE_ATTR, result)
@@ -721,6 +724,7 @@ def _export_best(
             how,
             timeout_s=settings.timeout_per_trial_s,
             what="export",
+            log_path=ctx.log_path("export"),
         )
     except Exception as exc:
         return None, {}, f"the best deployment was not exported: {' '.join(str(exc).split())}"
@@ -1039,6 +1043,7 @@ def report_study(
                 seed=settings.seed,
                 device=settings.device,
                 meter=settings.meter,
+                log_dir=str(out_dir / "logs"),
             )
             with _interrupt_signals(), SearchProgress(settings.trials, done=0) as bar:
                 confirmation = _run_confirmation(
