@@ -237,25 +237,14 @@ def confirm(
                 per_role[spec.role].append(None)
                 failures[spec.role].append(f"round {r + 1}: {out.get('message')}")
     candidates = {s.role: _candidate_doc(s, per_role[s.role], failures[s.role]) for s in specs}
-    ratios = {
-        "energy_ratio": _paired(per_role, "baseline", "best"),
-        "energy_ratio_same_batch": _paired(
-            per_role,
-            "baseline_same_batch" if "baseline_same_batch" in per_role else "baseline",
-            "best",
-        ),
-    }
     chosen = _choose(per_role)
-    if chosen == "runner_up":
-        # The runner-up won these rounds: the published ratios are the runner-up's.
-        ratios = {
-            "energy_ratio": _paired(per_role, "baseline", "runner_up"),
-            "energy_ratio_same_batch": _paired(
-                per_role,
-                "baseline_same_batch" if "baseline_same_batch" in per_role else "baseline",
-                "runner_up",
-            ),
-        }
+    # The published ratios are the chosen one's (the runner-up's when it won these rounds).
+    reference = "baseline_same_batch" if "baseline_same_batch" in per_role else "baseline"
+    winner = chosen or "best"
+    ratios = {
+        "energy_ratio": _paired(per_role, "baseline", winner),
+        "energy_ratio_same_batch": _paired(per_role, reference, winner),
+    }
     spreads = [c["spread_rel"] for c in candidates.values() if c["spread_rel"] is not None]
     return {
         "rounds": rounds,

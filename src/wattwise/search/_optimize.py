@@ -63,6 +63,7 @@ DEFAULT_TIMEOUT_PER_TRIAL_S = 300.0
 BASELINE_TIMEOUT_S = 3600.0
 RESULTS_SCHEMA = 1
 CONFIRMATION_ATTR = "wattwise_confirmation"
+CACHE_ATTR = "wattwise_cache_dir"  # where optimize cached the built models, for report --confirm
 PUBLISH_ATTR = "wattwise_publish"  # grid intensity and price given to optimize, for report/worker
 # Overrides the default number of confirmation rounds (0 skips the stage: no ratio is then
 # published). The test suite sets it to 0 for the many tests that check other things.
@@ -496,6 +497,8 @@ def _search(
         import io
 
         publish = publish.stored_in(the_study, save=True)
+        if the_study.user_attrs.get(CACHE_ATTR) is None:
+            the_study.set_user_attr(CACHE_ATTR, str(Path(ctx.cache_dir).resolve()))
 
         start = time.monotonic()
         stream = io.StringIO() if progress is False else None
@@ -547,7 +550,9 @@ def _search(
             best = _best(rows)
             if best is not None and not interrupted and publish.confirm_rounds:
                 try:
-                    confirmation = _ensure_confirmation(
+                    confirmation = _stored_confirmation(
+                        the_study, rows, best, publish.confirm_rounds
+                    ) or _run_confirmation(
                         the_study, settings, ctx, rows, best, publish.confirm_rounds, bar
                     )
                 except KeyboardInterrupt:
@@ -606,23 +611,24 @@ def _confirmation_key(rows: list[dict[str, Any]], best: Mapping[str, Any], round
     }
 
 
-def _ensure_confirmation(
+def _stored_confirmation(
     the_study: optuna.Study,
-    settings: SearchSettings,
-    ctx: JobContext,
     rows: list[dict[str, Any]],
     best: Mapping[str, Any],
-    rounds: int,
-    bar: SearchProgress,
+    rounds: int | None = None,
 ) -> dict[str, Any] | None:
-    """The confirmation of this study's winner and runner-up: stored in the study, so a rerun
-    with nothing new (or ``wattwise report``) publishes the same rounds; measured now
-    otherwise."""
-    key = _confirmation_key(rows, best, rounds)
+    """The confirmation stored in the study, if it confirmed the current winner and runner-up
+    (in ``rounds`` rounds, when given): a rerun with nothing new, or ``wattwise report``,
+    publishes the same rounds."""
     stored = the_study.user_attrs.get(CONFIRMATION_ATTR)
-    if isinstance(stored, dict) and stored.get("key") == key and stored.get("doc"):
-        return dict(stored["doc"])
-    return _run_confirmation(the_study, settings, ctx, rows, best, rounds, bar)
+    if not isinstance(stored, dict) or not isinstance(stored.get("doc"), dict):
+        return None
+    key = stored.get("key")
+    if not isinstance(key, dict) or (rounds is not None and key.get("rounds") != rounds):
+        return None
+    if key != _confirmation_key(rows, best, int(key.get("rounds") or 0)):
+        return None
+    return dict(stored["doc"])
 
 
 def _run_confirmation(
@@ -1036,10 +1042,15 @@ def report_study(
                     f"study {study!r} was started from a Python Task object: re-confirming "
                     "needs its task by name; use wattwise.optimize in Python instead"
                 )
+            # The models optimize built and cached, when that cache is on this machine:
+            # otherwise each is built again (once) into this report's own cache.
+            cache = the_study.user_attrs.get(CACHE_ATTR)
+            if not isinstance(cache, str) or not Path(cache).is_dir():
+                cache = str(out_dir / "cache")
             ctx = JobContext(
                 task=TaskRef(settings.task_spec),
                 task_id=settings.task_id,
-                cache_dir=str(out_dir / "cache"),
+                cache_dir=cache,
                 seed=settings.seed,
                 device=settings.device,
                 meter=settings.meter,
@@ -1051,16 +1062,8 @@ def report_study(
                 )
             ledgers["confirm"] = (confirmation or {}).get("ledger") or {}
         else:
-            stored = the_study.user_attrs.get(CONFIRMATION_ATTR)
-            stored = stored if isinstance(stored, dict) else {}
-            key = stored.get("key")
-            # Published only when it confirmed the current winner and runner-up.
-            if (
-                isinstance(key, dict)
-                and stored.get("doc")
-                and key == _confirmation_key(rows, best, int(key.get("rounds") or 0))
-            ):
-                confirmation = dict(stored["doc"])
+            confirmation = _stored_confirmation(the_study, rows, best)
+            if confirmation is not None:
                 ledgers["confirm"] = confirmation.get("ledger") or {}
         if confirmation is not None:
             best = _confirmed_best(rows, confirmation) or best
