@@ -15,4 +15,3 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # confirmation set WATTWISE_CONFIRM_ROUNDS (or confirm_rounds=) themselves. Set before any test
 # starts, so CLI subprocesses inherit it.
 os.environ.setdefault("WATTWISE_CONFIRM_ROUNDS", "0")
-
