@@ -38,6 +38,7 @@ from wattwise.search._objective import (
     _measured,
     _prepare,
     _quiet_torch,
+    measure_in_job,
 )
 from wattwise.search._space import Candidate, SearchSpace
 
@@ -146,7 +147,6 @@ def confirm_job(ctx: JobContext, spec: ConfirmSpec, max_time_s: float) -> dict[s
         with ledger.phase("setup"):
             task = ctx.task.load()
             _quiet_torch()
-            from wattwise.measure import measure
         try:
             if spec.candidate is None:
                 model, _ = _get_model(ctx, task, (), ledger)
@@ -154,17 +154,16 @@ def confirm_job(ctx: JobContext, spec: ConfirmSpec, max_time_s: float) -> dict[s
             else:
                 deployed, _, _ = _prepare(ctx, task, spec.candidate, ledger)
                 target = deployed.module
-            with ledger.phase("measure"):
-                m = measure(
-                    target,
-                    task.example_input,
-                    device=ctx.device,
-                    batch_size=spec.batch_size,
-                    threads=spec.threads,
-                    max_time_s=max_time_s,
-                    isolate=False,
-                    meter=ctx.meter,
-                )
+            m = measure_in_job(
+                target,
+                task,
+                ctx,
+                ledger,
+                device=ctx.device,
+                batch_size=spec.batch_size,
+                threads=spec.threads,
+                max_time_s=max_time_s,
+            )
         except (Exception, MemoryError) as exc:
             return {**_failure(exc), "ledger": ledger.to_dict()}
         return {"ok": True, **_measured(m), "ledger": ledger.to_dict()}

@@ -602,6 +602,35 @@ def _prepare(
     return deployed, float_model, model
 
 
+def measure_in_job(
+    target: Any,
+    task: Task,
+    ctx: JobContext,
+    ledger: _Ledger,
+    *,
+    device: str,
+    batch_size: int,
+    threads: int | None,
+    max_time_s: float,
+) -> Any:
+    """Measure ``target`` on the task's example input in this (already isolated) job, the
+    measuring metered as the job's ``measure`` phase: one protocol for trials and the
+    confirmation rounds."""
+    from wattwise.measure import measure
+
+    with ledger.phase("measure"):
+        return measure(
+            target,
+            task.example_input,
+            device=device,
+            batch_size=batch_size,
+            threads=threads,
+            max_time_s=max_time_s,
+            isolate=False,
+            meter=ctx.meter,
+        )
+
+
 def trial_job(ctx: JobContext, cand: Candidate, max_time_s: float) -> dict[str, Any]:
     """Build, evaluate, deploy (checked against eager fp32) and measure one candidate.
 
@@ -619,7 +648,6 @@ def trial_job(ctx: JobContext, cand: Candidate, max_time_s: float) -> dict[str, 
         with ledger.phase("setup"):
             task = ctx.task.load()
             _quiet_torch()
-            from wattwise.measure import measure
             from wattwise.passes._base import count_macs, count_params, state_dict_bytes
         try:
             deployed, float_model, model = _prepare(ctx, task, cand, ledger)
@@ -630,17 +658,16 @@ def trial_job(ctx: JobContext, cand: Candidate, max_time_s: float) -> dict[str, 
                     "the candidate's metric",
                 )
                 macs = count_macs(float_model, task.example_input)
-            with ledger.phase("measure"):
-                m = measure(
-                    deployed.module,
-                    task.example_input,
-                    device=cand.device,
-                    batch_size=cand.batch_size,
-                    threads=cand.threads,
-                    max_time_s=max_time_s,
-                    isolate=False,
-                    meter=ctx.meter,
-                )
+            m = measure_in_job(
+                deployed.module,
+                task,
+                ctx,
+                ledger,
+                device=cand.device,
+                batch_size=cand.batch_size,
+                threads=cand.threads,
+                max_time_s=max_time_s,
+            )
         except (Exception, MemoryError) as exc:
             return {**_failure(exc), "ledger": ledger.to_dict()}
         size = (
