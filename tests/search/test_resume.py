@@ -44,7 +44,12 @@ def _wait_for(db: str, out, proc: subprocess.Popen, *, need_complete: bool) -> i
         if running and (done or not need_complete):
             return running[0].number
         time.sleep(0.5)
-    raise AssertionError(f"no running trial seen (exit code {proc.poll()})")
+    if proc.poll() is not None:
+        _, stderr = proc.communicate()
+        raise AssertionError(
+            f"exit code {proc.returncode} before a running trial was seen:\n{stderr[-3000:]}"
+        )
+    raise AssertionError("no running trial seen in 400 s")
 
 
 def _default_sigint() -> None:

@@ -96,3 +96,31 @@ def test_two_workers_share_one_postgresql_study(postgres_url, tmp_path):
         doc = json.loads((tmp_path / f"worker{i}" / "results.json").read_text())
         assert doc["best"] is not None and doc["storage"].startswith("postgresql://")
         assert doc["trials"] == TRIALS, (i, doc["trials"])
+
+
+def _open_and_answer(url: str, answers) -> None:  # in a child process
+    try:
+        open_storage(url)
+        answers.put("ok")
+    except Exception as exc:
+        answers.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_opening_one_fresh_sqlite_file_together_all_succeed(tmp_path):
+    """Optuna makes its tables on first open without a lock: ``optimize`` started beside a
+    ``worker`` (or beside anything reading the study) on a new file failed with "table already
+    exists" or a UNIQUE constraint, exit 2. Three real processes open each of six new files at
+    once; before the fix one open in six failed."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    answers = ctx.Queue()
+    for i in range(6):
+        url = f"sqlite:///{tmp_path}/fresh-{i}.db"
+        procs = [ctx.Process(target=_open_and_answer, args=(url, answers)) for _ in range(3)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(timeout=120)
+        got = [answers.get(timeout=10) for _ in procs]
+        assert got == ["ok"] * 3, got

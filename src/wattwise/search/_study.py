@@ -79,6 +79,7 @@ SETTINGS_VERSION = 1
 DIRECTIONS = ("maximize", "minimize", "minimize")  # accuracy, J/item, p90 latency
 HEARTBEAT_INTERVAL_S = 20
 GRACE_PERIOD_S = 90
+_SCHEMA_RACE_TRIES = 5  # opens of a fresh database racing another process (see _open_rdb)
 # Overrides GRACE_PERIOD_S (whole seconds >= 2), e.g. for tests, or a cluster that wants a lost
 # worker's trial back sooner. Set it alike for every worker of a study: the heartbeat interval
 # follows it, and a worker beating at the default interval looks dead to a shorter grace period.
@@ -225,7 +226,6 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             contains the URL's password.
         UnavailableError: the database driver is not installed.
     """
-    import optuna
 
     if not isinstance(url, str) or "://" not in url:
         raise InputError(
@@ -254,21 +254,43 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         )
     interval, grace = heartbeat_timing()
     try:
-        with warnings.catch_warnings():
-            # Heartbeats are marked experimental; they are what recovers a lost worker's trial.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return _storage_class()(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=interval,
-                grace_period=grace,
-                heartbeat_stale_trial_callback=_retry_stale,
-            )
+        return _open_rdb(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=interval,
+            grace_period=grace,
+            heartbeat_stale_trial_callback=_retry_stale,
+        )
     except Exception as exc:
         first = _scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else "", url)
         raise InputError(
             f"cannot open storage {_redact(given)}: {type(exc).__name__}: {first[:300]}"
         ) from None
+
+
+def _open_rdb(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
+    """Our RDB storage for ``url``, tolerating another process creating the same new database.
+
+    Optuna creates its tables and version row on first open without a lock: two processes
+    opening one fresh file together (``optimize`` beside a ``worker``, or beside a reader of the
+    study) fail with "table ... already exists" or a UNIQUE constraint, which one more try, once
+    the other has finished, does not.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(_SCHEMA_RACE_TRIES):
+        try:
+            with warnings.catch_warnings():
+                # Heartbeats are marked experimental; they recover a lost worker's trial.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return _storage_class()(url, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as exc:
+            racing = "already exists" in str(exc) or "UNIQUE constraint" in str(exc)
+            if not racing or attempt == _SCHEMA_RACE_TRIES - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def heartbeat_timing() -> tuple[int, int]:
