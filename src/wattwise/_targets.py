@@ -294,7 +294,8 @@ def build_from_spec(spec: str) -> nn.Module:
     """
     from torch import nn
 
-    from wattwise.tasks._builtin import import_spec, one_line
+    from wattwise._core import one_line
+    from wattwise.tasks._builtin import import_spec
 
     obj = import_spec(spec, what="TARGET")
     if isinstance(obj, nn.Module):
@@ -453,7 +454,7 @@ def _refuse_checkpoint(path: Path) -> None:
     """Explain why a ``.pt``/``.pth`` file cannot be measured, and how to make one that can."""
     import torch
 
-    from wattwise.tasks._builtin import one_line
+    from wattwise._core import one_line
 
     if not zipfile.is_zipfile(path):
         raise InputError(f"TARGET '{path}': not a file torch.save wrote (it is not a zip archive)")

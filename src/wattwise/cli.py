@@ -36,9 +36,9 @@ from wattwise.errors import CheckFailed, WattwiseError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from wattwise._core import Availability
     from wattwise._targets import ResolvedTarget
     from wattwise.measure import Measurement
-    from wattwise.measure.meters import Availability
 
 __all__ = ["app", "doctor_report", "main"]
 
@@ -319,8 +319,8 @@ def _preflight(resolved: ResolvedTarget, mode: str) -> Any:
     harness starts a child; in train mode, return labels of batch 1 for the classifier."""
     import torch
 
+    from wattwise._core import one_line
     from wattwise.errors import InputError, WorkloadError
-    from wattwise.tasks._builtin import one_line
 
     model = resolved.factory()
     x = resolved.example_input

@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
+from wattwise._core import Availability
 from wattwise._registry import Registry
 from wattwise.deploy._deployment import (
     CHECK_MAX_CALIBRATION_ITEMS,
@@ -35,7 +36,6 @@ from wattwise.deploy._deployment import (
     compare_outputs,
 )
 from wattwise.errors import InputError, UnavailableError, WorkloadError
-from wattwise.measure.meters._base import Availability
 
 __all__ = [
     "BACKENDS",

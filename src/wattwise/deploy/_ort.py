@@ -22,6 +22,7 @@ import os
 import tempfile
 from typing import Any
 
+from wattwise._core import Availability
 from wattwise.deploy._backends import (
     BACKENDS,
     Backend,
@@ -33,7 +34,6 @@ from wattwise.deploy._backends import (
 )
 from wattwise.deploy._deployment import Deployment
 from wattwise.errors import InputError, UnavailableError, WorkloadError
-from wattwise.measure.meters._base import Availability
 
 OPSET = 18  # the dynamo exporter's native opset; QDQ per-channel needs >= 13
 

@@ -20,12 +20,11 @@ import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from wattwise._core import SCENARIOS
 from wattwise.deploy._backends import BACKENDS
 from wattwise.deploy._deployment import CheckResult, Deployed, Deployment, deploy_with
 from wattwise.errors import InputError, UnavailableError, WattwiseError, WorkloadError
 from wattwise.measure import Measurement
-
-SCENARIOS = ("online", "offline")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,13 +28,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from wattwise._core import MODES
 from wattwise.errors import InputError, UnavailableError, WorkloadError
 from wattwise.measure import _carbon, _stats
 from wattwise.measure._isolate import pin_threads, run_isolated
 from wattwise.measure._lock import device_lock
 from wattwise.measure._measurement import Measurement
 
-MODES = ("inference", "train")
 DEFAULT_MIN_WINDOW_S = 0.5
 MIN_WINDOWS = 3
 MAX_WINDOWS = 50

@@ -28,6 +28,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from wattwise._core import SCENARIOS
 from wattwise.errors import InputError
 
 if TYPE_CHECKING:
@@ -43,7 +44,6 @@ __all__ = [
     "seed_params",
 ]
 
-SCENARIOS = ("offline", "online")
 PARAM_NAMES = ("model", "deployment", "batch_size", "threads")
 # Torch backends run int8 only on a PT2E-quantized graph; this pass makes one.
 PT2E_INT8 = {"type": "quantize", "method": "pt2e-int8"}

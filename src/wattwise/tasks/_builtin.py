@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from wattwise._core import one_line
 from wattwise._registry import Registry
 from wattwise.errors import InputError, UnknownNameError, WorkloadError
 from wattwise.tasks._task import Task
@@ -43,12 +44,6 @@ def get(name: str) -> Task:
 def is_spec(text: str) -> bool:
     """Whether ``text`` looks like ``package.module:attribute``."""
     return bool(_SPEC.match(text))
-
-
-def one_line(exc: BaseException) -> str:
-    """``"TypeName: first line of the message"``, for errors that must fit on one line."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def import_spec(spec: str, *, what: str) -> Any:

@@ -14,8 +14,9 @@ Example:
     True
 """
 
+from wattwise._core import Availability
 from wattwise.measure.meters._auto import create_meter, probe_meters
-from wattwise.measure.meters._base import METERS, Availability, CounterError, Meter, Reading
+from wattwise.measure.meters._base import METERS, CounterError, Meter, Reading
 from wattwise.measure.meters.estimate import EstimateMeter
 from wattwise.measure.meters.nvml import NvmlMeter, nvml_counter_probe
 from wattwise.measure.meters.rapl import RaplMeter

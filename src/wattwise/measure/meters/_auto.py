@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import inspect
 
+from wattwise._core import Availability
 from wattwise.errors import InputError, UnavailableError
-from wattwise.measure.meters._base import METERS, Availability, Meter
+from wattwise.measure.meters._base import METERS, Meter
 from wattwise.measure.meters.nvml import cuda_ordinal
 
 # Best first, by device kind. A measurement beats an estimate; the estimate models CPUs only.

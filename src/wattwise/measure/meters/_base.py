@@ -6,6 +6,7 @@ import abc
 import dataclasses
 from typing import ClassVar
 
+from wattwise._core import Availability
 from wattwise._registry import Registry
 from wattwise.errors import WattwiseError
 
@@ -17,17 +18,6 @@ class CounterError(WattwiseError):
     measurement. The usual causes are a window shorter than the counter's update period (the
     harness should lengthen it) or a driver reset between ``start()`` and ``stop()``.
     """
-
-
-@dataclasses.dataclass(frozen=True)
-class Availability:
-    """Whether a meter (or backend) can run here, and if not, why."""
-
-    ok: bool
-    reason: str = ""
-
-    def __bool__(self) -> bool:
-        return self.ok
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,9 +34,10 @@ import os
 import time
 from typing import ClassVar, NamedTuple
 
+from wattwise._core import Availability
 from wattwise.errors import InputError, UnavailableError
 from wattwise.measure.meters import _cpu_power
-from wattwise.measure.meters._base import METERS, Availability, CounterError, Meter, Reading
+from wattwise.measure.meters._base import METERS, CounterError, Meter, Reading
 
 ENV_WATTS = "WATTWISE_CPU_WATTS"
 

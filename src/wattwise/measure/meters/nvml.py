@@ -37,8 +37,9 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, ClassVar, NamedTuple
 
+from wattwise._core import Availability
 from wattwise.errors import InputError, UnavailableError
-from wattwise.measure.meters._base import METERS, Availability, CounterError, Meter, Reading
+from wattwise.measure.meters._base import METERS, CounterError, Meter, Reading
 
 _NO_DRIVER = ("NVMLError_LibraryNotFound", "NVMLError_DriverNotLoaded")
 

@@ -34,9 +34,10 @@ import time
 from pathlib import Path
 from typing import ClassVar, NamedTuple
 
+from wattwise._core import Availability
 from wattwise.errors import UnavailableError
 from wattwise.measure.meters import _cpu_power
-from wattwise.measure.meters._base import METERS, Availability, CounterError, Meter, Reading
+from wattwise.measure.meters._base import METERS, CounterError, Meter, Reading
 
 DEFAULT_ROOT = Path("/sys/class/powercap")
 CONTROL_TYPES = ("intel-rapl", "intel-rapl-tpmi", "intel-rapl-mmio")
