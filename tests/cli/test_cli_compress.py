@@ -10,8 +10,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from wattwise._targets import resolve_target
 from wattwise.cli import EXIT_ERROR, app
+from wattwise.cli._targets import resolve_target
 
 runner = CliRunner()
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from wattwise._targets import (
+from wattwise.cli._targets import (
     ResolvedTarget,
     builtin_names,
     parse_batch_sizes,

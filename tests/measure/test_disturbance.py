@@ -27,7 +27,8 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from wattwise.cli import _disturbed_cell, app
+from wattwise.cli import app
+from wattwise.cli._measure import disturbed_cell
 from wattwise.measure import Measurement, measure
 from wattwise.measure._harness import (
     FOREIGN_CORES_MAX,
@@ -224,14 +225,14 @@ def test_old_measurement_dicts_still_load() -> None:
 
 def test_the_measure_table_shows_the_flag() -> None:
     base = Measurement.from_dict({**OLD, "windows": 8})
-    assert _disturbed_cell(base) == "not checked"
+    assert disturbed_cell(base) == "not checked"
     quiet = dataclasses.replace(base, foreign_cpu_cores=0.01)
-    assert _disturbed_cell(quiet) == "0 of 8"
+    assert disturbed_cell(quiet) == "0 of 8"
     flagged = dataclasses.replace(
         base, disturbed_windows=3, repeated_windows=5, foreign_cpu_cores=0.94
     )
-    assert _disturbed_cell(flagged) == "3 of 8, foreign CPU 0.9 cores (+5 repeated)"
-    assert _disturbed_cell(dataclasses.replace(quiet, repeated_windows=2)) == "0 of 8 (+2 repeated)"
+    assert disturbed_cell(flagged) == "3 of 8, foreign CPU 0.9 cores (+5 repeated)"
+    assert disturbed_cell(dataclasses.replace(quiet, repeated_windows=2)) == "0 of 8 (+2 repeated)"
 
 
 @pytest.mark.slow

@@ -25,7 +25,10 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["check_out_dir", "register", "write_compressed"]
+from wattwise.cli._app import app
+from wattwise.cli._errors import handled
+
+__all__ = ["check_out_dir", "write_compressed"]
 
 
 def check_out_dir(out: Path) -> Path:
@@ -107,62 +110,59 @@ def _check_traceable(model: Any, example_input: Any, name: str) -> None:
         ) from None
 
 
-def register(app: typer.Typer) -> None:
-    from wattwise.cli import _handled
+@app.command()
+@handled
+def compress(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="The model: a built-in name (trained on the task first), "
+            "package.module:factory (runs your code) or a .pt2 file.",
+            show_default=False,
+        ),
+    ],
+    recipe: Annotated[
+        Path,
+        typer.Option("--recipe", help="Recipe YAML: a list of passes.", show_default=False),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="New directory for the results.", show_default=False)
+    ],
+    task: Annotated[
+        str, typer.Option("--task", help="Built-in task name or package.module:factory.")
+    ] = "digits",
+    seed: Annotated[int, typer.Option("--seed", help="Seed for every random choice.")] = 0,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the log as JSON instead of a table.")
+    ] = False,
+) -> None:
+    """Apply a compression recipe to a model; write the model, recipe and log to --out."""
+    import sys
 
-    @app.command()
-    @_handled
-    def compress(
-        target: Annotated[
-            str,
-            typer.Argument(
-                help="The model: a built-in name (trained on the task first), "
-                "package.module:factory (runs your code) or a .pt2 file.",
-                show_default=False,
-            ),
-        ],
-        recipe: Annotated[
-            Path,
-            typer.Option("--recipe", help="Recipe YAML: a list of passes.", show_default=False),
-        ],
-        out: Annotated[
-            Path, typer.Option("--out", help="New directory for the results.", show_default=False)
-        ],
-        task: Annotated[
-            str, typer.Option("--task", help="Built-in task name or package.module:factory.")
-        ] = "digits",
-        seed: Annotated[int, typer.Option("--seed", help="Seed for every random choice.")] = 0,
-        json_out: Annotated[
-            bool, typer.Option("--json", help="Print the log as JSON instead of a table.")
-        ] = False,
-    ) -> None:
-        """Apply a compression recipe to a model; write the model, recipe and log to --out."""
-        import sys
+    from wattwise.cli._targets import resolve_target
+    from wattwise.passes import compress as run_compress
+    from wattwise.passes import load_recipe
+    from wattwise.tasks import load_task
 
-        from wattwise._targets import resolve_target
-        from wattwise.passes import compress as run_compress
-        from wattwise.passes import load_recipe
-        from wattwise.tasks import load_task
-
-        check_out_dir(out)
-        passes = load_recipe(recipe)
-        the_task = load_task(task)
-        resolved = resolve_target(target, input_shape=tuple(the_task.example_input.shape))
-        model = resolved.factory()
-        _check_traceable(model, the_task.example_input, resolved.name)
-        if resolved.kind == "builtin":
-            # A built-in name is an architecture with random weights: train it on the task first,
-            # or compressing it would measure nothing meaningful.
-            print(f"training {resolved.name} on {the_task.name} first", file=sys.stderr)
-            model = the_task.fit(model, seed=seed)
-        new_model, log = run_compress(model, passes, task=the_task, seed=seed)
-        doc = write_compressed(new_model, the_task.example_input, passes, log, out)
-        if json_out:
-            print(json.dumps(doc, indent=2, default=str))
-            return
-        print(log.summary())
-        print(
-            f"MACs {log.macs_ratio:.2f}x fewer; accuracy {log.initial.accuracy:.4f} -> "
-            f"{log.final.accuracy:.4f}; wrote {out}"
-            + ("" if doc["model"] else " (model not exported: see compression_log.json)")
-        )
+    check_out_dir(out)
+    passes = load_recipe(recipe)
+    the_task = load_task(task)
+    resolved = resolve_target(target, input_shape=tuple(the_task.example_input.shape))
+    model = resolved.factory()
+    _check_traceable(model, the_task.example_input, resolved.name)
+    if resolved.kind == "builtin":
+        # A built-in name is an architecture with random weights: train it on the task first,
+        # or compressing it would measure nothing meaningful.
+        print(f"training {resolved.name} on {the_task.name} first", file=sys.stderr)
+        model = the_task.fit(model, seed=seed)
+    new_model, log = run_compress(model, passes, task=the_task, seed=seed)
+    doc = write_compressed(new_model, the_task.example_input, passes, log, out)
+    if json_out:
+        print(json.dumps(doc, indent=2, default=str))
+        return
+    print(log.summary())
+    print(
+        f"MACs {log.macs_ratio:.2f}x fewer; accuracy {log.initial.accuracy:.4f} -> "
+        f"{log.final.accuracy:.4f}; wrote {out}"
+        + ("" if doc["model"] else " (model not exported: see compression_log.json)")
+    )

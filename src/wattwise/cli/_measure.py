@@ -1,0 +1,270 @@
+"""``wattwise measure``: energy per item, latency and size of a model at each batch size."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from wattwise.cli._app import app
+from wattwise.cli._errors import handled
+from wattwise.cli._output import JSON_SCHEMA, print_json, progress, stdout_to_stderr, write_stdout
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from wattwise.cli._targets import ResolvedTarget
+    from wattwise.measure import Measurement
+
+__all__ = ["disturbed_cell"]
+
+
+@app.command()
+@handled
+def measure(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="A built-in model (digits_cnn, mobilenetv3_small, ...), "
+            "package.module:factory (runs your code), or a .pt2 file (torch.export.save).",
+            show_default=False,
+        ),
+    ],
+    input_shape: Annotated[
+        str | None,
+        typer.Option(
+            "--input-shape",
+            help="Input shape with batch 1 first, e.g. 1,3,224,224 (default: the model's own).",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        str | None,
+        typer.Option("--batch-size", help="Batch sizes to measure, comma-separated: 1,32."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="inference, or train (forward+backward+SGD step; labels are random classes "
+            "in [0, outputs) of the model's last layer)."
+        ),
+    ] = "inference",
+    meter: Annotated[str, typer.Option(help="auto, nvml, rapl or estimate.")] = "auto",
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads (default: all allowed cores).")
+    ] = None,
+    max_time_s: Annotated[
+        float, typer.Option("--max-time-s", help="Time cap per batch size, seconds.")
+    ] = 30.0,
+    grid_intensity: Annotated[
+        float | None,
+        typer.Option(
+            "--grid-intensity",
+            help="Grid carbon intensity in gCO2e/kWh for the CO2e figure (default: world average).",
+        ),
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document to stdout instead of a table.")
+    ] = False,
+) -> None:
+    """Measure energy per item, latency and size of TARGET at each batch size."""
+    from rich.console import Console
+
+    from wattwise._core import MODES, check_choice
+    from wattwise.cli._targets import parse_batch_sizes, parse_shape, resolve_target
+    from wattwise.measure import check_device
+    from wattwise.measure import measure as run_measure
+
+    check_choice(mode, MODES, what="--mode")
+    shape = parse_shape(input_shape) if input_shape is not None else None
+    sizes = parse_batch_sizes(batch_size) if batch_size is not None else None
+    device = check_device(device)  # no GPU → fail before building anything
+    err = Console(stderr=True)
+    results: list[Measurement] = []
+    with stdout_to_stderr():  # the user's code runs in here; its prints must not reach stdout
+        resolved = resolve_target(target, input_shape=shape)
+        if resolved.fixed_batch_size is not None:
+            sizes = _fixed_batch_sizes(resolved, sizes)
+        sizes = sizes or [1]
+        labels = _preflight(resolved, mode)
+        for size in sizes:
+            with progress(err, f"measuring {resolved.name} at batch {size} on {device}"):
+                results.append(
+                    run_measure(
+                        resolved.factory,
+                        resolved.example_input,
+                        device=device,
+                        batch_size=size,
+                        mode=mode,
+                        target=labels,
+                        meter=meter,
+                        threads=threads,
+                        max_time_s=max_time_s,
+                        grid_intensity_g_per_kwh=grid_intensity,
+                    )
+                )
+
+    from wattwise.measure._hardware import hardware_info
+
+    hardware = hardware_info(include_cuda=device.startswith("cuda"))
+    if json_out:
+        doc = {
+            "schema": JSON_SCHEMA,
+            "target": {
+                "name": resolved.name,
+                "kind": resolved.kind,
+                "input_shape": list(resolved.input_shape),
+            },
+            "hardware": hardware,
+            "measurements": [m.to_dict() for m in results],
+        }
+        print_json(doc)
+    else:
+        console = Console()
+        with console.capture() as table:  # rendered as this console would, then written whole
+            _print_measurements(console, resolved, results, hardware)
+        write_stdout(table.get())
+
+
+def _fixed_batch_sizes(resolved: ResolvedTarget, sizes: list[int] | None) -> list[int]:
+    from wattwise.cli._targets import _DYNAMIC_RECIPE
+    from wattwise.errors import InputError
+
+    fixed = resolved.fixed_batch_size
+    if sizes is not None and any(s != fixed for s in sizes):
+        raise InputError(
+            f"{resolved.name} was exported with a fixed batch of {fixed}, so only "
+            f"--batch-size {fixed} runs; {_DYNAMIC_RECIPE}"
+        )
+    return [fixed] if fixed is not None else []
+
+
+def _preflight(resolved: ResolvedTarget, mode: str) -> Any:
+    """Build the model and run it once here, so a bad shape fails in one line before the
+    harness starts a child; in train mode, return labels of batch 1 for the classifier."""
+    import torch
+
+    from wattwise._core import one_line
+    from wattwise.errors import InputError, WorkloadError
+
+    model = resolved.factory()
+    x = resolved.example_input
+    if resolved.fixed_batch_size is not None:
+        x = x.repeat(resolved.fixed_batch_size, *([1] * (x.dim() - 1)))
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:
+        raise WorkloadError(
+            f"{resolved.name} failed on an input of shape {tuple(x.shape)} (check --input-shape): "
+            f"{one_line(exc)}"
+        ) from None
+    if mode != "train":
+        return None
+    if not (isinstance(out, torch.Tensor) and out.dim() == 2 and out.is_floating_point()):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(
+            f"--mode train needs a classifier whose output is (batch, classes); "
+            f"{resolved.name} returns {got}"
+        )
+    classes = int(out.shape[1])
+    # Random labels: energy does not depend on which class is right, only on the shapes.
+    return torch.randint(0, classes, (1,), generator=torch.Generator().manual_seed(0))
+
+
+def _si(value: float, unit: str = "") -> str:
+    """``1.23e9 → '1.23 G'``: three significant figures with an SI prefix."""
+    if not math.isfinite(value):
+        return str(value)
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}".rstrip()
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _describe_source(source: str) -> str:
+    kind, _, how = source.partition(":")
+    if kind == "measured":
+        return f"Energy is measured by the {how} counter ({source})."
+    return (
+        f"Energy is ESTIMATED by the {how} power model ({source}): no energy counter is "
+        "readable here. Compare figures from this machine with each other, not with "
+        "measured ones."
+    )
+
+
+def _print_measurements(
+    console: Console,
+    resolved: ResolvedTarget,
+    results: list[Measurement],
+    hardware: dict[str, Any],
+) -> None:
+    from rich.table import Table
+
+    from wattwise._units import format_energy
+
+    where = results[0].device
+    cpu = hardware.get("cpu_model") or "unknown CPU"
+    machine = (
+        ", ".join(hardware["cuda_devices"])
+        if where.startswith("cuda") and hardware.get("cuda_devices")
+        else f"{cpu}, {hardware.get('cpus_allowed')} vCPUs"
+    )
+    table = Table(
+        title=f"{resolved.name} {tuple(resolved.input_shape)}, {results[0].mode}, {where}: {machine}",
+        title_justify="left",
+    )
+    table.add_column("", style="bold")
+    for m in results:
+        table.add_column(f"batch {m.batch_size}", justify="right")
+
+    def row(label: str, fmt: Callable[[Measurement], str]) -> None:
+        table.add_row(label, *(fmt(m) for m in results))
+
+    row("energy / item", lambda m: format_energy(m.energy_j_per_item))
+    row("uncertainty", lambda m: f"±{m.energy_uncertainty:.0%}")
+    row("source", lambda m: m.energy_source)
+    row("above idle / item", lambda m: format_energy(m.energy_above_idle_j_per_item))
+    row("idle power", lambda m: f"{m.idle_power_w:.3g} W")
+    row("latency p50 (ms)", lambda m: _ms(m.latency_ms_p50))
+    row("latency p90 (ms)", lambda m: _ms(m.latency_ms_p90))
+    row("latency p99 (ms)", lambda m: _ms(m.latency_ms_p99))
+    row("items / s", lambda m: _si(m.throughput_items_per_s))
+    row("MACs / item", lambda m: _si(m.macs_per_item) if m.macs_per_item > 0 else "n/a")
+    row("params", lambda m: _si(m.params))
+    row("CO2e g / M items", lambda m: f"{m.co2e_g_per_million_items:.3g}")
+    row(
+        "CI95, windows",
+        lambda m: f"±{m.ci95_rel:.1%}, {m.windows}" + ("" if m.converged else " (capped)"),
+    )
+    row("disturbed windows", disturbed_cell)
+    console.print(table)
+    for source in dict.fromkeys(m.energy_source for m in results):
+        uncertainty = max(m.energy_uncertainty for m in results if m.energy_source == source)
+        console.print(
+            f"{_describe_source(source)} Uncertainty ±{uncertainty:.0%}.", highlight=False
+        )
+    console.print(
+        f"CO2e at {results[0].grid_intensity_g_per_kwh:g} gCO2e/kWh (--grid-intensity to change).",
+        highlight=False,
+    )
+    for note in dict.fromkeys(n for m in results for n in m.notes):
+        console.print(f"note: {note}", highlight=False, markup=False)
+
+
+def disturbed_cell(m: Measurement) -> str:
+    """``3 of 8, foreign CPU 0.9 cores (+5 repeated)``: a window another process disturbed
+    must show in the table, not only in a note under it."""
+    if m.foreign_cpu_cores is None:
+        return "not checked"
+    text = f"{m.disturbed_windows} of {m.windows}"
+    if m.disturbed_windows:
+        text += f", foreign CPU {m.foreign_cpu_cores:.1f} cores"
+    return text + (f" (+{m.repeated_windows} repeated)" if m.repeated_windows else "")
