@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # while an unpinned torch may pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint venv sysdeps bench clean
+.PHONY: demo test lint venv sysdeps bench lower-bounds clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,5 +47,16 @@ bench: venv
 	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[dev,bench]"
 	$(BIN)/python benchmarks/run.py
 
+# The suite again, with every dependency at the lower bound pyproject.toml declares
+# (docs/dependencies.md): a bound we publish is a version the tests have passed on.
+LOWER := .venv-lower
+lower-bounds: sysdeps
+	test -x $(LOWER)/bin/python || $(PYTHON) -m venv $(LOWER)
+	$(LOWER)/bin/python -m pip install -q --upgrade pip
+	$(PYTHON) tools/lower_bounds.py > $(LOWER)/constraints.txt
+	$(LOWER)/bin/python -m pip install -q -c $(LOWER)/constraints.txt "$(TORCH)" -e ".[dev]"
+	$(LOWER)/bin/python -m pip freeze > $(LOWER)/installed.txt
+	$(LOWER)/bin/python -m pytest -q
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOWER) .pytest_cache .mypy_cache .ruff_cache

@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args()
     result = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "hardware": hardware_info(),
         "torch": torch.__version__,
         "int8_digits": int8_digits(args.rounds, args.threads, args.max_time_s),

@@ -48,7 +48,7 @@ def run(repeats: int, window_s: float, batch_size: int, threads: int | None = No
     energies = [r["energy_j_per_item"] for r in runs]
     overheads = [r["harness_overhead_rel"] for r in runs]
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "hardware": hardware_info(),
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -475,7 +475,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from importlib.metadata import version
 
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "hardware": hardware_info(),
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -402,7 +402,7 @@ def run_case(case: Case, rounds: int, max_time_s: float, tune_time_s: float) -> 
     return {
         "key": case.key,
         "title": case.title,
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "commit": _commit(),
         "task": task.name,
         "baseline_accuracy": base_acc,
@@ -476,7 +476,7 @@ def main() -> None:
             continue
         doc["cases"][key] = run_case(CASES[key], args.rounds, args.max_time_s, args.tune_time_s)
         doc |= {
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "hardware": hardware_info(),
             "versions": _versions(),
             "protocol": {

@@ -283,7 +283,7 @@ def render(peers_json: Path) -> str:
     head = [
         "# Benchmarks",
         "",
-        f"Written by `benchmarks/run.py` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC. "
+        f"Written by `benchmarks/run.py` on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC. "
         f"Machine: {hw.get('cpu_model')}, {hw.get('cpus_allowed')} vCPUs allowed, "
         f"{(hw.get('ram_bytes') or 0) / 2**30:.0f} GiB, {len(hw.get('cuda_devices') or [])} GPUs "
         f"({hw.get('os')}). Versions: {versions}.",

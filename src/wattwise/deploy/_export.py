@@ -214,7 +214,7 @@ def _write(
             )
     manifest: dict[str, Any] = {
         "schema": SCHEMA,
-        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "deployment": dep.to_dict(),
         "runtime": runtime,
         "model_file": model_file,
