@@ -44,16 +44,15 @@ from search_helpers import subprocess_env, wattwise_cmd
 from user_tasks import HOLD_ENV, pid_file
 
 from wattwise.search import ModelChoice, SearchSettings, SearchSpace, open_storage
-from wattwise.search._objective import task_id
-from wattwise.search._space import params_key
-from wattwise.search._study import (
-    BASELINE_ATTR,
+from wattwise.search._liveness import (
     GRACE_PERIOD_ENV,
     counts_for_budget,
     is_interrupted,
-    open_study,
     recover_dead_trials,
 )
+from wattwise.search._objective import task_id
+from wattwise.search._space import params_key
+from wattwise.search._study import BASELINE_ATTR, open_study
 from wattwise.tasks import load_task
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -312,7 +312,7 @@ bounds = st.tuples(st.sampled_from([0.0, 0.02, 0.05, 0.1]), st.sampled_from([Non
 
 
 def _rows(specs: list[tuple[Any, ...]], bound: tuple[float, float | None]) -> list[dict[str, Any]]:
-    from wattwise.search._study import trial_rows
+    from wattwise.search._rows import trial_rows
 
     trials = [_trial(i, *s) for i, s in enumerate(specs)]
     return trial_rows(trials, BASE_ACC, _settings(*bound))

@@ -15,7 +15,9 @@ from user_tasks import CHATTY_FAIL_BATCH
 from wattwise.search import ModelChoice, SearchSettings, SearchSpace, open_storage, optimize
 from wattwise.search._objective import JobContext, TaskRef, task_id
 from wattwise.search._progress import SearchProgress
-from wattwise.search._study import open_study, quiet_optuna, run_trials, trial_rows
+from wattwise.search._rows import trial_rows
+from wattwise.search._study import open_study, quiet_optuna
+from wattwise.search._trials import run_trials
 from wattwise.tasks import load_task
 
 

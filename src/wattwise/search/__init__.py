@@ -26,7 +26,8 @@ from wattwise.search._space import (
     load_space,
     seed_params,
 )
-from wattwise.search._study import SearchSettings, open_storage
+from wattwise.search._storage import open_storage
+from wattwise.search._study import SearchSettings
 
 __all__ = [
     "DEFAULT_TRIALS",

@@ -29,24 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 from wattwise.errors import InputError
 from wattwise.search._confirm import DEFAULT_ROUNDS, confirm, confirm_plan
+from wattwise.search._liveness import count_trials, counts_for_budget
 from wattwise.search._objective import JobContext, TaskRef, baseline_job, export_job, task_id
 from wattwise.search._outdir import check_out_dir
 from wattwise.search._progress import SearchProgress
+from wattwise.search._rows import trial_rows
 from wattwise.search._space import Candidate, SearchSpace, default_space, seed_params
-from wattwise.search._study import (
-    BASELINE_ATTR,
-    FIGURES,
-    SearchSettings,
-    count_trials,
-    counts_for_budget,
-    default_storage,
-    open_storage,
-    open_study,
-    quiet_optuna,
-    run_trials,
-    storage_errors,
-    trial_rows,
-)
+from wattwise.search._storage import default_storage, open_storage, storage_errors
+from wattwise.search._study import BASELINE_ATTR, FIGURES, SearchSettings, open_study, quiet_optuna
+from wattwise.search._trials import run_trials
 
 if TYPE_CHECKING:
     import optuna

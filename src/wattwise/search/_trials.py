@@ -1,0 +1,307 @@
+"""The worker loop: run trials of a study, one at a time, until its budget is used.
+
+Trials are Optuna's, three objectives (accuracy ↑, J/item ↓, p90 latency ↓) with the
+constraints (accuracy drop, latency bound) given to the sampler through ``trial.set_constraint``.
+Each worker runs trials one at a time until the budget is used; the budget counts every
+finished trial (complete or failed for a reason of its own) across all workers and runs, so
+rerunning a command resumes it. A worker whose remaining budget is running in other workers
+waits for those trials to end instead of leaving, so that if their worker dies it runs them
+again (see :mod:`wattwise.search._liveness`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wattwise.errors import WattwiseError
+from wattwise.search._liveness import (
+    INTERRUPTED,
+    count_trials,
+    counts_for_budget,
+    enqueue_retry,
+    heartbeat_timing,
+    recover_dead_trials,
+    worker_identity,
+)
+from wattwise.search._objective import (
+    JobContext,
+    build_job,
+    classify_failure,
+    model_key,
+    trial_job,
+)
+from wattwise.search._optuna import stored_trial
+from wattwise.search._space import Candidate, SearchSpace, params_key
+from wattwise.search._storage import storage_error_types
+from wattwise.search._study import FIGURES, SearchSettings
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["LoopState", "constraint_values", "run_trials"]
+
+MAX_CONSECUTIVE_DUPLICATES = 40
+
+
+class _TrialFailed(WattwiseError):
+    """Raised in the objective to fail a trial with its reason (caught by Optuna)."""
+
+
+@dataclasses.dataclass
+class LoopState:
+    """What a worker loop did (for the summary)."""
+
+    ran: list[int] = dataclasses.field(default_factory=list)
+    duplicates: int = 0
+    exhausted: bool = False
+    recovered: list[int] = dataclasses.field(default_factory=list)
+
+
+def constraint_values(
+    accuracy: float, baseline_accuracy: float, latency_p90_ms: float, settings: SearchSettings
+) -> list[float]:
+    """≤ 0 when satisfied: accuracy drop over its bound, p90 latency over its bound."""
+    drop = baseline_accuracy - accuracy
+    c_acc = drop - settings.max_accuracy_drop
+    c_lat = (
+        latency_p90_ms - settings.latency_p90_ms if settings.latency_p90_ms is not None else -1.0
+    )
+    return [c_acc, c_lat]
+
+
+def _suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    return {name: trial.suggest_categorical(name, list(c)) for name, c in space.choices().items()}
+
+
+def run_trials(
+    study: optuna.Study,
+    settings: SearchSettings,
+    ctx: JobContext,
+    *,
+    baseline_accuracy: float,
+    budget: int,
+    on_start: Callable[[int, str], None] | None = None,
+    on_end: Callable[[optuna.trial.FrozenTrial], None] | None = None,
+) -> LoopState:
+    """Run trials of ``study`` until ``budget`` finished trials exist (all workers together).
+
+    While the rest of the budget is running in other workers, this one waits (polling the
+    study) rather than returning: a trial whose worker then dies is recovered here, by its
+    process being gone on this machine or its heartbeat going stale, and run again.
+
+    Each trial runs its candidate in child processes (:func:`build_job` when the model is not
+    cached yet, then :func:`trial_job`). A ``KeyboardInterrupt`` or a failing database (see
+    :func:`storage_errors`) fails the trial in flight as interrupted, queues its candidate again
+    and propagates.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from wattwise.measure import IsolationError, run_isolated
+    from wattwise.measure._isolate import log_tail
+
+    state = LoopState()
+    identity = worker_identity()
+    lost_storage = storage_error_types()
+    space = settings.space
+
+    started: list[int] = []  # the trial numbers this worker's last optimize() call ran
+
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        started.append(trial.number)
+        ledgers: list[dict[str, Any]] = []
+        t0 = time.monotonic()
+        try:
+            return body(trial, ledgers, t0)
+        except KeyboardInterrupt:
+            give_back(trial, ledgers, t0, "stopped by Ctrl-C")
+            raise
+        except lost_storage:
+            give_back(trial, ledgers, t0, "its worker lost the storage")
+            raise
+
+    def give_back(trial: optuna.Trial, ledgers: list[dict[str, Any]], t0: float, why: str) -> None:
+        """Wherever Ctrl-C or a database failure lands in the trial: mark it, keep its energy,
+        queue it again. With the database still down this fails too; the trial stays RUNNING
+        and the next run on this machine, seeing this process gone, does it."""
+        with contextlib.suppress(Exception):
+            trial.set_user_attr("fail_reason", f"{INTERRUPTED}: {why}")
+            _record_energy(trial, ledgers, time.monotonic() - t0)
+            enqueue_retry(study, stored_trial(study, trial))
+
+    def body(
+        trial: optuna.Trial, ledgers: list[dict[str, Any]], t0: float
+    ) -> tuple[float, float, float]:
+        trial.set_user_attr("worker", identity)
+        params = _suggest(trial, space)
+        others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
+        ahead = sum(
+            1
+            for t in others
+            if t.number < trial.number and (counts_for_budget(t) or t.state == TrialState.RUNNING)
+        )
+        if ahead >= budget:
+            trial.set_user_attr("fail_reason", "budget reached")
+            raise optuna.TrialPruned("budget reached")
+        key = params_key(params)
+        for t in others:
+            if (counts_for_budget(t) or t.state == TrialState.RUNNING) and params_key(
+                t.params
+            ) == key:
+                trial.set_user_attr("duplicate_of", t.number)
+                trial.set_user_attr("fail_reason", f"duplicate of trial {t.number}")
+                raise optuna.TrialPruned(f"duplicate of trial {t.number}")
+
+        cand = Candidate.from_params(space, params, device=ctx.device)
+        trial.set_user_attr("label", cand.label)
+        trial.set_user_attr("recipe", cand.recipe)
+        trial.set_user_attr("student", cand.model.student)
+        trial.set_user_attr("deployment", cand.deployment)
+        log = ctx.log_path(f"trial-{trial.number:04d}")
+        if log is not None:
+            trial.set_user_attr("log", log)
+        if on_start is not None:
+            on_start(trial.number, cand.label)
+        result = _run_candidate(ctx, cand, settings, ledgers, run_isolated, IsolationError, log)
+        _record_energy(trial, ledgers, time.monotonic() - t0)
+        if not result.get("ok"):
+            reason = f"{result.get('kind', 'error')}: {result.get('message', '')}"
+            tail = log_tail(log) if log is not None else ""
+            if tail:  # what the user's code printed last: often the why
+                trial.set_user_attr("output_tail", tail)
+            trial.set_user_attr("fail_reason", reason)
+            raise _TrialFailed(reason)
+        figures = {k: result[k] for k in FIGURES}
+        trial.set_user_attr("figures", figures)
+        trial.set_user_attr("measurement", result.get("measurement"))
+        trial.set_user_attr("check", result.get("check"))
+        trial.set_user_attr("notes", list(result.get("notes") or [])[:10])
+        # ≤ 0 means satisfied; the sampler prefers feasible trials when it proposes the next.
+        c_acc, c_lat = constraint_values(
+            figures["accuracy"], baseline_accuracy, figures["latency_ms_p90"], settings
+        )
+        trial.set_constraint("accuracy_drop", c_acc)
+        trial.set_constraint("latency_p90", c_lat)
+        return (
+            float(figures["accuracy"]),
+            float(figures["energy_j_per_item"]),
+            float(figures["latency_ms_p90"]),
+        )
+
+    state.recovered = recover_dead_trials(study)
+    while True:
+        counts = count_trials(study.get_trials(deepcopy=False))
+        if counts.counted >= budget:
+            break
+        stuck = state.duplicates >= MAX_CONSECUTIVE_DUPLICATES and not counts.waiting
+        if counts.running and (stuck or counts.counted + counts.running >= budget):
+            # What is left of the budget (or all the sampler still proposes) is running in
+            # other workers. Leaving now would leave the budget short if one of them died:
+            # wait until their trials end, or their workers are found dead and the trials are
+            # queued again, to be run here.
+            time.sleep(_wait_poll_s())
+            state.recovered += recover_dead_trials(study)
+            continue
+        if stuck:
+            state.exhausted = True
+            break
+        started.clear()
+        study.optimize(objective, n_trials=1, catch=(_TrialFailed,), gc_after_trial=False)
+        finished = {t.number: t for t in study.get_trials(deepcopy=False)}
+        for t in (finished[n] for n in started if n in finished):
+            if t.state == TrialState.PRUNED and "duplicate_of" in t.user_attrs:
+                state.duplicates += 1
+            elif t.state == TrialState.PRUNED:
+                pass
+            else:
+                state.duplicates = 0
+                state.ran.append(t.number)
+            if on_end is not None:
+                on_end(t)
+        state.recovered += recover_dead_trials(study)
+    return state
+
+
+def _wait_poll_s() -> float:
+    """How often a waiting worker looks at the study: a few times per heartbeat interval, at
+    most every 5 s (a lost worker's trial is back after the grace period, not sooner)."""
+    return float(min(5, max(1, heartbeat_timing()[0] // 2)))
+
+
+def _record_energy(trial: optuna.Trial, ledgers: list[dict[str, Any]], duration_s: float) -> None:
+    build = measure = 0.0
+    phases: dict[str, float] = {}
+    times: dict[str, float] = {}
+    sources = set()
+    for ledger in ledgers:
+        sources.add(ledger.get("energy_source"))
+        for phase, seconds in (ledger.get("time_s") or {}).items():
+            times[phase] = times.get(phase, 0.0) + float(seconds)
+        for phase, joules in (ledger.get("energy_j") or {}).items():
+            phases[phase] = phases.get(phase, 0.0) + float(joules)
+            if phase == "measure":
+                measure += float(joules)
+            else:
+                build += float(joules)
+    trial.set_user_attr("build_energy_j", build)
+    trial.set_user_attr("measure_energy_j", measure)
+    trial.set_user_attr("energy_by_phase_j", phases)
+    trial.set_user_attr("time_by_phase_s", times)
+    trial.set_user_attr("search_energy_source", "+".join(sorted(s for s in sources if s)) or None)
+    trial.set_user_attr(
+        "search_energy_uncertainty",
+        max((float(x.get("energy_uncertainty") or 0) for x in ledgers), default=None),
+    )
+    trial.set_user_attr("duration_s", duration_s)
+
+
+def _run_candidate(
+    ctx: JobContext,
+    cand: Candidate,
+    settings: SearchSettings,
+    ledgers: list[dict[str, Any]],
+    run_isolated: Any,
+    isolation_error: type[BaseException],
+    log_path: str | None = None,
+) -> dict[str, Any]:
+    """Build the model if it isn't cached (all cores), then run the trial (its own threads),
+    both writing their output to ``log_path``."""
+    cache = Path(ctx.cache_dir) / "models"
+    key = model_key(ctx, cand.model.passes)
+    cached = (cache / f"{key}.pt").exists() or (cache / f"{key}.uncacheable").exists()
+    try:
+        if not cached:
+            built = run_isolated(
+                build_job,
+                ctx,
+                cand.model,
+                timeout_s=settings.timeout_per_trial_s,
+                what="build",
+                log_path=log_path,
+            )
+            ledgers.append(built.get("ledger") or {})
+            if not built.get("ok"):
+                return built
+        result = run_isolated(
+            trial_job,
+            ctx,
+            cand,
+            settings.max_time_s,
+            threads=cand.threads,
+            timeout_s=settings.timeout_per_trial_s,
+            what="trial",
+            log_path=log_path,
+        )
+    except isolation_error as exc:
+        message = " ".join(str(exc).split())
+        return {"ok": False, "kind": getattr(exc, "reason", "crash"), "message": message}
+    except WattwiseError as exc:
+        # A job re-raised across the process boundary (e.g. the task failed to load there).
+        return {"ok": False, "kind": classify_failure(exc), "message": " ".join(str(exc).split())}
+    ledgers.append(result.get("ledger") or {})
+    return result  # type: ignore[no-any-return]
