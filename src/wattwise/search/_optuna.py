@@ -1,7 +1,7 @@
 """Every use of Optuna's private API, in one place.
 
-Written against Optuna 5.0.0, the newest release when this was written; Optuna 4.0.0 (our
-floor, ``optuna>=4``) has the same names. ``tests/search/test_optuna_adapter.py`` runs each
+Written against Optuna 5.0.0, the newest release when this was written and our floor
+(``optuna>=5``); Optuna 4.0.0 has the same names too. ``tests/search/test_optuna_adapter.py`` runs each
 function here against the installed Optuna and fails, naming the attribute, if one moves.
 
 What we use, and why there is no public way:
@@ -60,7 +60,8 @@ def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
 def stored_trial(
     study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial
 ) -> optuna.trial.FrozenTrial:
-    """``trial`` as the storage has it now, read past the study's cache."""
+    """``trial`` as the study's storage has it now: a running trial read from the database, a
+    finished one from Optuna's cache (a finished trial no longer changes)."""
     return study_storage(study).get_trial(trial_id(trial))
 
 
