@@ -20,7 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from wattwise import archs, errors, passes, search, tasks
+    from wattwise._callable import make_callable
+    from wattwise.deploy import deploy as _deploy
     from wattwise.measure import Measurement
+    from wattwise.measure import measure as _measure
     from wattwise.passes import (
         CompressionLog,
         Distill,
@@ -33,6 +36,12 @@ if TYPE_CHECKING:
     )
     from wattwise.search import OptimizeResult, optimize
     from wattwise.tasks import Task
+
+    # At run time ww.measure and ww.deploy are the subpackages, made callable by this same
+    # call (see _callable.py); to a type checker they are that callable module, so
+    # ww.measure(net, x) is checked against measure()'s signature and is a Measurement.
+    measure = make_callable("wattwise.measure", _measure)
+    deploy = make_callable("wattwise.deploy", _deploy)
 
 # Public name → (module, attribute); attribute None means the module itself.
 _LAZY: dict[str, tuple[str, str | None]] = {

@@ -80,4 +80,4 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-make_callable(__name__, "deploy")  # ww.deploy(model, backend=...) calls deploy()
+make_callable(__name__, deploy)  # ww.deploy(model, backend=...) calls deploy()

@@ -16,4 +16,4 @@ __all__ = [
     "run_isolated",
 ]
 
-make_callable(__name__, "measure")  # ww.measure(model, x) calls the harness
+make_callable(__name__, measure)  # ww.measure(model, x) calls the harness
