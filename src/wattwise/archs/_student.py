@@ -107,6 +107,7 @@ def student_for(
 
     from wattwise.archs._registry import create, list_archs
     from wattwise.measure import measure
+    from wattwise.measure._macs import count_macs
 
     if (energy_budget_j_per_item is None) == (budget_ratio is None):
         raise InputError("give exactly one of energy_budget_j_per_item and budget_ratio")
@@ -137,7 +138,7 @@ def student_for(
         if energy_budget_j_per_item is not None
         else teacher_m.energy_j_per_item * float(budget_ratio)  # type: ignore[arg-type]
     )
-    teacher_macs = _macs(teacher, example_input)
+    teacher_macs = count_macs(teacher, example_input)
     if teacher_macs <= 0:
         raise InputError("cannot count the teacher's MACs, so candidates cannot be ranked")
 
@@ -145,7 +146,7 @@ def student_for(
     for arch in families:
         for width in widths:
             model = create(arch, width=width, **kwargs)
-            ranked.append((arch, width, _macs(model, example_input), _params(model)))
+            ranked.append((arch, width, count_macs(model, example_input), _params(model)))
     ranked.sort(key=lambda r: r[2], reverse=True)  # most capable first
 
     per_mac = teacher_m.energy_j_per_item / teacher_macs
@@ -197,16 +198,6 @@ def student_for(
         teacher_macs_per_item=teacher_macs,
         candidates=candidates,
     )
-
-
-def _macs(model: Any, example_input: Any) -> float:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model.eval()(example_input)
-    return counter.get_total_flops() / 2.0
 
 
 def _params(model: Any) -> int:

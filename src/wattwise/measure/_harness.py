@@ -33,6 +33,7 @@ from wattwise.errors import InputError, UnavailableError, WorkloadError
 from wattwise.measure import _carbon, _stats
 from wattwise.measure._isolate import pin_threads, run_isolated
 from wattwise.measure._lock import device_lock
+from wattwise.measure._macs import count_step_macs
 from wattwise.measure._measurement import Measurement
 
 DEFAULT_MIN_WINDOW_S = 0.5
@@ -335,21 +336,8 @@ def _make_step(work: _Workload, model: Any, batch: Any, target: Any) -> Callable
 
 
 def _count_macs(step: Callable[[], Any], batch_size: int) -> float:
-    import contextlib
-
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    # A torch.compile'd model called under a dispatch mode recompiles, and the new graph can
-    # replace the fast one (a PT2E int8 model measured 5x slower after counting). Count on the
-    # eager code path instead: the same operations, and the compiled cache stays as it was.
-    set_stance = getattr(torch.compiler, "set_stance", None)
-    eager = set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
-    with eager, counter:
-        step()
-    # FLOPs as torch counts them are 2 per multiply-accumulate.
-    return counter.get_total_flops() / 2.0 / batch_size
+    """MACs per item of one step (see :mod:`wattwise.measure._macs` for what is counted)."""
+    return count_step_macs(step) / batch_size
 
 
 def _lengthen(calls: int, took_s: float, window_s: float) -> int:

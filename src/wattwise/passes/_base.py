@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from wattwise._registry import Registry
 from wattwise.config import Config, register_config
 from wattwise.errors import InputError
+from wattwise.measure._macs import count_macs as count_macs  # the model statistics' MACs
 
 if TYPE_CHECKING:
     import torch
@@ -150,7 +151,7 @@ class ModelStats:
 
     Attributes:
         params: parameter elements, counting weights a quantizer stored as integer buffers.
-        macs: multiply-accumulates for one ``task.example_input`` (FlopCounterMode FLOPs / 2).
+        macs: multiply-accumulates for one ``task.example_input`` (:func:`count_macs`).
         size_bytes: bytes of the serialised state dict (``torch.save``).
         accuracy: the task's metric on its validation set.
     """
@@ -309,21 +310,6 @@ def count_params(model: nn.Module) -> int:
             for table in weight_bias().values():
                 total += sum(t.numel() for t in table.values() if torch.is_tensor(t))
     return int(total)
-
-
-def count_macs(model: nn.Module, example_input: torch.Tensor) -> float:
-    """MACs of one forward call on ``example_input`` (FlopCounterMode FLOPs / 2)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was_training = model.training
-    model.eval()  # a batch of one cannot go through BatchNorm in training mode
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(example_input)
-    finally:
-        model.train(was_training)
-    return counter.get_total_flops() / 2.0
 
 
 def state_dict_bytes(model: nn.Module) -> int:
