@@ -13,10 +13,18 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from wattwise.errors import InputError
+from wattwise.passes._torch_pruning import (
+    PrunerSetup,
+    build_pruner,
+    channels,
+    recurrent_swapped,
+    taylor_gradients,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -26,22 +34,37 @@ if TYPE_CHECKING:
 DEFAULT_RATIOS = (0.25, 0.5, 0.75)
 
 
+@contextmanager
+def _pruner(
+    model: nn.Module,
+    task: Task,
+    *,
+    protect: tuple[str, ...],
+    scope: str,
+    importance: str = "magnitude",
+    ratio_dict: dict[str, float] | None = None,
+) -> Iterator[PrunerSetup]:
+    """A pruner on ``model`` that removes nothing but what ``ratio_dict`` names, with the
+    recurrent layers swapped for stand-ins while it is in use."""
+    with recurrent_swapped(model):
+        yield build_pruner(
+            model,
+            task.example_input,
+            ratio=0.0,
+            scope=scope,
+            importance=importance,
+            protect=protect,
+            ratio_dict=ratio_dict,
+            who="layer_sensitivity",
+        )
+
+
 def prunable_groups(
     model: nn.Module, task: Task, *, protect: tuple[str, ...] = ()
 ) -> dict[str, int]:
     """Root module name → channels, for every group Prune may cut (in graph order)."""
-    from wattwise.passes.prune import _channels, build_pruner, recurrent_swapped
-
     probe = copy.deepcopy(model).eval()
-    with recurrent_swapped(probe):
-        setup = build_pruner(
-            probe,
-            task.example_input,
-            ratio=0.0,
-            scope="global",
-            protect=protect,
-            who="layer_sensitivity",
-        )
+    with _pruner(probe, task, protect=protect, scope="global") as setup:
         pruner = setup.pruner
         names = {m: n for n, m in probe.named_modules()}
         out: dict[str, int] = {}
@@ -51,7 +74,7 @@ def prunable_groups(
             root = group[0].dep.target.module
             if setup.guard(group) is None or root not in names:
                 continue
-            out[names[root]] = _channels(root) or int(pruner.DG.get_out_channels(root) or 0)
+            out[names[root]] = channels(root) or int(pruner.DG.get_out_channels(root) or 0)
     return out
 
 
@@ -83,12 +106,6 @@ def layer_sensitivity(
         >>> sens["features.0"][0.5]
         0.0083
     """
-    from wattwise.passes.prune import (
-        _taylor_gradients,
-        build_pruner,
-        recurrent_swapped,
-    )
-
     ratios = tuple(float(r) for r in ratios)
     if not ratios or not all(0.0 < r < 1.0 for r in ratios):
         raise InputError(f"layer_sensitivity: ratios must be numbers in (0, 1), got {ratios!r}")
@@ -99,18 +116,15 @@ def layer_sensitivity(
         for r in ratios:
             trial = copy.deepcopy(model).eval()
             if importance == "taylor":
-                _taylor_gradients(trial, task)
-            with recurrent_swapped(trial):
-                setup = build_pruner(
-                    trial,
-                    task.example_input,
-                    ratio=0.0,
-                    scope="uniform",
-                    importance=importance,
-                    protect=protect,
-                    ratio_dict={name: r},
-                    who="layer_sensitivity",
-                )
+                taylor_gradients(trial, task)
+            with _pruner(
+                trial,
+                task,
+                protect=protect,
+                scope="uniform",
+                importance=importance,
+                ratio_dict={name: r},
+            ) as setup:
                 setup.pruner.step()
             out[name][r] = base - task.evaluate(trial)
     return out
@@ -124,10 +138,8 @@ def allocate_ratios(
     max_layer_ratio: float = 0.9,
 ) -> dict[str, float]:
     """Per-group ratios with equal accuracy cost whose channel-weighted mean is ``target``."""
-    from wattwise.passes.prune import _channels
-
     table = dict(model.named_modules())
-    weights = {n: float(_channels(table[n]) or 1) for n in sensitivity if n in table}
+    weights = {n: float(channels(table[n]) or 1) for n in sensitivity if n in table}
     if not weights:
         return {}
     curves: dict[str, list[tuple[float, float]]] = {}
