@@ -26,15 +26,18 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wattwise._core import MODES
+from wattwise._core import MODES, check_choice, first_line
 from wattwise.errors import InputError, UnavailableError, WorkloadError
 from wattwise.measure import _carbon, _stats
 from wattwise.measure._isolate import pin_threads, run_isolated
 from wattwise.measure._lock import device_lock
 from wattwise.measure._macs import count_step_macs
 from wattwise.measure._measurement import Measurement
+
+if TYPE_CHECKING:
+    from wattwise.measure.meters import Meter, Reading
 
 DEFAULT_MIN_WINDOW_S = 0.5
 MIN_WINDOWS = 3
@@ -117,24 +120,16 @@ def measure(
         >>> m = wattwise.measure(model, torch.randn(1, 3, 224, 224), batch_size=32)
         >>> print(m.energy_j_per_item, m.energy_source)
     """
-    import torch
-
-    if mode not in MODES:
-        raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if not (max_time_s > 0 and math.isfinite(max_time_s)):
-        raise InputError(f"max_time_s must be > 0, got {max_time_s!r}")
-    if not 0 < target_ci95_rel < 1:
-        raise InputError(f"target_ci95_rel must be in (0, 1), got {target_ci95_rel!r}")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise InputError(f"threads must be an integer >= 1, got {threads!r}")
-    device = check_device(device)
-    _check_inputs(example_input, "example_input")
-    if mode == "train":
-        if target is None:
-            raise InputError("mode='train' needs target= (labels for one item)")
-        _check_inputs(target, "target")
+    device = _check_arguments(
+        example_input,
+        device=device,
+        batch_size=batch_size,
+        mode=mode,
+        target=target,
+        threads=threads,
+        max_time_s=max_time_s,
+        target_ci95_rel=target_ci95_rel,
+    )
     g_per_kwh, _ = _carbon.grid_intensity(grid_intensity_g_per_kwh)
     work = _Workload(
         model=model,
@@ -153,7 +148,6 @@ def measure(
         grid_g_per_kwh=g_per_kwh,
         isolated=isolate,
     )
-    del torch
     with device_lock(device):
         if isolate:
             # Generous: a child spends seconds importing torch and compiling, then warms up.
@@ -162,6 +156,44 @@ def measure(
         else:
             data = _run(work)
     return Measurement(**data)
+
+
+def _check_arguments(
+    example_input: Any,
+    *,
+    device: str,
+    batch_size: int,
+    mode: str,
+    target: Any,
+    threads: int | None,
+    max_time_s: float,
+    target_ci95_rel: float,
+) -> str:
+    """Check :func:`measure`'s arguments before any child starts.
+
+    Returns:
+        ``device``, normalised (``"cuda"`` -> ``"cuda:0"``).
+
+    Raises:
+        InputError: a bad value; the message names the argument, on one line.
+        UnavailableError: ``device`` cannot be used here.
+    """
+    check_choice(mode, MODES, what="mode")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not (max_time_s > 0 and math.isfinite(max_time_s)):
+        raise InputError(f"max_time_s must be > 0, got {max_time_s!r}")
+    if not 0 < target_ci95_rel < 1:
+        raise InputError(f"target_ci95_rel must be in (0, 1), got {target_ci95_rel!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise InputError(f"threads must be an integer >= 1, got {threads!r}")
+    device = check_device(device)
+    _check_inputs(example_input, "example_input")
+    if mode == "train":
+        if target is None:
+            raise InputError("mode='train' needs target= (labels for one item)")
+        _check_inputs(target, "target")
+    return device
 
 
 def check_device(device: str) -> str:
@@ -532,8 +564,6 @@ def _idle_note(dist: _Disturbance, start: CpuMark | None, end: CpuMark | None) -
 
 def _run(work: _Workload) -> dict[str, Any]:
     """The measuring itself; runs in the child process when isolated."""
-    import resource
-
     import torch
 
     from wattwise.measure.meters import create_meter
@@ -564,9 +594,9 @@ def _run(work: _Workload) -> dict[str, Any]:
     except (InputError, WorkloadError):
         raise
     except Exception as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise WorkloadError(
-            f"the model raised {type(exc).__name__} on input of shape {_shape(batch)}: {message}"
+            f"the model raised {type(exc).__name__} on input of shape {_shape(batch)}: "
+            f"{first_line(exc)}"
         ) from None
     if _has_nan(out):
         raise WorkloadError(
@@ -580,7 +610,7 @@ def _run(work: _Workload) -> dict[str, Any]:
 
     meter = create_meter(work.meter, device)
     try:
-        return _measure_loop(work, step, meter, threads, params, macs, notes, resource, torch)
+        return _measure_loop(work, step, meter, threads, params, macs, notes)
     finally:
         meter.close()
 
@@ -588,44 +618,110 @@ def _run(work: _Workload) -> dict[str, Any]:
 def _measure_loop(
     work: _Workload,
     step: Callable[[], Any],
-    meter: Any,
+    meter: Meter,
     threads: int,
     params: int,
     macs: float,
     notes: list[str],
-    resource: Any,
-    torch: Any,
 ) -> dict[str, Any]:
-    device = work.device
-    clock = time.perf_counter
+    """Steps 3-6 of the module's docstring, each its own function below."""
+    warm = warm_up(step, work.warmup_max_s, work.device)
+    if warm.capped:
+        notes.append(f"warm-up hit its {work.warmup_max_s:.1f} s cap before latency settled")
+    window_s, calls = _window_plan(work.min_window_s, meter.min_window_s, warm.call_s)
+    dist = _open_disturbance(work.device, notes)
+    idle_power_w = _idle_power_w(meter, window_s, dist, notes)
+    windows = _measure_windows(work, step, meter, calls, window_s, idle_power_w, dist)
+    return _summarise(
+        work,
+        windows,
+        energy_source=meter.source,
+        energy_uncertainty=float(meter.uncertainty),
+        idle_power_w=idle_power_w,
+        dist=dist,
+        notes=notes,
+        threads=threads,
+        params=params,
+        macs=macs,
+        warmup_calls=len(warm.call_times_s),
+        peak_memory_bytes=_peak_memory_bytes(work.device),
+    )
 
-    # Warm-up until stable.
-    warm: list[float] = []
-    warm_start = clock()
+
+# 3. warm up
+
+
+def latency_settled(call_times_s: Sequence[float]) -> bool:
+    """Whether a latency has settled: the median of the last 3 calls is within 5% of the
+    median of the 3 before them (so at least 6 calls)."""
+    if len(call_times_s) < 6:
+        return False
+    recent = statistics.median(call_times_s[-3:])
+    before = statistics.median(call_times_s[-6:-3])
+    return abs(recent - before) <= 0.05 * before
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmUp:
+    """What warming up saw: each call's seconds, and whether the time cap ended it."""
+
+    call_times_s: tuple[float, ...]
+    capped: bool
+
+    @property
+    def call_s(self) -> float:
+        """The warmed-up latency: the median of the last 3 calls."""
+        return statistics.median(self.call_times_s[-3:])
+
+
+def warm_up(step: Callable[[], Any], cap_s: float, device: str = "cpu") -> WarmUp:
+    """Call ``step`` until its latency settles (:func:`latency_settled`), or, once it has run
+    twice, until ``cap_s`` seconds have passed. Each call is timed to the device's end of work
+    (CUDA is synchronised). The harness's warm-up; ``benchmarks/bench_meters.py`` uses it too,
+    so that its peers start from the state ``measure`` starts from.
+
+    Example:
+        >>> warm = warm_up(lambda: sum(range(10_000)), cap_s=1.0)
+        >>> warm.call_s > 0
+        True
+    """
+    clock = time.perf_counter
+    times: list[float] = []
+    start = clock()
     while True:
         t0 = clock()
         step()
         _sync(device)
-        warm.append(clock() - t0)
-        if len(warm) >= 6:
-            recent = statistics.median(warm[-3:])
-            before = statistics.median(warm[-6:-3])
-            if abs(recent - before) <= 0.05 * before:
-                break
-        if clock() - warm_start > work.warmup_max_s and len(warm) >= 2:
-            notes.append(f"warm-up hit its {work.warmup_max_s:.1f} s cap before latency settled")
-            break
-    call_s = statistics.median(warm[-3:])
+        times.append(clock() - t0)
+        if latency_settled(times):
+            return WarmUp(tuple(times), capped=False)
+        if clock() - start > cap_s and len(times) >= 2:
+            return WarmUp(tuple(times), capped=True)
 
-    window_s = max(work.min_window_s or DEFAULT_MIN_WINDOW_S, meter.min_window_s)
-    calls = max(1, math.ceil(window_s / max(call_s, 1e-9)))
 
+# 4. prepare the windows, and measure the idle power
+
+
+def _window_plan(
+    min_window_s: float | None, meter_min_window_s: float, call_s: float
+) -> tuple[float, int]:
+    """The shortest window (the caller's, default ``DEFAULT_MIN_WINDOW_S``, but never shorter
+    than the meter trusts) and the calls of the warmed-up latency ``call_s`` that fill it."""
+    window_s = max(min_window_s or DEFAULT_MIN_WINDOW_S, meter_min_window_s)
+    return window_s, max(1, math.ceil(window_s / max(call_s, 1e-9)))
+
+
+def _open_disturbance(device: str, notes: list[str]) -> _Disturbance:
+    """The judge of other processes' load for this measurement; a note if it cannot watch."""
     # Other processes' CPU load is checked on the CPU only: a GPU's counter is its own.
     dist = _Disturbance(CpuWatch.open() if device == "cpu" else None)
     if device == "cpu" and dist.watch is None:
         notes.extend(dist.notes(0))
+    return dist
 
-    # Idle power: the same meter over a window of sleep.
+
+def _idle_power_w(meter: Meter, window_s: float, dist: _Disturbance, notes: list[str]) -> float:
+    """Idle power: the same meter over a window of sleep (a note if a neighbour was busy)."""
     cpu0 = dist.mark()
     mark = meter.start()
     time.sleep(max(window_s, 0.2))
@@ -633,62 +729,142 @@ def _measure_loop(
     idle_power_w = idle.energy_j / idle.time_s
     if meter.source.startswith("measured:"):  # the estimate's idle is a model: unaffected
         notes.extend(_idle_note(dist, cpu0, dist.mark()))
+    return idle_power_w
 
-    latencies: list[float] = []
-    per_window_j: list[float] = []
-    per_window_above: list[float] = []
-    window_times: list[float] = []
-    busy_s = 0.0
-    total_s = 0.0
-    items_total = 0
-    measure_start = clock()
+
+# 5. measure windows
+
+
+@dataclasses.dataclass
+class _Windows:
+    """The kept windows: per-window figures, and the totals behind throughput and overhead."""
+
+    j_per_item: list[float] = dataclasses.field(default_factory=list)
+    above_idle_j_per_item: list[float] = dataclasses.field(default_factory=list)
+    window_s: list[float] = dataclasses.field(default_factory=list)  # the calls' loop only
+    latencies_s: list[float] = dataclasses.field(default_factory=list)  # every call
+    busy_s: float = 0.0  # inside the model's calls
+    total_s: float = 0.0  # from before the meter's start read to after its stop read
+    items: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Window:
+    """One window as run: the meter's reading, each call's seconds, and two spans: the calls'
+    loop alone, and the loop with the meter's own start and stop reads."""
+
+    reading: Reading
+    latencies_s: list[float]
+    loop_s: float
+    outer_s: float
+
+
+def _run_window(step: Callable[[], Any], meter: Meter, calls: int, device: str) -> _Window:
+    clock = time.perf_counter
+    lat: list[float] = []
+    outer0 = clock()
+    mark = meter.start()
+    w0 = clock()
+    for _ in range(calls):
+        t0 = clock()
+        step()
+        _sync(device)
+        lat.append(clock() - t0)
+    w1 = clock()
+    reading = meter.stop(mark)
+    # Overhead counts the meter's own start/stop reads too, not only our loop.
+    return _Window(reading, lat, w1 - w0, clock() - outer0)
+
+
+def _measure_windows(
+    work: _Workload,
+    step: Callable[[], Any],
+    meter: Meter,
+    calls: int,
+    window_s: float,
+    idle_power_w: float,
+    dist: _Disturbance,
+) -> _Windows:
+    """Windows of ``calls`` calls until the J/item CI is within the target (after
+    ``MIN_WINDOWS``), the time cap, or ``MAX_WINDOWS``; a disturbed window is dropped and
+    measured again while ``dist`` allows."""
+    clock = time.perf_counter
+    kept = _Windows()
+    start = clock()
 
     def out_of_time() -> bool:
-        return len(per_window_j) >= MIN_WINDOWS and clock() - measure_start >= work.max_time_s
+        return len(kept.j_per_item) >= MIN_WINDOWS and clock() - start >= work.max_time_s
 
     while True:
-        lat: list[float] = []
         cpu0 = dist.mark()
-        outer0 = clock()
-        mark = meter.start()
-        w0 = clock()
-        for _ in range(calls):
-            t0 = clock()
-            step()
-            _sync(device)
-            lat.append(clock() - t0)
-        w1 = clock()
-        reading = meter.stop(mark)
-        outer1 = clock()
+        window = _run_window(step, meter, calls, work.device)
+        reading = window.reading
         items = calls * work.batch_size
         if not (reading.energy_j > 0 and math.isfinite(reading.energy_j)):
             raise WorkloadError(
                 f"the {meter.name} meter returned {reading.energy_j!r} J for a window"
             )
-        if dist.drop(cpu0, dist.mark(), may_repeat=clock() - measure_start < work.max_time_s):
+        if dist.drop(cpu0, dist.mark(), may_repeat=clock() - start < work.max_time_s):
             # Another process was busy: this window says little about our work. Measure another,
             # unless the time is up (the windows kept so far then stand).
             if out_of_time():
                 break
-            calls = _lengthen(calls, w1 - w0, window_s)
+            calls = _lengthen(calls, window.loop_s, window_s)
             continue
-        per_window_j.append(reading.energy_j / items)
-        per_window_above.append((reading.energy_j - idle_power_w * reading.time_s) / items)
-        window_times.append(w1 - w0)
-        latencies.extend(lat)
-        busy_s += sum(lat)
-        # Overhead counts the meter's own start/stop reads too, not only our loop.
-        total_s += outer1 - outer0
-        items_total += items
-        n = len(per_window_j)
-        if n >= MIN_WINDOWS and _stats.ci95_rel(per_window_j) <= work.target_ci95_rel:
+        kept.j_per_item.append(reading.energy_j / items)
+        kept.above_idle_j_per_item.append(
+            (reading.energy_j - idle_power_w * reading.time_s) / items
+        )
+        kept.window_s.append(window.loop_s)
+        kept.latencies_s.extend(window.latencies_s)
+        kept.busy_s += sum(window.latencies_s)
+        kept.total_s += window.outer_s
+        kept.items += items
+        n = len(kept.j_per_item)
+        if n >= MIN_WINDOWS and _stats.ci95_rel(kept.j_per_item) <= work.target_ci95_rel:
             break
         if out_of_time():
             break
         if n >= MAX_WINDOWS:
             break
-        calls = _lengthen(calls, w1 - w0, window_s)
+        calls = _lengthen(calls, window.loop_s, window_s)
+    return kept
 
+
+# 6. summarise
+
+
+def _peak_memory_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    # Peak RSS of the measuring process (Linux reports KiB).
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _summarise(
+    work: _Workload,
+    windows: _Windows,
+    *,
+    energy_source: str,
+    energy_uncertainty: float,
+    idle_power_w: float,
+    dist: _Disturbance,
+    notes: Sequence[str],
+    threads: int,
+    params: int,
+    macs: float,
+    warmup_calls: int,
+    peak_memory_bytes: int,
+) -> dict[str, Any]:
+    """The :class:`Measurement` fields: medians and percentiles of the kept windows, and a
+    note for each figure to read with care (CI short of the target, disturbed windows,
+    energy above idle lost in the idle noise)."""
+    notes = list(notes)
+    per_window_j = windows.j_per_item
     ci = _stats.ci95_rel(per_window_j)
     converged = ci <= work.target_ci95_rel
     if not converged:
@@ -698,40 +874,37 @@ def _measure_loop(
     if dist.watch is not None:
         notes.extend(dist.notes(len(per_window_j)))
     energy = statistics.median(per_window_j)
-    above = statistics.median(per_window_above)
+    above = statistics.median(windows.above_idle_j_per_item)
     if above <= 0:
         notes.append("energy above idle is within the idle-power noise")
         above = max(above, 0.0)
-    if device.startswith("cuda"):
-        peak = int(torch.cuda.max_memory_allocated(device))
-    else:
-        # Peak RSS of the measuring process (Linux reports KiB).
-        peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    latencies = windows.latencies_s
+    busy_s, total_s = windows.busy_s, windows.total_s
     return {
         "mode": work.mode,
-        "device": device,
+        "device": work.device,
         "batch_size": work.batch_size,
         "energy_j_per_item": energy,
         "energy_above_idle_j_per_item": above,
-        "energy_source": meter.source,
-        "energy_uncertainty": float(meter.uncertainty),
+        "energy_source": energy_source,
+        "energy_uncertainty": energy_uncertainty,
         "idle_power_w": idle_power_w,
         "latency_ms_p50": _stats.percentile(latencies, 50) * 1e3,
         "latency_ms_p90": _stats.percentile(latencies, 90) * 1e3,
         "latency_ms_p99": _stats.percentile(latencies, 99) * 1e3,
-        "throughput_items_per_s": items_total / busy_s,
-        "peak_memory_bytes": peak,
+        "throughput_items_per_s": windows.items / busy_s,
+        "peak_memory_bytes": peak_memory_bytes,
         "macs_per_item": macs,
         "params": params,
         "co2e_g_per_million_items": _carbon.co2e_g_per_million_items(energy, work.grid_g_per_kwh),
         "grid_intensity_g_per_kwh": work.grid_g_per_kwh,
         "windows": len(per_window_j),
-        "window_s": statistics.median(window_times),
+        "window_s": statistics.median(windows.window_s),
         "ci95_rel": ci if math.isfinite(ci) else 1.0,
         "converged": converged,
         "threads": threads,
         "isolated": work.isolated,
-        "warmup_calls": len(warm),
+        "warmup_calls": warmup_calls,
         "harness_overhead_rel": max(0.0, (total_s - busy_s) / total_s) if total_s > 0 else 0.0,
         "notes": tuple(notes),
         **dist.fields(),
