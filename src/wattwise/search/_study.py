@@ -47,6 +47,7 @@ __all__ = [
     "BASELINE_ATTR",
     "FIGURES",
     "SearchSettings",
+    "finite_number",
     "load_settings",
     "make_sampler",
     "open_study",
@@ -100,21 +101,21 @@ class SearchSettings:
             raise InputError(
                 f"scenario must be one of {', '.join(SCENARIOS)}, got {self.scenario!r}"
             )
-        if not _number(self.max_accuracy_drop) or not 0 <= self.max_accuracy_drop <= 1:
+        if not finite_number(self.max_accuracy_drop) or not 0 <= self.max_accuracy_drop <= 1:
             raise InputError(
                 f"max_accuracy_drop must be a number in [0, 1] (0.01 = one point), got {self.max_accuracy_drop!r}"
             )
         if self.latency_p90_ms is not None and not (
-            _number(self.latency_p90_ms) and self.latency_p90_ms > 0
+            finite_number(self.latency_p90_ms) and self.latency_p90_ms > 0
         ):
             raise InputError(f"latency_p90_ms must be a number > 0, got {self.latency_p90_ms!r}")
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
             raise InputError(f"trials must be an integer >= 1, got {self.trials!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise InputError(f"seed must be an integer >= 0, got {self.seed!r}")
-        if not (_number(self.max_time_s) and self.max_time_s > 0):
+        if not (finite_number(self.max_time_s) and self.max_time_s > 0):
             raise InputError(f"max_time_s must be a number > 0, got {self.max_time_s!r}")
-        if not (_number(self.timeout_per_trial_s) and self.timeout_per_trial_s > 0):
+        if not (finite_number(self.timeout_per_trial_s) and self.timeout_per_trial_s > 0):
             raise InputError(
                 f"timeout_per_trial_s must be a number > 0, got {self.timeout_per_trial_s!r}"
             )
@@ -141,7 +142,8 @@ class SearchSettings:
         return cls(**kwargs)
 
 
-def _number(value: Any) -> bool:
+def finite_number(value: Any) -> bool:
+    """A real int or float, not a bool, NaN or infinity."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -16,11 +16,12 @@ import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from wattwise.errors import WattwiseError
+from wattwise.errors import InputError, WattwiseError
 from wattwise.search._liveness import (
     INTERRUPTED,
+    TrialCounts,
     count_trials,
     counts_for_budget,
     enqueue_retry,
@@ -38,12 +39,19 @@ from wattwise.search._objective import (
 from wattwise.search._optuna import stored_trial
 from wattwise.search._space import Candidate, SearchSpace, params_key
 from wattwise.search._storage import storage_error_types
-from wattwise.search._study import FIGURES, SearchSettings
+from wattwise.search._study import DIRECTIONS, FIGURES, SearchSettings, finite_number
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["LoopState", "constraint_values", "run_trials"]
+__all__ = [
+    "LoopState",
+    "TrialRunner",
+    "check_loop_args",
+    "constraint_values",
+    "next_step",
+    "run_trials",
+]
 
 MAX_CONSECUTIVE_DUPLICATES = 40
 
@@ -52,14 +60,28 @@ class _TrialFailed(WattwiseError):
     """Raised in the objective to fail a trial with its reason (caught by Optuna)."""
 
 
+# What the loop does next (see next_step).
+Step = Literal["done", "wait", "exhausted", "trial"]
+
+
 @dataclasses.dataclass
 class LoopState:
     """What a worker loop did (for the summary)."""
 
     ran: list[int] = dataclasses.field(default_factory=list)
-    duplicates: int = 0
+    duplicates: int = 0  # pruned duplicates in a row: the sampler may have run out of ideas
     exhausted: bool = False
     recovered: list[int] = dataclasses.field(default_factory=list)
+
+    def add(self, trial: optuna.trial.FrozenTrial) -> None:
+        """Count a trial this worker finished."""
+        from optuna.trial import TrialState
+
+        if trial.state == TrialState.PRUNED and "duplicate_of" in trial.user_attrs:
+            self.duplicates += 1
+        elif trial.state != TrialState.PRUNED:  # a budget surplus changes nothing
+            self.duplicates = 0
+            self.ran.append(trial.number)
 
 
 def constraint_values(
@@ -78,6 +100,153 @@ def _suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     return {name: trial.suggest_categorical(name, list(c)) for name, c in space.choices().items()}
 
 
+def _taken(trial: optuna.trial.FrozenTrial) -> bool:
+    """The trial holds a place in the budget and its candidate: finished and counted, or running."""
+    from optuna.trial import TrialState
+
+    return counts_for_budget(trial) or trial.state == TrialState.RUNNING
+
+
+class TrialRunner:
+    """The objective a worker gives Optuna: one call runs one trial, from its candidate to what
+    it measured.
+
+    A call signs the trial with this worker's identity, has the sampler choose a candidate, and
+    prunes the trial when the budget is taken by the trials before it or the candidate was
+    tried already (``fail_reason`` says which). Otherwise it runs the candidate in child
+    processes (:func:`build_job` when the model is not cached yet, then :func:`trial_job`) and
+    records its figures, energy and constraints; a failing candidate fails the trial with its
+    reason. A ``KeyboardInterrupt`` or a failing database fails the trial as interrupted,
+    queues its candidate again and propagates.
+
+    Attributes:
+        started: the numbers of the trials it was called for since :meth:`run_one` last began.
+    """
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        settings: SearchSettings,
+        ctx: JobContext,
+        *,
+        baseline_accuracy: float,
+        budget: int,
+        on_start: Callable[[int, str], None] | None = None,
+    ) -> None:
+        self.study = study
+        self.settings = settings
+        self.ctx = ctx
+        self.baseline_accuracy = baseline_accuracy
+        self.budget = budget
+        self.on_start = on_start
+        self.started: list[int] = []
+        self._identity = worker_identity()
+        self._lost_storage = storage_error_types()
+
+    def run_one(self) -> list[optuna.trial.FrozenTrial]:
+        """Have Optuna run one trial with this objective; returns the trials it ran, ended."""
+        self.started.clear()
+        self.study.optimize(self, n_trials=1, catch=(_TrialFailed,), gc_after_trial=False)
+        finished = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        return [finished[n] for n in self.started if n in finished]
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
+        self.started.append(trial.number)
+        ledgers: list[dict[str, Any]] = []
+        t0 = time.monotonic()
+        try:
+            return self._run(trial, ledgers, t0)
+        except KeyboardInterrupt:
+            self._give_back(trial, ledgers, t0, "stopped by Ctrl-C")
+            raise
+        except self._lost_storage:
+            self._give_back(trial, ledgers, t0, "its worker lost the storage")
+            raise
+
+    def _give_back(
+        self, trial: optuna.Trial, ledgers: list[dict[str, Any]], t0: float, why: str
+    ) -> None:
+        """Wherever Ctrl-C or a database failure lands in the trial: mark it, keep its energy,
+        queue it again. With the database still down this fails too; the trial stays RUNNING
+        and the next run on this machine, seeing this process gone, does it."""
+        with contextlib.suppress(Exception):
+            trial.set_user_attr("fail_reason", f"{INTERRUPTED}: {why}")
+            _record_energy(trial, ledgers, time.monotonic() - t0)
+            enqueue_retry(self.study, stored_trial(self.study, trial))
+
+    def _run(
+        self, trial: optuna.Trial, ledgers: list[dict[str, Any]], t0: float
+    ) -> tuple[float, float, float]:
+        trial.set_user_attr("worker", self._identity)
+        params = _suggest(trial, self.settings.space)
+        self._prune_if_taken(trial, params)
+        cand, log = self._start(trial, params)
+        result = _run_candidate(self.ctx, cand, self.settings, ledgers, log)
+        _record_energy(trial, ledgers, time.monotonic() - t0)
+        return self._record(trial, result, log)
+
+    def _prune_if_taken(self, trial: optuna.Trial, params: dict[str, Any]) -> None:
+        """Prune ``trial`` if the trials before it take the budget, or it repeats a candidate
+        finished or running."""
+        import optuna
+
+        others = [t for t in self.study.get_trials(deepcopy=False) if t.number != trial.number]
+        ahead = sum(1 for t in others if t.number < trial.number and _taken(t))
+        if ahead >= self.budget:
+            trial.set_user_attr("fail_reason", "budget reached")
+            raise optuna.TrialPruned("budget reached")
+        key = params_key(params)
+        for t in others:
+            if _taken(t) and params_key(t.params) == key:
+                trial.set_user_attr("duplicate_of", t.number)
+                trial.set_user_attr("fail_reason", f"duplicate of trial {t.number}")
+                raise optuna.TrialPruned(f"duplicate of trial {t.number}")
+
+    def _start(self, trial: optuna.Trial, params: dict[str, Any]) -> tuple[Candidate, str | None]:
+        """The trial's candidate and log file, recorded on the trial before it runs."""
+        cand = Candidate.from_params(self.settings.space, params, device=self.ctx.device)
+        trial.set_user_attr("label", cand.label)
+        trial.set_user_attr("recipe", cand.recipe)
+        trial.set_user_attr("student", cand.model.student)
+        trial.set_user_attr("deployment", cand.deployment)
+        log = self.ctx.log_path(f"trial-{trial.number:04d}")
+        if log is not None:
+            trial.set_user_attr("log", log)
+        if self.on_start is not None:
+            self.on_start(trial.number, cand.label)
+        return cand, log
+
+    def _record(
+        self, trial: optuna.Trial, result: dict[str, Any], log: str | None
+    ) -> tuple[float, float, float]:
+        """Record what the candidate measured; fail the trial with its reason if it failed."""
+        from wattwise.measure._isolate import log_tail
+
+        if not result.get("ok"):
+            reason = f"{result.get('kind', 'error')}: {result.get('message', '')}"
+            tail = log_tail(log) if log is not None else ""
+            if tail:  # what the user's code printed last: often the why
+                trial.set_user_attr("output_tail", tail)
+            trial.set_user_attr("fail_reason", reason)
+            raise _TrialFailed(reason)
+        figures = {k: result[k] for k in FIGURES}
+        trial.set_user_attr("figures", figures)
+        trial.set_user_attr("measurement", result.get("measurement"))
+        trial.set_user_attr("check", result.get("check"))
+        trial.set_user_attr("notes", list(result.get("notes") or [])[:10])
+        # ≤ 0 means satisfied; the sampler prefers feasible trials when it proposes the next.
+        c_acc, c_lat = constraint_values(
+            figures["accuracy"], self.baseline_accuracy, figures["latency_ms_p90"], self.settings
+        )
+        trial.set_constraint("accuracy_drop", c_acc)
+        trial.set_constraint("latency_p90", c_lat)
+        return (
+            float(figures["accuracy"]),
+            float(figures["energy_j_per_item"]),
+            float(figures["latency_ms_p90"]),
+        )
+
+
 def run_trials(
     study: optuna.Study,
     settings: SearchSettings,
@@ -94,137 +263,72 @@ def run_trials(
     study) rather than returning: a trial whose worker then dies is recovered here, by its
     process being gone on this machine or its heartbeat going stale, and run again.
 
-    Each trial runs its candidate in child processes (:func:`build_job` when the model is not
-    cached yet, then :func:`trial_job`). A ``KeyboardInterrupt`` or a failing database (see
-    :func:`storage_errors`) fails the trial in flight as interrupted, queues its candidate again
-    and propagates.
+    Each trial is one call of a :class:`TrialRunner`. A ``KeyboardInterrupt`` or a failing
+    database (see :func:`~wattwise.search._storage.storage_errors`) fails the trial in flight
+    as interrupted, queues its candidate again and propagates.
+
+    Raises:
+        InputError: ``budget`` or ``baseline_accuracy`` is no valid number, or ``study`` does
+            not have the search's three objectives.
     """
-    import optuna
-    from optuna.trial import TrialState
-
-    from wattwise.measure import IsolationError, run_isolated
-    from wattwise.measure._isolate import log_tail
-
-    state = LoopState()
-    identity = worker_identity()
-    lost_storage = storage_error_types()
-    space = settings.space
-
-    started: list[int] = []  # the trial numbers this worker's last optimize() call ran
-
-    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
-        started.append(trial.number)
-        ledgers: list[dict[str, Any]] = []
-        t0 = time.monotonic()
-        try:
-            return body(trial, ledgers, t0)
-        except KeyboardInterrupt:
-            give_back(trial, ledgers, t0, "stopped by Ctrl-C")
-            raise
-        except lost_storage:
-            give_back(trial, ledgers, t0, "its worker lost the storage")
-            raise
-
-    def give_back(trial: optuna.Trial, ledgers: list[dict[str, Any]], t0: float, why: str) -> None:
-        """Wherever Ctrl-C or a database failure lands in the trial: mark it, keep its energy,
-        queue it again. With the database still down this fails too; the trial stays RUNNING
-        and the next run on this machine, seeing this process gone, does it."""
-        with contextlib.suppress(Exception):
-            trial.set_user_attr("fail_reason", f"{INTERRUPTED}: {why}")
-            _record_energy(trial, ledgers, time.monotonic() - t0)
-            enqueue_retry(study, stored_trial(study, trial))
-
-    def body(
-        trial: optuna.Trial, ledgers: list[dict[str, Any]], t0: float
-    ) -> tuple[float, float, float]:
-        trial.set_user_attr("worker", identity)
-        params = _suggest(trial, space)
-        others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
-        ahead = sum(
-            1
-            for t in others
-            if t.number < trial.number and (counts_for_budget(t) or t.state == TrialState.RUNNING)
-        )
-        if ahead >= budget:
-            trial.set_user_attr("fail_reason", "budget reached")
-            raise optuna.TrialPruned("budget reached")
-        key = params_key(params)
-        for t in others:
-            if (counts_for_budget(t) or t.state == TrialState.RUNNING) and params_key(
-                t.params
-            ) == key:
-                trial.set_user_attr("duplicate_of", t.number)
-                trial.set_user_attr("fail_reason", f"duplicate of trial {t.number}")
-                raise optuna.TrialPruned(f"duplicate of trial {t.number}")
-
-        cand = Candidate.from_params(space, params, device=ctx.device)
-        trial.set_user_attr("label", cand.label)
-        trial.set_user_attr("recipe", cand.recipe)
-        trial.set_user_attr("student", cand.model.student)
-        trial.set_user_attr("deployment", cand.deployment)
-        log = ctx.log_path(f"trial-{trial.number:04d}")
-        if log is not None:
-            trial.set_user_attr("log", log)
-        if on_start is not None:
-            on_start(trial.number, cand.label)
-        result = _run_candidate(ctx, cand, settings, ledgers, run_isolated, IsolationError, log)
-        _record_energy(trial, ledgers, time.monotonic() - t0)
-        if not result.get("ok"):
-            reason = f"{result.get('kind', 'error')}: {result.get('message', '')}"
-            tail = log_tail(log) if log is not None else ""
-            if tail:  # what the user's code printed last: often the why
-                trial.set_user_attr("output_tail", tail)
-            trial.set_user_attr("fail_reason", reason)
-            raise _TrialFailed(reason)
-        figures = {k: result[k] for k in FIGURES}
-        trial.set_user_attr("figures", figures)
-        trial.set_user_attr("measurement", result.get("measurement"))
-        trial.set_user_attr("check", result.get("check"))
-        trial.set_user_attr("notes", list(result.get("notes") or [])[:10])
-        # ≤ 0 means satisfied; the sampler prefers feasible trials when it proposes the next.
-        c_acc, c_lat = constraint_values(
-            figures["accuracy"], baseline_accuracy, figures["latency_ms_p90"], settings
-        )
-        trial.set_constraint("accuracy_drop", c_acc)
-        trial.set_constraint("latency_p90", c_lat)
-        return (
-            float(figures["accuracy"]),
-            float(figures["energy_j_per_item"]),
-            float(figures["latency_ms_p90"]),
-        )
-
-    state.recovered = recover_dead_trials(study)
+    check_loop_args(study, baseline_accuracy=baseline_accuracy, budget=budget)
+    runner = TrialRunner(
+        study, settings, ctx, baseline_accuracy=baseline_accuracy, budget=budget, on_start=on_start
+    )
+    state = LoopState(recovered=recover_dead_trials(study))
     while True:
-        counts = count_trials(study.get_trials(deepcopy=False))
-        if counts.counted >= budget:
+        step = next_step(count_trials(study.get_trials(deepcopy=False)), state.duplicates, budget)
+        if step == "done":
             break
-        stuck = state.duplicates >= MAX_CONSECUTIVE_DUPLICATES and not counts.waiting
-        if counts.running and (stuck or counts.counted + counts.running >= budget):
-            # What is left of the budget (or all the sampler still proposes) is running in
-            # other workers. Leaving now would leave the budget short if one of them died:
-            # wait until their trials end, or their workers are found dead and the trials are
-            # queued again, to be run here.
-            time.sleep(_wait_poll_s())
-            state.recovered += recover_dead_trials(study)
-            continue
-        if stuck:
+        if step == "exhausted":
             state.exhausted = True
             break
-        started.clear()
-        study.optimize(objective, n_trials=1, catch=(_TrialFailed,), gc_after_trial=False)
-        finished = {t.number: t for t in study.get_trials(deepcopy=False)}
-        for t in (finished[n] for n in started if n in finished):
-            if t.state == TrialState.PRUNED and "duplicate_of" in t.user_attrs:
-                state.duplicates += 1
-            elif t.state == TrialState.PRUNED:
-                pass
-            else:
-                state.duplicates = 0
-                state.ran.append(t.number)
-            if on_end is not None:
-                on_end(t)
+        if step == "wait":
+            time.sleep(_wait_poll_s())
+        else:
+            for trial in runner.run_one():
+                state.add(trial)
+                if on_end is not None:
+                    on_end(trial)
         state.recovered += recover_dead_trials(study)
     return state
+
+
+def check_loop_args(study: optuna.Study, *, baseline_accuracy: float, budget: int) -> None:
+    """Refuse what the loop cannot run with, before any trial is started.
+
+    Raises:
+        InputError: naming the argument.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise InputError(f"budget must be an integer >= 1, got {budget!r}")
+    if not finite_number(baseline_accuracy):
+        raise InputError(f"baseline_accuracy must be a finite number, got {baseline_accuracy!r}")
+    directions = tuple(d.name.lower() for d in study.directions)
+    if directions != DIRECTIONS:
+        # Optuna would fail every trial (its values don't fit), using the budget on nothing.
+        raise InputError(
+            f"study {study.study_name!r} must have the directions {', '.join(DIRECTIONS)} "
+            f"(accuracy, J/item, p90 latency), not {', '.join(directions)}"
+        )
+
+
+def next_step(counts: TrialCounts, duplicates: int, budget: int) -> Step:
+    """What a worker does next, from the study's trials and the duplicates it pruned in a row:
+    stop (``done``, or ``exhausted`` when the sampler proposes only what was tried), ``wait``
+    for trials running in other workers, or run a ``trial``."""
+    if counts.counted >= budget:
+        return "done"
+    stuck = duplicates >= MAX_CONSECUTIVE_DUPLICATES and not counts.waiting
+    if counts.running and (stuck or counts.counted + counts.running >= budget):
+        # What is left of the budget (or all the sampler still proposes) is running in other
+        # workers. Leaving now would leave the budget short if one of them died: wait until
+        # their trials end, or their workers are found dead and the trials are queued again,
+        # to be run here.
+        return "wait"
+    if stuck:
+        return "exhausted"
+    return "trial"
 
 
 def _wait_poll_s() -> float:
@@ -265,12 +369,12 @@ def _run_candidate(
     cand: Candidate,
     settings: SearchSettings,
     ledgers: list[dict[str, Any]],
-    run_isolated: Any,
-    isolation_error: type[BaseException],
     log_path: str | None = None,
 ) -> dict[str, Any]:
     """Build the model if it isn't cached (all cores), then run the trial (its own threads),
     both writing their output to ``log_path``."""
+    from wattwise.measure import IsolationError, run_isolated
+
     cache = Path(ctx.cache_dir) / "models"
     key = model_key(ctx, cand.model.passes)
     cached = (cache / f"{key}.pt").exists() or (cache / f"{key}.uncacheable").exists()
@@ -297,7 +401,7 @@ def _run_candidate(
             what="trial",
             log_path=log_path,
         )
-    except isolation_error as exc:
+    except IsolationError as exc:
         message = " ".join(str(exc).split())
         return {"ok": False, "kind": getattr(exc, "reason", "crash"), "message": message}
     except WattwiseError as exc:

@@ -1,0 +1,202 @@
+"""The worker loop's steps on their own: what it does next (next_step), what it counts
+(LoopState), what it refuses (check_loop_args), and one trial of the objective (TrialRunner)
+on a real SQLite study, with Optuna running it; test_isolation runs whole trials."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
+
+from wattwise.errors import InputError
+from wattwise.search import ModelChoice, SearchSettings, SearchSpace, open_storage
+from wattwise.search._liveness import TrialCounts, counts_for_budget, is_interrupted
+from wattwise.search._objective import JobContext, TaskRef
+from wattwise.search._study import open_study, quiet_optuna
+from wattwise.search._trials import (
+    MAX_CONSECUTIVE_DUPLICATES,
+    LoopState,
+    TrialRunner,
+    check_loop_args,
+    next_step,
+)
+
+SPACE = SearchSpace(
+    models=(ModelChoice("base"),),
+    deployments=("eager/fp32",),
+    batch_sizes=(1, 2, 4, 8, 16, 32),
+    threads=(1,),
+)
+FIRST = {name: choices[0] for name, choices in SPACE.choices().items()}
+QUEUED = {**FIRST, "batch_size": 16}  # not what the seeded sampler proposes first
+DISTRIBUTIONS = {name: CategoricalDistribution(list(c)) for name, c in SPACE.choices().items()}
+STUCK = MAX_CONSECUTIVE_DUPLICATES
+
+
+@pytest.mark.parametrize(
+    ("counts", "duplicates", "step"),
+    [
+        (TrialCounts(complete=3, failed=1), 0, "done"),  # budget 4: counted trials fill it
+        (TrialCounts(complete=2, interrupted=5, pruned=9), 0, "trial"),  # those don't count
+        (TrialCounts(complete=2, running=2), 0, "wait"),  # the rest runs elsewhere
+        (TrialCounts(complete=2, running=1), 0, "trial"),
+        (TrialCounts(complete=1), STUCK, "exhausted"),  # the sampler only repeats itself
+        (TrialCounts(complete=1, running=1), STUCK, "wait"),  # ... but a lost trial may return
+        (TrialCounts(complete=1, waiting=1), STUCK, "trial"),  # ... or one is queued
+        (TrialCounts(complete=1), STUCK - 1, "trial"),
+    ],
+)
+def test_next_step(counts: TrialCounts, duplicates: int, step: str) -> None:
+    assert next_step(counts, duplicates, budget=4) == step
+
+
+def test_loop_state_counts_duplicates_in_a_row_and_the_trials_it_ran() -> None:
+    state = LoopState()
+    duplicate = create_trial(state=TrialState.PRUNED, user_attrs={"duplicate_of": 0})
+    surplus = create_trial(state=TrialState.PRUNED, user_attrs={"fail_reason": "budget reached"})
+    for number, trial in enumerate([duplicate, duplicate, surplus]):
+        trial.number = number
+        state.add(trial)
+    assert (state.duplicates, state.ran) == (2, [])  # a budget surplus leaves the run going
+    ran = create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "nan: outputs NaN"})
+    ran.number = 3
+    state.add(ran)
+    assert (state.duplicates, state.ran) == (0, [3])
+
+
+def _settings(trials: int) -> SearchSettings:
+    return SearchSettings(
+        task_spec="search_tasks:tiny",
+        task_name="tiny",
+        task_id="tiny-test",
+        scenario="offline",
+        max_accuracy_drop=0.05,
+        latency_p90_ms=None,
+        trials=trials,
+        space=SPACE,
+    )
+
+
+def _study(tmp_path: Path, trials: int) -> optuna.Study:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study, _ = open_study(open_storage(url), "t", _settings(trials), url=url)
+    return study
+
+
+def _runner(study: optuna.Study, tmp_path: Path, budget: int, **kwargs: Any) -> TrialRunner:
+    ctx = JobContext(
+        task=TaskRef(kwargs.pop("spec", "search_tasks:tiny")),
+        task_id="tiny-test",
+        cache_dir=str(tmp_path / "cache"),
+        log_dir=str(tmp_path / "logs"),
+    )
+    return TrialRunner(
+        study, _settings(budget), ctx, baseline_accuracy=0.9, budget=budget, **kwargs
+    )
+
+
+def _complete(study: optuna.Study, params: dict[str, Any] | None = None) -> None:
+    study.add_trial(
+        create_trial(
+            values=[0.9, 1e-3, 1.0],
+            params=params or {},
+            distributions=DISTRIBUTIONS if params else {},
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"budget": 0}, "budget must be an integer >= 1"),
+        ({"budget": True}, "budget must be an integer >= 1"),
+        ({"budget": 2.0}, "budget must be an integer >= 1"),
+        ({"baseline_accuracy": math.nan}, "baseline_accuracy must be a finite number"),
+        ({"baseline_accuracy": "0.9"}, "baseline_accuracy must be a finite number"),
+    ],
+)
+def test_check_loop_args_names_the_argument(
+    tmp_path: Path, kwargs: dict[str, Any], match: str
+) -> None:
+    study = _study(tmp_path, 2)
+    check_loop_args(study, baseline_accuracy=0.9, budget=2)  # the search's own study: fine
+    with pytest.raises(InputError, match=match):
+        check_loop_args(study, **{"baseline_accuracy": 0.9, "budget": 2, **kwargs})
+
+
+def test_check_loop_args_refuses_a_study_with_other_objectives(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'plain.db'}"
+    with quiet_optuna():
+        plain = optuna.create_study(study_name="plain", storage=url, direction="minimize")
+    with pytest.raises(InputError, match="must have the directions maximize, minimize"):
+        check_loop_args(plain, baseline_accuracy=0.9, budget=2)
+
+
+def test_runner_prunes_a_trial_past_the_budget(tmp_path: Path) -> None:
+    study = _study(tmp_path, 2)
+    for _ in range(2):
+        _complete(study)
+    runner = _runner(study, tmp_path, budget=2)
+    with quiet_optuna():
+        (trial,) = runner.run_one()
+    assert runner.started == [trial.number] == [2]
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["fail_reason"] == "budget reached"
+    assert trial.user_attrs["worker"]["host"]  # signed before anything else
+
+
+def test_runner_prunes_a_candidate_already_tried(tmp_path: Path) -> None:
+    study = _study(tmp_path, 5)
+    _complete(study, FIRST)
+    study.enqueue_trial(FIRST)  # the sampler proposes it again
+    with quiet_optuna():
+        (trial,) = _runner(study, tmp_path, budget=5).run_one()
+    assert trial.state == TrialState.PRUNED
+    assert trial.user_attrs["duplicate_of"] == 0
+    assert trial.user_attrs["fail_reason"] == "duplicate of trial 0"
+    assert "label" not in trial.user_attrs  # pruned before its candidate was built
+
+
+def test_runner_gives_back_a_trial_stopped_by_ctrl_c(tmp_path: Path) -> None:
+    study = _study(tmp_path, 5)
+    started: list[tuple[int, str]] = []
+
+    def ctrl_c(number: int, label: str) -> None:  # Ctrl-C as the candidate starts
+        started.append((number, label))
+        raise KeyboardInterrupt
+
+    runner = _runner(study, tmp_path, budget=5, on_start=ctrl_c)
+    study.enqueue_trial(QUEUED)
+    with quiet_optuna(), pytest.raises(KeyboardInterrupt):
+        runner.run_one()
+    assert started == [(0, "base eager/fp32 b16 t1")] and runner.started == [0]
+    stopped, retry = study.get_trials(deepcopy=False)
+    assert stopped.state == TrialState.FAIL and is_interrupted(stopped)
+    assert not counts_for_budget(stopped)
+    assert stopped.user_attrs["fail_reason"] == "interrupted: stopped by Ctrl-C"
+    assert stopped.user_attrs["duration_s"] > 0 and stopped.user_attrs["log"].endswith(
+        "trial-0000.log"
+    )
+    # Its candidate is queued again: the next trial runs it.
+    assert retry.state == TrialState.WAITING and retry.user_attrs == {"retry_of": 0}
+    with quiet_optuna(), pytest.raises(KeyboardInterrupt):
+        runner.run_one()
+    assert started[1] == (1, "base eager/fp32 b16 t1")
+    assert study.trials[1].params == QUEUED
+
+
+def test_runner_fails_a_trial_whose_candidate_fails_with_the_reason(tmp_path: Path) -> None:
+    # The task cannot be loaded in the build's child process: a real child, a real failure.
+    study = _study(tmp_path, 5)
+    runner = _runner(study, tmp_path, budget=5, spec="search_tasks:no_such_task")
+    study.enqueue_trial(FIRST)
+    with quiet_optuna():
+        (trial,) = runner.run_one()
+    assert trial.state == TrialState.FAIL and counts_for_budget(trial)
+    reason = trial.user_attrs["fail_reason"]
+    assert "no_such_task" in reason and not reason.startswith("interrupted"), reason
+    assert trial.user_attrs["duration_s"] > 0 and "figures" not in trial.user_attrs
