@@ -107,6 +107,7 @@ def _taken(trial: optuna.trial.FrozenTrial) -> bool:
     return counts_for_budget(trial) or trial.state == TrialState.RUNNING
 
 
+@dataclasses.dataclass(eq=False)
 class TrialRunner:
     """The objective a worker gives Optuna: one call runs one trial, from its candidate to what
     it measured.
@@ -123,25 +124,18 @@ class TrialRunner:
         started: the numbers of the trials it was called for since :meth:`run_one` last began.
     """
 
-    def __init__(
-        self,
-        study: optuna.Study,
-        settings: SearchSettings,
-        ctx: JobContext,
-        *,
-        baseline_accuracy: float,
-        budget: int,
-        on_start: Callable[[int, str], None] | None = None,
-    ) -> None:
-        self.study = study
-        self.settings = settings
-        self.ctx = ctx
-        self.baseline_accuracy = baseline_accuracy
-        self.budget = budget
-        self.on_start = on_start
-        self.started: list[int] = []
-        self._identity = worker_identity()
-        self._lost_storage = storage_error_types()
+    study: optuna.Study
+    settings: SearchSettings
+    ctx: JobContext
+    _: dataclasses.KW_ONLY
+    baseline_accuracy: float
+    budget: int
+    on_start: Callable[[int, str], None] | None = None
+    started: list[int] = dataclasses.field(default_factory=list, init=False)
+    _identity: dict[str, Any] = dataclasses.field(default_factory=worker_identity, init=False)
+    _lost_storage: tuple[type[Exception], ...] = dataclasses.field(
+        default_factory=storage_error_types, init=False
+    )
 
     def run_one(self) -> list[optuna.trial.FrozenTrial]:
         """Have Optuna run one trial with this objective; returns the trials it ran, ended."""
