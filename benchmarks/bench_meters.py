@@ -63,6 +63,7 @@ import wattwise
 from wattwise._fs import atomic_write_text
 from wattwise.measure import _stats
 from wattwise.measure._hardware import hardware_info
+from wattwise.measure._harness import warm_up
 from wattwise.measure._isolate import child_env, pin_threads, run_isolated
 from wattwise.tasks.digits import DigitsCNN
 
@@ -207,23 +208,6 @@ def _make_step(batch_size: int) -> Callable[[], Any]:
     return step
 
 
-def _warm_up(step: Callable[[], Any], cap_s: float) -> float:
-    """The harness's rule: until the median of the last 3 calls is within 5% of the 3 before."""
-    times: list[float] = []
-    start = time.perf_counter()
-    while True:
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 6:
-            recent, before = statistics.median(times[-3:]), statistics.median(times[-6:-3])
-            if abs(recent - before) <= 0.05 * before:
-                break
-        if time.perf_counter() - start > cap_s and len(times) >= 2:
-            break
-    return statistics.median(times[-3:])
-
-
 def _calibrate(step: Callable[[], Any], window_s: float) -> int:
     """Calls that fill one window, counted by running them (a median of a few warm-up calls
     mispredicts on a loaded machine)."""
@@ -292,7 +276,8 @@ def _side_by_side(cfg: dict[str, Any]) -> dict[str, Any]:
     _guard_network(attempts)
     threads = pin_threads(cfg["threads"])
     step = _make_step(cfg["batch_size"])
-    call_s = _warm_up(step, cap_s=5.0)
+    # The harness's own warm-up, so every tool starts from the state wattwise.measure does.
+    call_s = warm_up(step, cap_s=5.0).call_s
     calls = _calibrate(step, cfg["window_s"])
     items = calls * cfg["batch_size"]
 
