@@ -5,31 +5,20 @@ and export it as a self-contained directory."""
 from typing import TYPE_CHECKING
 
 from wattwise._callable import make_callable
+from wattwise._core import Availability
 from wattwise.deploy import _ort  # noqa: F401  (registers the onnxruntime backend)
-from wattwise.deploy._backends import (
-    BACKENDS,
-    Availability,
-    Backend,
-    export_program,
-    is_pt2e_quantized,
-    probe_backends,
-)
-from wattwise.deploy._deployment import (
-    PRECISIONS,
-    CheckResult,
-    Deployed,
-    Deployment,
-    DeploymentMismatch,
-    compare_outputs,
-    deploy,
-    deploy_with,
-)
+from wattwise.deploy._backends import is_pt2e_quantized  # (registers the torch backends)
+from wattwise.deploy._base import BACKENDS, Backend, probe_backends
+from wattwise.deploy._check import CheckResult, DeploymentMismatch, compare_outputs
+from wattwise.deploy._deployment import PRECISIONS, Deployment
 from wattwise.deploy._export import (
     LoadedArtifact,
     export_deployment,
     hardware_description,
     load_artifact,
 )
+from wattwise.deploy._prepare import Deployed, deploy, deploy_with
+from wattwise.deploy._program import export_program
 from wattwise.deploy._scenario import (
     SCENARIOS,
     CandidateResult,

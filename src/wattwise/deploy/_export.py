@@ -25,9 +25,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from wattwise._core import first_line
 from wattwise._fs import temp_dir_beside
-from wattwise.deploy._backends import export_program
-from wattwise.deploy._deployment import Deployed
+from wattwise.deploy._inputs import as_batch, run_batches, take_rows
+from wattwise.deploy._prepare import Deployed
+from wattwise.deploy._program import export_program
 from wattwise.deploy._safe_load import MANIFEST, SCHEMA, LoadedArtifact, first_rows, load_artifact
 from wattwise.errors import InputError, WorkloadError
 
@@ -145,11 +147,9 @@ def _write(
 ) -> None:
     import torch
 
-    from wattwise.deploy._backends import _as_tuple, _rows, _run_batches
-
     dep = deployed.deployment
     notes = list(deployed.notes)
-    example = _as_tuple(deployed.example_input, "example_input")
+    example = as_batch(deployed.example_input, "example_input")
     runtime: str
     runner = deployed.module  # what answers the example: the artifact reloads as the same
     if dep.backend == "onnxruntime":
@@ -164,7 +164,7 @@ def _write(
             # Keep the deployment usable elsewhere: the same model as ONNX, run by onnxruntime.
             from wattwise.deploy._ort import export_onnx
 
-            reason = f"torch.export failed ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+            reason = f"torch.export failed ({type(exc).__name__}: {first_line(exc)})"
             try:
                 onnx_bytes, _ = export_onnx(deployed.source_model, example)
             except WorkloadError as onnx_exc:
@@ -184,8 +184,8 @@ def _write(
     else:
         inputs = [_save_npy(tmp / f"example_input_{i}.npy", t[:1]) for i, t in enumerate(example)]
     # The deployment's answer to the example, at its own batch size (static shapes), first row.
-    batch = _rows(example, deployed.deployment.batch_size)
-    answer = first_rows(_run_batches(runner, [batch])[0])
+    batch = take_rows(example, deployed.deployment.batch_size)
+    answer = first_rows(run_batches(runner, [batch])[0])
     outputs = [_save_npy(tmp / f"expected_output_{i}.npy", t) for i, t in enumerate(answer)]
 
     files = {

@@ -20,25 +20,22 @@ import importlib.util
 import io
 import os
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wattwise._core import Availability
-from wattwise.deploy._backends import (
-    BACKENDS,
-    Backend,
-    Prepared,
-    _cuda_probe,
-    _quiet,
-    _rows,
-    is_pt2e_quantized,
-)
-from wattwise.deploy._deployment import Deployment
+from wattwise._core import Availability, first_line
+from wattwise.deploy._backends import is_pt2e_quantized
+from wattwise.deploy._base import BACKENDS, Backend, Batch, Prepared, cuda_probe
+from wattwise.deploy._inputs import take_rows
+from wattwise.deploy._program import quiet
 from wattwise.errors import InputError, UnavailableError, WorkloadError
+
+if TYPE_CHECKING:
+    from wattwise.deploy._deployment import Deployment
 
 OPSET = 18  # the dynamo exporter's native opset; QDQ per-channel needs >= 13
 
 
-def export_onnx(model: Any, example_input: tuple[Any, ...]) -> tuple[bytes, list[str]]:
+def export_onnx(model: Any, example_input: Batch) -> tuple[bytes, list[str]]:
     """Export ``model`` to ONNX bytes with a dynamic batch dimension on every input and output.
 
     Args:
@@ -54,14 +51,14 @@ def export_onnx(model: Any, example_input: tuple[Any, ...]) -> tuple[bytes, list
     """
     import torch
 
-    args = _rows(example_input, 2)
+    args = take_rows(example_input, 2)
     input_names = ["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]
     notes: list[str] = []
     errors: list[str] = []
     if importlib.util.find_spec("onnxscript") is not None:
         try:
             batch = torch.export.Dim("batch")
-            with _quiet():
+            with quiet():
                 program = torch.onnx.export(
                     model,
                     args,
@@ -75,13 +72,13 @@ def export_onnx(model: Any, example_input: tuple[Any, ...]) -> tuple[bytes, list
             assert program is not None
             return program.model_proto.SerializeToString(), notes
         except Exception as exc:
-            errors.append(f"dynamo exporter: {type(exc).__name__}: {_first_line(exc)}")
+            errors.append(f"dynamo exporter: {type(exc).__name__}: {first_line(exc)}")
     else:
         errors.append("dynamo exporter: onnxscript is not installed")
     # The TorchScript exporter: deprecated, but it still covers models dynamo can't trace.
     buf = io.BytesIO()
     try:
-        with _quiet():
+        with quiet():
             torch.onnx.export(
                 model,
                 args,
@@ -93,14 +90,14 @@ def export_onnx(model: Any, example_input: tuple[Any, ...]) -> tuple[bytes, list
                 opset_version=17,
             )
     except Exception as exc:
-        errors.append(f"TorchScript exporter: {type(exc).__name__}: {_first_line(exc)}")
+        errors.append(f"TorchScript exporter: {type(exc).__name__}: {first_line(exc)}")
         raise WorkloadError("cannot export the model to ONNX; " + "; ".join(errors)) from None
     notes.append("exported with the TorchScript exporter (" + "; ".join(errors) + ")")
     return buf.getvalue(), notes
 
 
 def quantize_int8(
-    onnx_bytes: bytes, calibration: list[tuple[Any, ...]], *, method: str = "minmax"
+    onnx_bytes: bytes, calibration: list[Batch], *, method: str = "minmax"
 ) -> tuple[bytes, list[str]]:
     """Static QDQ int8 quantization of an fp32 ONNX model with ONNX Runtime's quantizer.
 
@@ -154,14 +151,14 @@ def quantize_int8(
         # Shape inference and graph clean-up first, as ONNX Runtime's docs advise: the quantizer
         # needs every tensor's shape to choose per-channel axes and fuse Conv+Relu.
         try:
-            with _quiet():
+            with quiet():
                 quant_pre_process(fp32, pre, skip_symbolic_shape=False)
             source = pre
         except Exception as exc:
             notes.append(
-                f"quantization pre-processing skipped ({type(exc).__name__}: {_first_line(exc)})"
+                f"quantization pre-processing skipped ({type(exc).__name__}: {first_line(exc)})"
             )
-        with _quiet():
+        with quiet():
             quantize_static(
                 source,
                 out,
@@ -191,7 +188,7 @@ class OrtBackend(Backend):
                 return Availability(
                     False, f"{module} is not installed (pip install 'wattwise[deploy]')"
                 )
-        cuda = _cuda_probe(device)
+        cuda = cuda_probe(device)
         if cuda is not None and not cuda:
             return cuda
         import onnxruntime as ort
@@ -220,12 +217,7 @@ class OrtBackend(Backend):
         return []
 
     def prepare(
-        self,
-        model: Any,
-        deployment: Deployment,
-        *,
-        example_input: tuple[Any, ...],
-        calibration: list[tuple[Any, ...]],
+        self, model: Any, deployment: Deployment, *, example_input: Batch, calibration: list[Batch]
     ) -> Prepared:
         from wattwise.deploy._runners import OrtModule
 
@@ -253,8 +245,3 @@ class OrtBackend(Backend):
         except UnavailableError:
             raise
         return Prepared(module, onnx_bytes=onnx_bytes, notes=tuple(notes))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""

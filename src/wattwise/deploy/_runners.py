@@ -2,8 +2,8 @@
 compile) and :class:`OrtModule` (ONNX Runtime).
 
 They live in their own module because they subclass ``nn.Module`` and so need torch at import;
-the backend registry (``_backends.py``) and ``wattwise doctor`` stay importable without it.
-Both are ``nn.Module``s so task metrics (``model.eval()``, ``model(x)``) and the measuring
+the backend registry (``_base.py``), the backends and ``wattwise doctor`` stay importable
+without it. Both are ``nn.Module``s so task metrics (``model.eval()``, ``model(x)``) and the measuring
 harness (``.to(device)``) treat them like any model.
 """
 
@@ -14,11 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from wattwise._core import first_line
 from wattwise.errors import InputError, UnavailableError
-
-
-def device_type(device: str) -> str:
-    return "cuda" if device.startswith("cuda") else "cpu"
 
 
 class TorchCore(nn.Module):
@@ -232,7 +229,7 @@ class OrtModule(nn.Module):
                 self.onnx_bytes, sess_options=options, providers=providers
             )
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc, default=type(exc).__name__)
             raise InputError(f"onnxruntime cannot load the model: {first}") from None
         self._inputs = [(i.name, _ORT_TYPES.get(i.type, "float32")) for i in session.get_inputs()]
         self._outputs = [o.name for o in session.get_outputs()]

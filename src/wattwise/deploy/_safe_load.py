@@ -27,7 +27,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from wattwise.deploy._deployment import Deployment, DeploymentMismatch, compare_outputs
+from wattwise.deploy._base import ready_backend
+from wattwise.deploy._check import DeploymentMismatch, compare_outputs
+from wattwise.deploy._deployment import Deployment
+from wattwise.deploy._inputs import as_batch, run_batches, take_rows
+from wattwise.deploy._program import quiet, register_quantized_ops
 from wattwise.errors import InputError, UnavailableError
 
 __all__ = [
@@ -768,13 +772,11 @@ def program_from_bytes(data: bytes, where: object) -> Any:
     the module docstring."""
     import torch
 
-    from wattwise.deploy._backends import _quiet, register_quantized_ops
-
     pt2 = _split_pt2(data, where)
     register_quantized_ops("torchao" in pt2.namespaces)
     rebuilt = _rebuild_pt2(pt2)
     try:
-        with _quiet():
+        with quiet():
             program = torch.export.load(io.BytesIO(rebuilt))
     except Exception as exc:
         raise _refuse(where, f"cannot read it as a torch.export program: {_short(exc)}") from None
@@ -947,11 +949,9 @@ def first_rows(out: Any) -> tuple[Any, ...]:
 def _compare_with_stored(
     fn: Any, example: Any, expected: tuple[Any, ...], deployment: Deployment, path: Path
 ) -> Any:
-    from wattwise.deploy._backends import _as_tuple, _rows, _run_batches
-
-    batch = _rows(_as_tuple(example, "example_input"), deployment.batch_size)
+    batch = take_rows(as_batch(example, "example_input"), deployment.batch_size)
     try:
-        got = first_rows(_run_batches(fn, [batch])[0])
+        got = first_rows(run_batches(fn, [batch])[0])
         result = compare_outputs([expected], [got], deployment.precision)
     except DeploymentMismatch as exc:
         raise DeploymentMismatch(
@@ -1073,8 +1073,6 @@ def load_artifact(path: str | os.PathLike[str], *, device: str | None = None) ->
         DeploymentMismatch: the model does not answer what the artifact says it answered.
         UnavailableError: the deployment's device or backend can't run here.
     """
-    from wattwise.deploy._backends import BACKENDS
-
     root = Path(path)
     if not root.is_dir():
         raise _refuse(root, "not a directory (an exported wattwise artifact is a directory)")
@@ -1099,15 +1097,11 @@ def load_artifact(path: str | os.PathLike[str], *, device: str | None = None) ->
         program = program_from_bytes(model_bytes, model_where)
         # The plain graph answers first: cheap, and before any backend compiles it.
         _compare_with_stored(program.module(), example, expected, deployment, root)
-        backend = BACKENDS.get(deployment.backend)()
-        available = backend.probe(deployment.device)
-        if not available:
-            raise UnavailableError(
-                f"backend {deployment.backend!r} can't run here: {available.reason}"
-            )
-        module = backend.prepare(
-            program.module(), deployment, example_input=example, calibration=[]
-        ).module
+        module = (
+            ready_backend(deployment)
+            .prepare(program.module(), deployment, example_input=example, calibration=[])
+            .module
+        )
     else:
         raise _refuse(root / MANIFEST, f"unknown runtime {manifest.runtime[:40]!r}")
     return LoadedArtifact(

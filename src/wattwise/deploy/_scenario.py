@@ -21,8 +21,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from wattwise._core import SCENARIOS
-from wattwise.deploy._backends import BACKENDS
-from wattwise.deploy._deployment import CheckResult, Deployed, Deployment, deploy_with
+from wattwise.deploy._base import BACKENDS
+from wattwise.deploy._check import CheckResult
+from wattwise.deploy._deployment import Deployment
+from wattwise.deploy._prepare import Deployed, deploy_with
 from wattwise.errors import InputError, UnavailableError, WattwiseError, WorkloadError
 from wattwise.measure import Measurement
 
