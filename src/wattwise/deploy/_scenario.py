@@ -20,7 +20,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from wattwise._core import SCENARIOS
+from wattwise._core import SCENARIOS, check_choice
 from wattwise.deploy._base import BACKENDS
 from wattwise.deploy._check import CheckResult
 from wattwise.deploy._deployment import Deployment
@@ -196,8 +196,41 @@ def select_deployment(
         >>> res = select_deployment(model, cands, x, "offline", calibration=task.calibration_batches())
         >>> res.chosen.deployment.label, res.chosen.energy_j_per_item, res.chosen.energy_source
     """
-    if scenario not in SCENARIOS:
-        raise InputError(f"scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")
+    unique = check_selection(
+        candidates,
+        scenario,
+        latency_p90_ms=latency_p90_ms,
+        rounds=rounds,
+        max_time_s=max_time_s,
+    )
+    deployed, dropped = prepare_candidates(
+        model, unique, example_input, scenario, calibration=calibration
+    )
+    runs, failed = measure_rounds(
+        deployed, rounds=rounds, max_time_s=max_time_s, meter=meter, isolate=isolate
+    )
+    results = {**dropped, **failed}
+    results.update({i: summarise(deployed[i], ms, latency_p90_ms) for i, ms in runs.items()})
+    ordered = tuple(results[i] for i in range(len(unique)))
+    return choose(scenario, latency_p90_ms, ordered, deployed, rounds)
+
+
+def check_selection(
+    candidates: Sequence[Deployment],
+    scenario: str,
+    *,
+    latency_p90_ms: float | None,
+    rounds: int,
+    max_time_s: float,
+) -> list[Deployment]:
+    """The candidates without repeats, in their order, once the request is known to be sound.
+
+    Raises:
+        InputError: an unknown scenario, no candidates or one that is not a
+            :class:`Deployment`, a latency bound off the online scenario or not > 0, or bad
+            ``rounds`` / ``max_time_s``.
+    """
+    check_choice(scenario, SCENARIOS, what="scenario")
     if isinstance(candidates, Deployment) or not isinstance(candidates, Sequence) or not candidates:
         raise InputError("candidates must be a non-empty list of Deployment")
     for i, cand in enumerate(candidates):
@@ -218,17 +251,31 @@ def select_deployment(
         raise InputError(f"rounds must be an integer >= 1, got {rounds!r}")
     if not (isinstance(max_time_s, int | float) and math.isfinite(max_time_s) and max_time_s > 0):
         raise InputError(f"max_time_s must be > 0, got {max_time_s!r}")
-
     unique: list[Deployment] = []
     for cand in candidates:
         if cand not in unique:
             unique.append(cand)
+    return unique
 
-    results: dict[int, CandidateResult] = {}
+
+def prepare_candidates(
+    model: Any,
+    candidates: Sequence[Deployment],
+    example_input: Any,
+    scenario: str,
+    *,
+    calibration: Sequence[Any] | None = None,
+) -> tuple[dict[int, Deployed], dict[int, CandidateResult]]:
+    """Prepare and check each candidate: ``(prepared, dropped)``, both keyed by position.
+
+    A candidate the scenario cannot serve, or one that fails to prepare or mismatches eager
+    fp32, is dropped with the reason instead of raising.
+    """
     deployed: dict[int, Deployed] = {}
-    for i, cand in enumerate(unique):
+    dropped: dict[int, CandidateResult] = {}
+    for i, cand in enumerate(candidates):
         if scenario == "online" and cand.batch_size != 1:
-            results[i] = CandidateResult(
+            dropped[i] = CandidateResult(
                 cand, False, "the online scenario serves one query at a time (batch 1)"
             )
             continue
@@ -237,53 +284,89 @@ def select_deployment(
                 model, cand, example_input=example_input, calibration=calibration
             )
         except (InputError, UnavailableError, WorkloadError) as exc:
-            results[i] = CandidateResult(cand, False, f"not prepared: {exc}")
+            dropped[i] = CandidateResult(cand, False, f"not prepared: {exc}")
+    return deployed, dropped
 
+
+def measure_rounds(
+    deployed: dict[int, Deployed],
+    *,
+    rounds: int,
+    max_time_s: float,
+    meter: str = "auto",
+    isolate: bool = True,
+) -> tuple[dict[int, list[Measurement]], dict[int, CandidateResult]]:
+    """Measure every prepared candidate once a round, the order rotated each round (see the
+    module docstring): ``(measurements of those measured in every round, dropped)``.
+
+    ``max_time_s`` is split evenly over candidates and rounds. A candidate whose measuring
+    fails is dropped with the round and the reason, and not measured again.
+    """
     alive = list(deployed)
     runs: dict[int, list[Measurement]] = {i: [] for i in alive}
+    failed: dict[int, CandidateResult] = {}
     payloads = {i: (deployed[i].factory() if isolate else deployed[i].module) for i in alive}
     per_run_s = max_time_s / max(1, rounds * len(alive))
     for r in range(rounds):
         order = alive[r % len(alive) :] + alive[: r % len(alive)] if alive else []
         for i in order:
-            if i in results:  # dropped in an earlier round
-                continue
-            dep = deployed[i].deployment
             try:
                 m = _measure(payloads[i], deployed[i], per_run_s, meter, isolate)
             except WattwiseError as exc:
-                results[i] = CandidateResult(
-                    dep, False, f"measuring failed in round {r + 1}: {exc}", check=deployed[i].check
+                failed[i] = CandidateResult(
+                    deployed[i].deployment,
+                    False,
+                    f"measuring failed in round {r + 1}: {exc}",
+                    check=deployed[i].check,
                 )
                 continue
             runs[i].append(m)
-        alive = [i for i in alive if i not in results]
+        alive = [i for i in alive if i not in failed]
+    return {i: runs[i] for i in alive}, failed
 
-    for i in alive:
-        ms = runs[i]
-        results[i] = CandidateResult(
-            deployment=deployed[i].deployment,
-            ok=True,
-            energy_j_per_item=statistics.median(m.energy_j_per_item for m in ms),
-            energy_source=ms[0].energy_source,
-            energy_uncertainty=max(m.energy_uncertainty for m in ms),
-            latency_ms_p90=statistics.median(m.latency_ms_p90 for m in ms),
-            throughput_items_per_s=statistics.median(m.throughput_items_per_s for m in ms),
-            rounds_j_per_item=tuple(m.energy_j_per_item for m in ms),
-            measurements=tuple(ms),
-            check=deployed[i].check,
-            meets_bound=True,
+
+def summarise(
+    deployed: Deployed, measurements: Sequence[Measurement], latency_p90_ms: float | None
+) -> CandidateResult:
+    """One measured candidate: medians over its rounds, the worst round's uncertainty, and
+    whether its p90 latency meets ``latency_p90_ms`` (if given)."""
+    ms = list(measurements)
+    result = CandidateResult(
+        deployment=deployed.deployment,
+        ok=True,
+        energy_j_per_item=statistics.median(m.energy_j_per_item for m in ms),
+        energy_source=ms[0].energy_source,
+        energy_uncertainty=max(m.energy_uncertainty for m in ms),
+        latency_ms_p90=statistics.median(m.latency_ms_p90 for m in ms),
+        throughput_items_per_s=statistics.median(m.throughput_items_per_s for m in ms),
+        rounds_j_per_item=tuple(m.energy_j_per_item for m in ms),
+        measurements=tuple(ms),
+        check=deployed.check,
+        meets_bound=True,
+    )
+    if latency_p90_ms is not None and (result.latency_ms_p90 or 0.0) > latency_p90_ms:
+        result = dataclasses.replace(
+            result,
+            meets_bound=False,
+            reason=f"p90 latency {result.latency_ms_p90:.3g} ms exceeds the bound {latency_p90_ms:g} ms",
         )
-        if latency_p90_ms is not None and (results[i].latency_ms_p90 or 0.0) > latency_p90_ms:
-            results[i] = dataclasses.replace(
-                results[i],
-                meets_bound=False,
-                reason=f"p90 latency {results[i].latency_ms_p90:.3g} ms exceeds the bound {latency_p90_ms:g} ms",
-            )
+    return result
 
-    ordered = tuple(results[i] for i in range(len(unique)))
+
+def choose(
+    scenario: str,
+    latency_p90_ms: float | None,
+    candidates: tuple[CandidateResult, ...],
+    deployed: dict[int, Deployed],
+    rounds: int,
+) -> SelectionResult:
+    """The lowest median J/item among ``candidates`` that meet the bound (ties: the lower
+    latency), with the reason in one line and notes on what makes the choice less certain.
+
+    ``deployed`` maps a candidate's position to its prepared deployment.
+    """
     notes: list[str] = []
-    sources = {c.energy_source for c in ordered if c.ok}
+    sources = {c.energy_source for c in candidates if c.ok}
     if len(sources) > 1:
         notes.append(
             f"candidates were measured with different meters ({', '.join(sorted(map(str, sources)))})"
@@ -293,17 +376,19 @@ def select_deployment(
             "energy is estimated (no counter here): rankings follow the estimate's power model"
         )
     eligible = [
-        (c, i) for i, c in enumerate(ordered) if c.meets_bound and c.energy_j_per_item is not None
+        (c, i)
+        for i, c in enumerate(candidates)
+        if c.meets_bound and c.energy_j_per_item is not None
     ]
     if not eligible:
         why = (
             "no candidate was measured"
-            if not any(c.ok for c in ordered)
+            if not any(c.ok for c in candidates)
             else "no candidate met the latency bound"
         )
-        return SelectionResult(scenario, latency_p90_ms, ordered, None, None, why, tuple(notes))
-    best = min(
-        (c for c, _ in eligible), key=lambda c: (c.energy_j_per_item, c.latency_ms_p90 or 0.0)
+        return SelectionResult(scenario, latency_p90_ms, candidates, None, None, why, tuple(notes))
+    best, best_index = min(
+        eligible, key=lambda ci: (ci[0].energy_j_per_item, ci[0].latency_ms_p90 or 0.0)
     )
     assert best.energy_j_per_item is not None
     others = sorted(
@@ -327,9 +412,9 @@ def select_deployment(
     return SelectionResult(
         scenario,
         latency_p90_ms,
-        ordered,
+        candidates,
         best,
-        deployed[unique.index(best.deployment)],
+        deployed[best_index],
         reason,
         tuple(notes),
     )
