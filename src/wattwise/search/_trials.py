@@ -300,7 +300,8 @@ def check_loop_args(study: optuna.Study, *, baseline_accuracy: float, budget: in
         raise InputError(f"baseline_accuracy must be a finite number, got {baseline_accuracy!r}")
     directions = tuple(d.name.lower() for d in study.directions)
     if directions != DIRECTIONS:
-        # Optuna would fail every trial (its values don't fit), using the budget on nothing.
+        # Optuna would fail every trial (three values for other directions) with no reason of
+        # ours: each taken for interrupted, never counted, the loop would run on for ever.
         raise InputError(
             f"study {study.study_name!r} must have the directions {', '.join(DIRECTIONS)} "
             f"(accuracy, J/item, p90 latency), not {', '.join(directions)}"
