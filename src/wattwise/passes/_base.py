@@ -329,61 +329,7 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-# -- shared validators for pass configs ------------------------------------------------------
-
-
-def check_choice(cls: str, field: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise InputError(f"{cls}.{field} must be one of {', '.join(choices)}, got {value!r}")
-
-
-def check_int(cls: str, field: str, value: object, *, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise InputError(f"{cls}.{field} must be an integer >= {low}, got {value!r}")
-    if high is not None and value > high:
-        raise InputError(f"{cls}.{field} must be <= {high}, got {value!r}")
-    return value
-
-
-def check_float(
-    cls: str,
-    field: str,
-    value: object,
-    *,
-    low: float,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    """A finite number within bounds, as a float (so 1 and 1.0 serialise alike)."""
-    try:
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    except OverflowError:  # an int too large for a float
-        ok = False
-    if ok:
-        v = float(value)  # type: ignore[arg-type]
-        ok = (v > low if low_open else v >= low) and (
-            high is None or (v < high if high_open else v <= high)
-        )
-    if not ok:
-        lo = f"({low}" if low_open else f"[{low}"
-        hi = "inf)" if high is None else (f"{high})" if high_open else f"{high}]")
-        raise InputError(f"{cls}.{field} must be a number in {lo}, {hi}, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
-
-
-def check_names(cls: str, field: str, value: object) -> tuple[str, ...]:
-    """A tuple of module names (a YAML list arrives as a list; a lone string is one name)."""
-    if isinstance(value, str):
-        value = (value,)
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
-        raise InputError(f"{cls}.{field} must be a list of module names, got {value!r}")
-    return tuple(value)
-
-
-def set_field(obj: object, name: str, value: object) -> None:
-    """Normalise a field of a frozen dataclass inside ``__post_init__``."""
-    object.__setattr__(obj, name, value)
+# -- modules by name --------------------------------------------------------------------------
 
 
 def resolve_modules(

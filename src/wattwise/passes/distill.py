@@ -46,16 +46,12 @@ from wattwise.errors import InputError
 from wattwise.passes._base import (
     Pass,
     PassContext,
-    check_choice,
-    check_float,
-    check_int,
-    check_names,
     count_macs,
     model_device,
     register_handler,
     register_pass,
-    set_field,
 )
+from wattwise.passes._fields import choice, integer, names, number, store
 
 if TYPE_CHECKING:
     import torch
@@ -124,28 +120,17 @@ class Distill(Pass):
             raise InputError(
                 f"Distill.teacher must be None, 'original', 'input' or an nn.Module, got {t!r}"
             )
-        set_field(
-            self,
-            "temperature",
-            check_float("Distill", "temperature", self.temperature, low=0.0, low_open=True),
-        )
-        set_field(self, "alpha", check_float("Distill", "alpha", self.alpha, low=0.0, high=1.0))
-        check_int("Distill", "epochs", self.epochs, low=0)
-        if self.lr is not None:
-            set_field(self, "lr", check_float("Distill", "lr", self.lr, low=0.0, low_open=True))
-        set_field(
-            self, "feature_layers", check_names("Distill", "feature_layers", self.feature_layers)
-        )
+        number(self, "temperature", low=0.0, low_open=True)
+        number(self, "alpha", low=0.0, high=1.0)
+        integer(self, "epochs", low=0)
+        number(self, "lr", low=0.0, low_open=True, optional=True)
+        names(self, "feature_layers")
         for item in self.feature_layers:
             if item.count("=") > 1 or item.startswith("=") or item.endswith("="):
                 raise InputError(
                     f"Distill.feature_layers: {item!r} is not 'name' or 'student=teacher'"
                 )
-        set_field(
-            self,
-            "feature_weight",
-            check_float("Distill", "feature_weight", self.feature_weight, low=0.0),
-        )
+        number(self, "feature_weight", low=0.0)
         if self.student is not None and (not isinstance(self.student, str) or not self.student):
             raise InputError(
                 f"Distill.student must be an architecture name or 'task', got {self.student!r}"
@@ -158,8 +143,8 @@ class Distill(Pass):
             )
         if self.student_kwargs and self.student is None:
             raise InputError("Distill.student_kwargs is set but Distill.student is not")
-        set_field(self, "student_kwargs", dict(self.student_kwargs))
-        check_choice("Distill", "precision", self.precision, PRECISIONS)
+        store(self, "student_kwargs", dict(self.student_kwargs))
+        choice(self, "precision", PRECISIONS)
 
     @property
     def teacher_source(self) -> str:

@@ -32,15 +32,11 @@ from wattwise.errors import InputError
 from wattwise.passes._base import (
     Pass,
     PassContext,
-    check_choice,
-    check_float,
-    check_int,
-    check_names,
     register_handler,
     register_pass,
     resolve_modules,
-    set_field,
 )
+from wattwise.passes._fields import choice, flag, integer, names, number
 from wattwise.passes._sensitivity import allocate_ratios, layer_sensitivity
 from wattwise.passes._torch_pruning import (
     build_pruner,
@@ -98,33 +94,15 @@ class Prune(Pass):
     max_layer_ratio: float = 0.9
 
     def __post_init__(self) -> None:
-        set_field(
-            self,
-            "ratio",
-            check_float("Prune", "ratio", self.ratio, low=0.0, high=1.0, high_open=True),
-        )
-        check_choice("Prune", "scope", self.scope, SCOPES)
-        check_choice("Prune", "importance", self.importance, IMPORTANCES)
-        check_int("Prune", "steps", self.steps, low=1, high=100)
-        check_int("Prune", "finetune_epochs", self.finetune_epochs, low=0)
-        if self.lr is not None:
-            set_field(self, "lr", check_float("Prune", "lr", self.lr, low=0.0, low_open=True))
-        set_field(self, "protect", check_names("Prune", "protect", self.protect))
-        if not isinstance(self.sensitivity, bool):
-            raise InputError(f"Prune.sensitivity must be true or false, got {self.sensitivity!r}")
-        set_field(
-            self,
-            "max_layer_ratio",
-            check_float(
-                "Prune",
-                "max_layer_ratio",
-                self.max_layer_ratio,
-                low=0.0,
-                high=1.0,
-                low_open=True,
-                high_open=True,
-            ),
-        )
+        number(self, "ratio", low=0.0, high=1.0, high_open=True)
+        choice(self, "scope", SCOPES)
+        choice(self, "importance", IMPORTANCES)
+        integer(self, "steps", low=1, high=100)
+        integer(self, "finetune_epochs", low=0)
+        number(self, "lr", low=0.0, low_open=True, optional=True)
+        names(self, "protect")
+        flag(self, "sensitivity")
+        number(self, "max_layer_ratio", low=0.0, high=1.0, low_open=True, high_open=True)
         if self.ratio > self.max_layer_ratio:
             raise InputError(
                 f"Prune.ratio {self.ratio} is above Prune.max_layer_ratio {self.max_layer_ratio}"

@@ -38,20 +38,17 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from wattwise._core import first_line
 from wattwise.errors import InputError, UnavailableError
 from wattwise.passes._base import (
     Pass,
     PassContext,
-    check_choice,
-    check_float,
-    check_int,
-    check_names,
     model_device,
     register_handler,
     register_pass,
     resolve_modules,
-    set_field,
 )
+from wattwise.passes._fields import choice, integer, names, number
 
 if TYPE_CHECKING:
     import torch
@@ -105,18 +102,11 @@ class Quantize(Pass):
     skip: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        check_choice("Quantize", "method", self.method, METHODS)
-        check_int("Quantize", "calibration_items", self.calibration_items, low=1)
-        if self.max_accuracy_drop is not None:
-            set_field(
-                self,
-                "max_accuracy_drop",
-                check_float(
-                    "Quantize", "max_accuracy_drop", self.max_accuracy_drop, low=0.0, high=1.0
-                ),
-            )
-        check_int("Quantize", "qat_epochs", self.qat_epochs, low=0)
-        set_field(self, "skip", check_names("Quantize", "skip", self.skip))
+        choice(self, "method", METHODS)
+        integer(self, "calibration_items", low=1)
+        number(self, "max_accuracy_drop", low=0.0, high=1.0, optional=True)
+        integer(self, "qat_epochs", low=0)
+        names(self, "skip")
 
 
 # -- pt2e static int8 --------------------------------------------------------------------------
@@ -135,7 +125,7 @@ def _export(model: nn.Module, batch: torch.Tensor, method: str) -> nn.Module:
                 model, (batch,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)
             )
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, default=type(exc).__name__)
         raise InputError(
             f"Quantize({method}): torch.export cannot capture {type(model).__name__}: {first}"
         ) from None

@@ -20,16 +20,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from wattwise.passes._base import (
     Pass,
     PassContext,
-    check_choice,
-    check_float,
-    check_int,
-    check_names,
     model_device,
     register_handler,
     register_pass,
     resolve_modules,
-    set_field,
 )
+from wattwise.passes._fields import choice, flag, integer, names, number
 
 if TYPE_CHECKING:
     import torch
@@ -68,24 +64,13 @@ class Sparsify(Pass):
     protect: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        set_field(
-            self,
-            "ratio",
-            check_float("Sparsify", "ratio", self.ratio, low=0.0, high=1.0, high_open=True),
-        )
-        check_choice("Sparsify", "pattern", self.pattern, PATTERNS)
-        check_choice("Sparsify", "scope", self.scope, SCOPES)
-        check_int("Sparsify", "finetune_epochs", self.finetune_epochs, low=0)
-        if not isinstance(self.measure, bool):
-            from wattwise.errors import InputError
-
-            raise InputError(f"Sparsify.measure must be true or false, got {self.measure!r}")
-        set_field(
-            self,
-            "max_time_s",
-            check_float("Sparsify", "max_time_s", self.max_time_s, low=0.0, low_open=True),
-        )
-        set_field(self, "protect", check_names("Sparsify", "protect", self.protect))
+        number(self, "ratio", low=0.0, high=1.0, high_open=True)
+        choice(self, "pattern", PATTERNS)
+        choice(self, "scope", SCOPES)
+        integer(self, "finetune_epochs", low=0)
+        flag(self, "measure")
+        number(self, "max_time_s", low=0.0, low_open=True)
+        names(self, "protect")
 
 
 def _mask_2_4(weight: torch.Tensor) -> torch.Tensor:
