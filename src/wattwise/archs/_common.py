@@ -362,6 +362,38 @@ def build_blocks(
     return nn.Sequential(*blocks), in_chans
 
 
+def build_trunk(
+    cfg: ArchConfig,
+    rows: tuple[BlockRow, ...],
+    *,
+    stem_chans: int,
+    head_chans: int,
+    act: str,
+    fixed_depth_rows: tuple[int, ...] = (),
+) -> tuple[ConvBNAct, nn.Sequential, ConvBNAct]:
+    """What every MobileNet / EfficientNet-Lite is made of before pooling: the stem (a 3×3
+    stride-2 :class:`ConvBNAct` to ``stem_chans``), the blocks of ``rows``
+    (:func:`build_blocks`) and the head (a 1×1 :class:`ConvBNAct` to ``head_chans``), both
+    convs with ``act`` and the config's BatchNorm and padding settings.
+
+    The families differ only in the channel counts (how ``width`` scales the stem and the head)
+    and the activation, which the caller passes.
+    """
+    stem = ConvBNAct(
+        cfg.in_chans,
+        stem_chans,
+        3,
+        2,
+        act=act,
+        tf_same_padding=cfg.tf_same_padding,
+        bn_eps=cfg.bn_eps,
+        bn_momentum=cfg.bn_momentum,
+    )
+    blocks, chans = build_blocks(rows, stem_chans, cfg, fixed_depth_rows=fixed_depth_rows)
+    head = ConvBNAct(chans, head_chans, 1, act=act, bn_eps=cfg.bn_eps, bn_momentum=cfg.bn_momentum)
+    return stem, blocks, head
+
+
 def init_weights(model: nn.Module) -> None:
     """The initialisation of the reference implementations (fan-out He for convs, N(0, 0.01)
     for linear layers, unit BatchNorm)."""

@@ -23,14 +23,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from wattwise.archs._common import (
-    ArchConfig,
-    BlockRow,
-    Classifier,
-    ConvBNAct,
-    build_blocks,
-    init_weights,
-)
+from wattwise.archs._common import ArchConfig, BlockRow, Classifier, build_trunk, init_weights
 from wattwise.config import register_config
 
 # EfficientNet-B0's table (paper, Table 1: MBConv{expansion}, kernel, stride, channels,
@@ -82,19 +75,13 @@ class EfficientNetLite(Classifier):
     def __init__(self, cfg: EfficientNetLiteConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.stem = ConvBNAct(
-            cfg.in_chans,
-            cfg.stem_chans,
-            3,
-            2,
+        self.stem, self.blocks, self.head = build_trunk(
+            cfg,
+            cfg.rows,
+            stem_chans=cfg.stem_chans,
+            head_chans=cfg.head_chans,
             act="relu6",
-            tf_same_padding=cfg.tf_same_padding,
-            bn_eps=cfg.bn_eps,
-            bn_momentum=cfg.bn_momentum,
-        )
-        self.blocks, chans = build_blocks(cfg.rows, cfg.stem_chans, cfg, fixed_depth_rows=(0, -1))
-        self.head = ConvBNAct(
-            chans, cfg.head_chans, 1, act="relu6", bn_eps=cfg.bn_eps, bn_momentum=cfg.bn_momentum
+            fixed_depth_rows=(0, -1),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(cfg.dropout)

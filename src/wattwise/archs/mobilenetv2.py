@@ -19,8 +19,7 @@ from wattwise.archs._common import (
     ArchConfig,
     BlockRow,
     Classifier,
-    ConvBNAct,
-    build_blocks,
+    build_trunk,
     init_weights,
     make_divisible,
 )
@@ -70,21 +69,13 @@ class MobileNetV2(Classifier):
     def __init__(self, cfg: MobileNetV2Config) -> None:
         super().__init__()
         self.cfg = cfg
-        stem = make_divisible(cfg.stem_chans * cfg.width)
-        self.stem = ConvBNAct(
-            cfg.in_chans,
-            stem,
-            3,
-            2,
-            act="relu6",
-            tf_same_padding=cfg.tf_same_padding,
-            bn_eps=cfg.bn_eps,
-            bn_momentum=cfg.bn_momentum,
-        )
-        self.blocks, chans = build_blocks(cfg.rows, stem, cfg)
         head = make_divisible(cfg.head_chans * max(1.0, cfg.width))
-        self.head = ConvBNAct(
-            chans, head, 1, act="relu6", bn_eps=cfg.bn_eps, bn_momentum=cfg.bn_momentum
+        self.stem, self.blocks, self.head = build_trunk(
+            cfg,
+            cfg.rows,
+            stem_chans=make_divisible(cfg.stem_chans * cfg.width),
+            head_chans=head,
+            act="relu6",
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(cfg.dropout)

@@ -22,8 +22,7 @@ from wattwise.archs._common import (
     ArchConfig,
     BlockRow,
     Classifier,
-    ConvBNAct,
-    build_blocks,
+    build_trunk,
     init_weights,
     make_act,
     make_divisible,
@@ -94,21 +93,13 @@ class MobileNetV3(Classifier):
     def __init__(self, cfg: MobileNetV3Config) -> None:
         super().__init__()
         self.cfg = cfg
-        stem = make_divisible(cfg.stem_chans * cfg.width)
-        self.stem = ConvBNAct(
-            cfg.in_chans,
-            stem,
-            3,
-            2,
-            act="hardswish",
-            tf_same_padding=cfg.tf_same_padding,
-            bn_eps=cfg.bn_eps,
-            bn_momentum=cfg.bn_momentum,
-        )
-        self.blocks, chans = build_blocks(cfg.rows, stem, cfg)
         head = make_divisible(cfg.head_chans * cfg.width)
-        self.head = ConvBNAct(
-            chans, head, 1, act="hardswish", bn_eps=cfg.bn_eps, bn_momentum=cfg.bn_momentum
+        self.stem, self.blocks, self.head = build_trunk(
+            cfg,
+            cfg.rows,
+            stem_chans=make_divisible(cfg.stem_chans * cfg.width),
+            head_chans=head,
+            act="hardswish",
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.hidden = nn.Linear(head, cfg.hidden_chans)
