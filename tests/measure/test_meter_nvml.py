@@ -22,7 +22,12 @@ from wattwise.measure.meters import (
     nvml_counter_probe,
     probe_meters,
 )
-from wattwise.measure.meters.nvml import PowerIntegrator, cuda_ordinal, resolve_handle
+from wattwise.measure.meters.nvml import (
+    PowerIntegrator,
+    _summarise_probe,
+    cuda_ordinal,
+    resolve_handle,
+)
 
 HAS_GPU = NvmlMeter.probe("cuda").ok
 needs_no_gpu = pytest.mark.skipif(HAS_GPU, reason="an NVIDIA GPU is present here")
@@ -275,3 +280,34 @@ def test_counter_probe_finds_an_update_period() -> None:
     assert result["update_period_ms_median"] is not None, result
     assert 1 <= result["update_period_ms_median"] <= 500, result
     assert result["counter_energy_j"] > 0
+
+
+# --- the counter probe's summary (pure: no NVML needed) -----------------------------------------
+
+
+def test_probe_summary_measures_between_the_first_and_the_last_change() -> None:
+    # A counter that moves every 100 ms by 10 J (100 W), and power that integrates 1% higher.
+    changes = [(1.0 + 0.1 * i, 500.0 + 10.0 * i, 20.0 + 10.1 * i) for i in range(11)]
+    notes: list[str] = []
+    out = _summarise_probe(changes, [0.002, 0.003, 0.004], 1.5, "instant", notes)
+    assert out["reads"] == 3 and out["read_ms_median"] == pytest.approx(3.0)
+    assert out["changes"] == 11
+    assert out["update_period_ms_median"] == pytest.approx(100.0)
+    assert out["update_period_ms_min"] == pytest.approx(100.0)
+    assert out["window_s"] == pytest.approx(1.0)
+    assert out["counter_energy_j"] == pytest.approx(100.0)
+    assert out["power_energy_j"] == pytest.approx(101.0)
+    assert out["mean_power_w"] == pytest.approx(100.0)
+    assert out["relative_difference"] == pytest.approx(0.01)
+    assert notes == []
+
+
+def test_probe_summary_says_why_figures_are_missing() -> None:
+    notes: list[str] = []
+    out = _summarise_probe([(1.0, 5.0, 0.0)], [], 2.0, "instant", notes)
+    assert out == {"reads": 0, "read_ms_median": None, "changes": 1}
+    assert notes == ["the counter changed 1 time(s) in 2.0 s: too few"]
+    # NVML's 1-second average power lags a changing load: the comparison says so.
+    averaged: list[str] = []
+    _summarise_probe([(0.0, 0.0, 0.0), (0.1, 1.0, 1.0)], [0.001], 1.0, "average", averaged)
+    assert averaged == ["power is NVML's 1-second average: compare only under a steady load"]

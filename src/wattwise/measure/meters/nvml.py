@@ -418,42 +418,8 @@ def nvml_counter_probe(device_index: int = 0, seconds: float = 3.0) -> dict[str,
             notes.append("this GPU has no energy counter (pre-Volta): nothing to probe")
             return result
         integrator = PowerIntegrator(read_power, 0.01)
-        changes: list[tuple[float, float, float]] = []  # (time, counter J, integrated J)
-        read_times: list[float] = []
-        last = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
-        deadline = time.perf_counter() + seconds
-        while True:
-            t0 = time.perf_counter()
-            if t0 >= deadline:
-                break
-            value = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
-            t1 = time.perf_counter()
-            read_times.append(t1 - t0)
-            if value < last:
-                notes.append(f"counter went backwards at read {len(read_times)}: driver reset?")
-                changes.clear()
-            elif value != last:
-                changes.append((t1, value / 1000.0, integrator.energy_j()))
-            last = value
-        result["reads"] = len(read_times)
-        result["read_ms_median"] = 1000 * statistics.median(read_times) if read_times else None
-        result["changes"] = len(changes)
-        if len(changes) < 2:
-            notes.append(f"the counter changed {len(changes)} time(s) in {seconds} s: too few")
-            return result
-        gaps_ms = [1000 * (b[0] - a[0]) for a, b in itertools.pairwise(changes)]
-        result["update_period_ms_median"] = statistics.median(gaps_ms)
-        result["update_period_ms_min"] = min(gaps_ms)
-        result["update_period_ms_max"] = max(gaps_ms)
-        (t_a, counter_a, power_a), (t_b, counter_b, power_b) = changes[0], changes[-1]
-        window_s = t_b - t_a
-        counter_j, power_j = counter_b - counter_a, power_b - power_a
-        result.update(window_s=window_s, counter_energy_j=counter_j, power_energy_j=power_j)
-        result["mean_power_w"] = counter_j / window_s if window_s > 0 else None
-        if counter_j > 0:
-            result["relative_difference"] = (power_j - counter_j) / counter_j
-        if result["power_field"] == "average":
-            notes.append("power is NVML's 1-second average: compare only under a steady load")
+        changes, read_times = _watch_counter(pynvml, handle, integrator, seconds, notes)
+        result.update(_summarise_probe(changes, read_times, seconds, result["power_field"], notes))
         return result
     except pynvml.NVMLError as exc:
         notes.append(f"NVML error: {type(exc).__name__}: {exc}")
@@ -462,3 +428,70 @@ def nvml_counter_probe(device_index: int = 0, seconds: float = 3.0) -> dict[str,
         if integrator is not None:
             integrator.close()
         _shutdown(pynvml)
+
+
+def _watch_counter(
+    pynvml: ModuleType,
+    handle: Any,
+    integrator: PowerIntegrator,
+    seconds: float,
+    notes: list[str],
+) -> tuple[list[tuple[float, float, float]], list[float]]:
+    """Read the energy counter as fast as it goes for ``seconds``.
+
+    Returns:
+        Each change of the counter as (time, counter J, integrated power J), since the last
+        time it went backwards (a note then), and each read's seconds.
+    """
+    changes: list[tuple[float, float, float]] = []
+    read_times: list[float] = []
+    last = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+    deadline = time.perf_counter() + seconds
+    while True:
+        t0 = time.perf_counter()
+        if t0 >= deadline:
+            break
+        value = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+        t1 = time.perf_counter()
+        read_times.append(t1 - t0)
+        if value < last:
+            notes.append(f"counter went backwards at read {len(read_times)}: driver reset?")
+            changes.clear()
+        elif value != last:
+            changes.append((t1, value / 1000.0, integrator.energy_j()))
+        last = value
+    return changes, read_times
+
+
+def _summarise_probe(
+    changes: list[tuple[float, float, float]],
+    read_times: list[float],
+    seconds: float,
+    power_field: str,
+    notes: list[str],
+) -> dict[str, Any]:
+    """:func:`nvml_counter_probe`'s figures from the counter's changes (see
+    :func:`_watch_counter`): the update period, and counter vs integrated power between the
+    first and the last change. A figure it cannot find is left out, with a note."""
+    out: dict[str, Any] = {
+        "reads": len(read_times),
+        "read_ms_median": 1000 * statistics.median(read_times) if read_times else None,
+        "changes": len(changes),
+    }
+    if len(changes) < 2:
+        notes.append(f"the counter changed {len(changes)} time(s) in {seconds} s: too few")
+        return out
+    gaps_ms = [1000 * (b[0] - a[0]) for a, b in itertools.pairwise(changes)]
+    out["update_period_ms_median"] = statistics.median(gaps_ms)
+    out["update_period_ms_min"] = min(gaps_ms)
+    out["update_period_ms_max"] = max(gaps_ms)
+    (t_a, counter_a, power_a), (t_b, counter_b, power_b) = changes[0], changes[-1]
+    window_s = t_b - t_a
+    counter_j, power_j = counter_b - counter_a, power_b - power_a
+    out.update(window_s=window_s, counter_energy_j=counter_j, power_energy_j=power_j)
+    out["mean_power_w"] = counter_j / window_s if window_s > 0 else None
+    if counter_j > 0:
+        out["relative_difference"] = (power_j - counter_j) / counter_j
+    if power_field == "average":
+        notes.append("power is NVML's 1-second average: compare only under a steady load")
+    return out
