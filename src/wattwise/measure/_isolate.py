@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from wattwise import errors
+from wattwise._core import first_line
 
 TAME_MALLOC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295"
 # A child's log keeps its first LOG_MAX_BYTES and its last LOG_TAIL_BYTES (where a traceback
@@ -193,7 +194,7 @@ def run_isolated(
     if status == "ok":
         return message[1]
     _, kind, text, tb = message
-    first = text.strip().splitlines()[0] if text.strip() else ""
+    first = first_line(text)
     error: errors.WattwiseError
     if status == "wattwise":
         cls = getattr(errors, kind, None)
