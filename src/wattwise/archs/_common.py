@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from wattwise._core import check_choice
 from wattwise.config import Config, register_config
 from wattwise.errors import InputError
 
@@ -105,10 +106,7 @@ class BlockRow(Config):
             raise InputError(f"BlockRow.repeats must be an int >= 1, got {self.repeats!r}")
         if not isinstance(self.se, bool):
             raise InputError(f"BlockRow.se must be a bool, got {self.se!r}")
-        if self.act not in ACTIVATIONS:
-            raise InputError(
-                f"BlockRow.act must be one of {', '.join(sorted(ACTIVATIONS))}, got {self.act!r}"
-            )
+        check_choice(self.act, sorted(ACTIVATIONS), what="BlockRow.act")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from wattwise._core import check_choice
 from wattwise.archs._common import (
     ArchConfig,
     Classifier,
@@ -87,14 +87,8 @@ class ResNetConfig(ArchConfig):
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.block not in EXPANSION:
-            raise InputError(
-                f"ResNetConfig.block must be one of {_choices(EXPANSION)}, got {self.block!r}"
-            )
-        if self.stem not in STEMS:
-            raise InputError(
-                f"ResNetConfig.stem must be one of {_choices(STEMS)}, got {self.stem!r}"
-            )
+        check_choice(self.block, EXPANSION, what="ResNetConfig.block")
+        check_choice(self.stem, STEMS, what="ResNetConfig.stem")
         if not _is_int(self.stem_chans) or self.stem_chans < 1:
             raise InputError(
                 f"ResNetConfig.stem_chans must be an int >= 1, got {self.stem_chans!r}"
@@ -110,10 +104,6 @@ class ResNetConfig(ArchConfig):
                 f"{len(self.stage_blocks)} and {len(self.stage_chans)}"
             )
         super().__post_init__()
-
-
-def _choices(names: Iterable[str]) -> str:
-    return ", ".join(repr(n) for n in names)
 
 
 def _positive_ints(field: str, value: Any) -> tuple[int, ...]:
