@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from wattwise._registry import Registry
 from wattwise.config import Config, register_config
 from wattwise.errors import InputError
-from wattwise.measure._macs import count_macs as count_macs  # the model statistics' MACs
+from wattwise.measure._macs import count_macs as count_macs  # re-exported: ModelStats.macs
 
 if TYPE_CHECKING:
     import torch
