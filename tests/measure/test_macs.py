@@ -18,8 +18,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from wattwise.measure import measure
-from wattwise.measure._macs import count_step_macs
-from wattwise.passes._base import count_macs
+from wattwise.measure._macs import count_macs, count_step_macs
 
 D, HEADS, FF, SEQ = 64, 4, 128, 16
 
