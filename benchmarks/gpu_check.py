@@ -38,8 +38,9 @@ from wattwise.measure._hardware import hardware_info
 def _finish(model: torch.nn.Module, dtype: str, compiled: bool) -> torch.nn.Module:
     model = model.to(getattr(torch, dtype)).eval()
     if compiled:
-        # channels_last + inductor: the usual fast path for convnets on a GPU.
-        model = model.to(memory_format=torch.channels_last)
+        # channels_last + inductor: the usual fast path for convnets on a GPU. Module.to
+        # documents and accepts memory_format=, but torch's typed overloads of it omit it.
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         return torch.compile(model)  # type: ignore[return-value]
     return model
 

@@ -185,13 +185,15 @@ def plain_module() -> Iterator[types.ModuleType]:
     del sys.modules[module.__name__]
 
 
-def test_a_call_runs_the_attribute_as_it_is_now(plain_module: types.ModuleType) -> None:
+def test_a_call_runs_the_attribute_as_it_is_now(
+    plain_module: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The call looks the function up by name at each call, so the module's attribute stays
     # the one place to patch (and a stale copy can never run instead).
     callable_module = make_callable(plain_module.__name__, plain_module.double)
     assert callable_module is plain_module and isinstance(plain_module, CallableModule)
     assert callable_module(21) == 42
-    plain_module.double = plain_module.triple
+    monkeypatch.setattr(plain_module, "double", plain_module.triple)
     assert callable_module(21) == 63
     assert "_function_name" not in vars(plain_module)  # dir() lists only the module's names
 

@@ -9,7 +9,6 @@ written; extras are followed (``wattwise[compress,...]`` names this project's ow
 from __future__ import annotations
 
 import re
-import sys
 import tomllib
 from pathlib import Path
 
@@ -54,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,7 @@ def test_measure_table_for_people() -> None:
 
 
 @pytest.fixture
-def user_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def user_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     name = f"ww_cli_models_{abs(hash(tmp_path)) % 10**8}"
     (tmp_path / f"{name}.py").write_text(
         "from torch import nn\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,7 @@ def not_a_model():
 
 
 @pytest.fixture
-def models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     name = f"ww_target_models_{abs(hash(tmp_path)) % 10**8}"
     (tmp_path / f"{name}.py").write_text(_MODELS)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 import torch
@@ -96,8 +97,20 @@ class SmallNet(nn.Module):
 
 
 X = torch.randn(1, 1, 8, 8)
+
+
+class _Measure(TypedDict):
+    """``measure``'s keywords for these tests, typed so that ``**MEASURE`` type-checks."""
+
+    batch_size: int
+    threads: int
+    max_time_s: float
+    min_window_s: float
+    warmup_max_s: float
+
+
 # One measuring thread, windows of 0.3 s (30 ticks of /proc/stat), a short time cap.
-MEASURE = {
+MEASURE: _Measure = {
     "batch_size": 4,
     "threads": 1,
     "max_time_s": 2.0,

@@ -8,6 +8,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from typing import TypedDict
 
 import pytest
 import torch
@@ -72,7 +73,19 @@ def matmul_step() -> Callable[[], object]:
 # --- check arguments ---------------------------------------------------------------------
 
 
-ARGS = {
+class _Args(TypedDict):
+    """``_check_arguments``'s keywords, typed so that ``**ARGS`` type-checks."""
+
+    device: str
+    batch_size: int
+    mode: str
+    target: torch.Tensor | None
+    threads: int | None
+    max_time_s: float
+    target_ci95_rel: float
+
+
+ARGS: _Args = {
     "device": "cpu",
     "batch_size": 1,
     "mode": "inference",
@@ -104,9 +117,8 @@ def test_bad_arguments_are_refused_by_name_before_any_child(changes, fragment) -
 
 def test_good_arguments_give_the_normalised_device() -> None:
     assert _check_arguments(X, **ARGS) == "cpu"
-    assert (
-        _check_arguments((X, X), **{**ARGS, "mode": "train", "target": torch.tensor([1])}) == "cpu"
-    )
+    train: _Args = {**ARGS, "mode": "train", "target": torch.tensor([1])}
+    assert _check_arguments((X, X), **train) == "cpu"
 
 
 # --- warm up -----------------------------------------------------------------------------

@@ -106,7 +106,9 @@ def test_options() -> None:
         EstimateMeter(min_w_per_vcpu=-1)
     with pytest.raises(UnavailableError, match="CPUs only"):
         EstimateMeter("cuda")
-    assert create_meter("estimate", "cpu", min_w_per_vcpu=0.1).model_row.min_w == 0.1
+    meter = create_meter("estimate", "cpu", min_w_per_vcpu=0.1)
+    assert isinstance(meter, EstimateMeter)
+    assert meter.model_row.min_w == 0.1
 
 
 def test_every_row_is_sane_and_cited() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -74,14 +74,16 @@ class FakeNVMLError(Exception):
         self.value = value
 
 
-class FakeNvml:
-    """The few pynvml functions the meter calls, over ``uuids`` boards."""
+class FakeNvml(ModuleType):
+    """The few pynvml functions the meter calls, over ``uuids`` boards; a module, as what
+    ``sys.modules`` holds must be."""
 
     NVMLError = FakeNVMLError
     NVML_ERROR_NOT_SUPPORTED = 3
     NVML_SUCCESS = 0
 
     def __init__(self, uuids: list[str], counter: bool = True, power_w: float = 100.0) -> None:
+        super().__init__("pynvml")
         self.uuids = uuids
         self.counter = counter
         self.power_w = power_w

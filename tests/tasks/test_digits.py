@@ -6,10 +6,12 @@ import pickle
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 import wattwise
 from wattwise.errors import InputError, UnknownNameError, WorkloadError
@@ -23,6 +25,7 @@ def task() -> Task:
 
 def test_digits_data_is_scaled_split_and_stratified(task: Task) -> None:
     assert task.name == "digits" and task.num_classes == 10
+    assert isinstance(task.train_data, TensorDataset) and isinstance(task.val_data, TensorDataset)
     assert (len(task.train_data), len(task.val_data)) == (1437, 360)
     x, _ = task.train_data[:]
     assert x.shape[1:] == (1, 8, 8) and x.dtype == torch.float32
@@ -142,7 +145,7 @@ NOT_CALLABLE = 42
 
 
 @pytest.fixture
-def factories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def factories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A real module of task factories, importable for the test's duration."""
     name = f"ww_task_factories_{abs(hash(tmp_path)) % 10**8}"
     (tmp_path / f"{name}.py").write_text(_FACTORIES)
