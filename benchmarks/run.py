@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from wattwise._units import format_energy as _energy
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "docs" / "benchmarks"
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -39,15 +41,6 @@ def _run(script: str, *args: str) -> None:
     cmd = [sys.executable, str(ROOT / "benchmarks" / script), *args]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
-
-
-def _energy(j: float | None) -> str:
-    if j is None:
-        return "—"
-    for scale, unit in ((1.0, "J"), (1e-3, "mJ"), (1e-6, "µJ"), (1e-9, "nJ")):
-        if j >= scale:
-            return f"{j / scale:.3g} {unit}"
-    return f"{j:.3g} J"
 
 
 def _ratio(x: float | None) -> str:

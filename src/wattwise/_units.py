@@ -1,4 +1,8 @@
-"""Parse and format physical quantities: ``"2mJ"``, ``"0.5 J"``, ``"150 W"``, ``"20ms"``."""
+"""Parse and format physical quantities: ``"2mJ"``, ``"1.5 MJ"``, ``"150 W"``, ``"20ms"``.
+
+One energy formatter for every output (the report, the CLI, the progress lines, ``check``,
+the model card), so a figure reads the same wherever it is shown.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,19 @@ import re
 
 from wattwise.errors import InputError
 
-_PREFIX = {"": 1.0, "k": 1e3, "m": 1e-3, "u": 1e-6, "µ": 1e-6, "n": 1e-9}
+_PREFIX = {
+    "": 1.0,
+    "T": 1e12,
+    "G": 1e9,
+    "M": 1e6,
+    "k": 1e3,
+    "m": 1e-3,
+    "u": 1e-6,
+    "µ": 1e-6,
+    "n": 1e-9,
+}
 _BASE = {"J": "J", "Wh": "Wh", "W": "W", "s": "s"}
-_RE = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([kmuµn]?)(J|Wh|W|s)\s*$")
+_RE = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([TGMkmuµn]?)(J|Wh|W|s)\s*$")
 
 
 def parse_quantity(text: str, unit: str) -> float:
@@ -43,11 +57,54 @@ def parse_quantity(text: str, unit: str) -> float:
     return value
 
 
-def format_energy(joules: float) -> str:
-    """Human form with an SI prefix: ``0.0021 → '2.1 mJ'``."""
-    if not math.isfinite(joules):
-        return str(joules)
-    for factor, prefix in ((1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n")):
-        if abs(joules) >= factor or factor == 1e-9:
-            return f"{joules / factor:.3g} {prefix}J"
-    return f"{joules} J"
+MISSING = "—"
+"""What a figure that was not recorded reads as, wherever one is shown."""
+
+_SI = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ"))
+
+
+def format_si(value: float, unit: str, *, digits: int = 3, space: bool = True) -> str:
+    """``value`` with an SI prefix from T down to n, ``digits`` significant figures.
+
+    >>> format_si(0.00085, "s")
+    '850 µs'
+    """
+    if value == 0:
+        return f"0 {unit}".strip()
+    factor, prefix = next(((f, p) for f, p in _SI if abs(value) >= f * 0.9995), (1e-9, "n"))
+    scaled = value / factor
+    # .3g would print 1000 as '1e+03' when rounding crosses the next prefix.
+    text = f"{scaled:.{digits}g}"
+    if "e" in text:
+        text = f"{scaled:.0f}"
+    sep = " " if space else ""
+    return f"{text}{sep}{prefix}{unit}".strip()
+
+
+def format_energy(joules: float | None) -> str:
+    """Energy with an SI prefix, from nJ to the MJ and GJ a whole search can spend;
+    :data:`MISSING` for ``None`` and for what is not a finite number.
+
+    >>> format_energy(0.0021), format_energy(1.5e6), format_energy(None)
+    ('2.1 mJ', '1.5 MJ', '—')
+    """
+    if joules is None or isinstance(joules, bool):
+        return MISSING
+    try:
+        value = float(joules)
+    except (TypeError, ValueError):
+        return MISSING
+    return format_si(value, "J") if math.isfinite(value) else MISSING
+
+
+def format_energy_figure(
+    joules: float | None, source: str | None, uncertainty: float | None, *, per: str = ""
+) -> str:
+    """An energy figure as every line of text shows one: with its source and uncertainty, so
+    an estimate never reads as a measurement (``2.1 mJ/item (estimated:cpu-ccf ±40%)``).
+
+    Args:
+        per: what the figure is per, appended to the unit (``"/item"``).
+    """
+    unc = f" ±{uncertainty:.0%}" if isinstance(uncertainty, int | float) else ""
+    return f"{format_energy(joules)}{per} ({source or 'unknown source'}{unc})"

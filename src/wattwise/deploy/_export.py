@@ -27,6 +27,7 @@ from typing import Any
 
 from wattwise._core import first_line
 from wattwise._fs import temp_dir_beside
+from wattwise._units import format_energy as _fmt_j
 from wattwise.deploy._inputs import as_batch, run_batches, take_rows
 from wattwise.deploy._prepare import Deployed
 from wattwise.deploy._program import export_program
@@ -234,13 +235,6 @@ def _write(
         json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8"
     )
     (tmp / CARD).write_text(_model_card(manifest), encoding="utf-8")
-
-
-def _fmt_j(j: float) -> str:
-    for unit, scale in (("J", 1.0), ("mJ", 1e-3), ("µJ", 1e-6), ("nJ", 1e-9)):
-        if abs(j) >= scale:
-            return f"{j / scale:.3g} {unit}"
-    return f"{j:.3g} J"
 
 
 # Characters that make Markdown or HTML out of text: the card shows task names, recipes and
