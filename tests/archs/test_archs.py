@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, TypeVar
 
 import pytest
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import wattwise.archs as archs
-from wattwise.archs import BlockRow, MobileNetV3Config, ResNetConfig, make_divisible
+from wattwise.archs import (
+    BlockRow,
+    Classifier,
+    InvertedResidual,
+    MobileNetV3,
+    MobileNetV3Config,
+    ResNetConfig,
+    make_divisible,
+)
+from wattwise.archs._common import DropPath
 from wattwise.config import Config
 from wattwise.errors import InputError, UnknownNameError
 
@@ -40,6 +51,32 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+M = TypeVar("M", bound=nn.Module)
+
+
+def create(name: str, **kwargs: Any) -> Classifier:
+    """``archs.create``, checked to build a family model (stem → blocks → head → fc)."""
+    model = archs.create(name, **kwargs)
+    assert isinstance(model, Classifier), type(model)
+    return model
+
+
+def part(module: nn.Module, path: str, kind: type[M]) -> M:
+    """The submodule of ``module`` at the dotted ``path``, checked to be a ``kind``."""
+    found = module.get_submodule(path)
+    assert isinstance(found, kind), f"{path} is a {type(found).__name__}, not {kind.__name__}"
+    return found
+
+
+def children(module: nn.Module, kind: type[M]) -> list[M]:
+    """The children of ``module`` (e.g. its blocks), each checked to be a ``kind``."""
+    found = []
+    for child in module.children():
+        assert isinstance(child, kind), f"{type(child).__name__}, not {kind.__name__}"
+        found.append(child)
+    return found
+
+
 def test_registry_lists_every_family_variant():
     expected = ["mobilenetv2", "mobilenetv3_small", "mobilenetv3_large"]
     expected += [f"efficientnet_lite{i}" for i in range(5)]
@@ -65,7 +102,7 @@ def test_forward_backward_finite(name):
 @pytest.mark.parametrize("name", ALL)
 def test_info_matches_built_model(name):
     info = archs.info(name)
-    model = archs.create(name)
+    model = create(name)
     assert info.name == name
     assert model.default_input_size == info.default_input_size
     assert info.default_input_size == (3, info.resolution, info.resolution)
@@ -86,9 +123,9 @@ def test_macs_and_params_grow_with_width(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_depth_multiplier_changes_blocks(name):
-    base = len(archs.create(name).blocks)
-    assert len(archs.create(name, depth=2.0).blocks) > base
-    assert len(archs.create(name, depth=0.5).blocks) < base
+    base = len(create(name).blocks)
+    assert len(create(name, depth=2.0).blocks) > base
+    assert len(create(name, depth=0.5).blocks) < base
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -145,87 +182,106 @@ def test_lite_scaling_table():
     for i, (width, depth, res) in expect.items():
         info = archs.info(f"efficientnet_lite{i}")
         assert (info.width, info.depth, info.resolution) == (width, depth, res)
-    lite4 = archs.create("efficientnet_lite4")
-    assert lite4.stem.conv.out_channels == 32 and lite4.head.conv.out_channels == 1280
+    lite4 = create("efficientnet_lite4")
+    assert part(lite4, "stem.conv", nn.Conv2d).out_channels == 32
+    assert part(lite4, "head.conv", nn.Conv2d).out_channels == 1280
     # 1 + ceil(2·1.8) + ceil(2·1.8) + ceil(3·1.8) + ceil(3·1.8) + ceil(4·1.8) + 1
     assert len(lite4.blocks) == 1 + 4 + 4 + 6 + 6 + 8 + 1
-    assert lite4.blocks[-1].project.conv.out_channels == make_divisible(320 * 1.4) == 448
+    last = part(lite4.blocks[-1], "project.conv", nn.Conv2d)
+    assert last.out_channels == make_divisible(320 * 1.4) == 448
 
 
 def test_block_structure_follows_the_papers():
-    v3l = archs.create("mobilenetv3_large")
-    assert len(v3l.blocks) == 15 and v3l.head.conv.out_channels == 960
+    v3l = create("mobilenetv3_large")
+    assert isinstance(v3l, MobileNetV3)
+    assert len(v3l.blocks) == 15 and part(v3l, "head.conv", nn.Conv2d).out_channels == 960
     assert v3l.hidden.out_features == 1280
-    assert isinstance(v3l.stem.act, torch.nn.Hardswish)
+    assert isinstance(v3l.get_submodule("stem.act"), torch.nn.Hardswish)
     # Table 1: 5×5 exp 120 → 40 with SE and ReLU; 3×3 exp 184 → 80 with h-swish, no SE.
-    block = v3l.blocks[4]
-    assert block.dw.conv.kernel_size == (5, 5) and block.dw.conv.out_channels == 120
+    block = part(v3l, "blocks.4", InvertedResidual)
+    dw = part(block, "dw.conv", nn.Conv2d)
+    assert dw.kernel_size == (5, 5) and dw.out_channels == 120
     assert isinstance(block.dw.act, torch.nn.ReLU) and isinstance(block.se, archs.SqueezeExcite)
     assert isinstance(block.se.gate, torch.nn.Hardsigmoid)
-    block = v3l.blocks[8]
-    assert block.dw.conv.out_channels == 184 and isinstance(block.dw.act, torch.nn.Hardswish)
+    block = part(v3l, "blocks.8", InvertedResidual)
+    assert part(block, "dw.conv", nn.Conv2d).out_channels == 184
+    assert isinstance(block.dw.act, torch.nn.Hardswish)
     assert isinstance(block.se, torch.nn.Identity)
 
-    v3s = archs.create("mobilenetv3_small")
+    v3s = create("mobilenetv3_small")
+    assert isinstance(v3s, MobileNetV3)
     assert len(v3s.blocks) == 11 and v3s.hidden.out_features == 1024
-    assert [b.dw.conv.out_channels for b in v3s.blocks[:3]] == [16, 72, 88]
+    assert [part(b, "dw.conv", nn.Conv2d).out_channels for b in list(v3s.blocks)[:3]] == [
+        16,
+        72,
+        88,
+    ]
 
-    v2 = archs.create("mobilenetv2")
+    v2 = create("mobilenetv2")
     assert len(v2.blocks) == 17
     assert isinstance(v2.blocks[0].expand, torch.nn.Identity)  # t = 1: no expansion conv
-    assert isinstance(v2.blocks[1].project.act, torch.nn.Identity)  # linear bottleneck
-    assert sum(b.has_shortcut for b in v2.blocks) == 10
+    assert isinstance(v2.get_submodule("blocks.1.project.act"), torch.nn.Identity)  # linear
+    assert sum(b.has_shortcut for b in children(v2.blocks, InvertedResidual)) == 10
     # The head is scaled up, never down (§6.1): 1280 at 0.5, 1792 at 1.4.
-    assert archs.create("mobilenetv2", width=0.5).head.conv.out_channels == 1280
-    assert archs.create("mobilenetv2", width=1.4).head.conv.out_channels == 1792
+    assert part(create("mobilenetv2", width=0.5), "head.conv", nn.Conv2d).out_channels == 1280
+    assert part(create("mobilenetv2", width=1.4), "head.conv", nn.Conv2d).out_channels == 1792
 
-    lite0 = archs.create("efficientnet_lite0")
+    lite0 = create("efficientnet_lite0")
     assert not any(isinstance(m, archs.SqueezeExcite) for m in lite0.modules())
     assert not any(isinstance(m, torch.nn.Hardswish | torch.nn.SiLU) for m in lite0.modules())
-    assert lite0.blocks[0].dw.bn.eps == 1e-3 and lite0.blocks[0].dw.bn.momentum == 0.01
+    bn = part(lite0, "blocks.0.dw.bn", nn.BatchNorm2d)
+    assert bn.eps == 1e-3 and bn.momentum == 0.01
 
 
 def test_resnet_structure_follows_the_paper():
-    r18, r50 = archs.create("resnet18"), archs.create("resnet50")
+    r18, r50 = create("resnet18"), create("resnet50")
     # Table 1: 7×7/2 conv then 3×3/2 max-pool; 2+2+2+2 basic units, 3+4+6+3 bottlenecks.
-    assert r18.stem.conv.kernel_size == (7, 7) and r18.stem.conv.stride == (2, 2)
-    assert isinstance(r18.stem.pool, torch.nn.MaxPool2d)
+    stem = part(r18, "stem.conv", nn.Conv2d)
+    assert stem.kernel_size == (7, 7) and stem.stride == (2, 2)
+    assert isinstance(r18.get_submodule("stem.pool"), torch.nn.MaxPool2d)
     assert len(r18.blocks) == 8 and len(r50.blocks) == 16
     assert isinstance(r18.head, torch.nn.Identity) and r18.num_features == 512
     assert r50.num_features == 2048
     # Stage widths 64..512 (×4 out of a bottleneck); a projection shortcut wherever the shape
     # changes (option B), the identity elsewhere.
-    assert [b.branch.conv2.conv.out_channels for b in r18.blocks[::2]] == [64, 128, 256, 512]
-    assert [not isinstance(b.shortcut, torch.nn.Identity) for b in r18.blocks[::2]] == [
+    widths = [part(b, "branch.conv2.conv", nn.Conv2d).out_channels for b in list(r18.blocks)[::2]]
+    assert widths == [64, 128, 256, 512]
+    assert [not isinstance(b.shortcut, torch.nn.Identity) for b in list(r18.blocks)[::2]] == [
         False, True, True, True,
     ]  # fmt: skip
     assert sum(not isinstance(b.shortcut, torch.nn.Identity) for b in r50.blocks) == 4
     # v1.5: a downsampling bottleneck strides on its 3×3, not on its first 1×1.
     down = r50.blocks[3]
-    assert down.branch.conv1.conv.stride == (1, 1) and down.branch.conv2.conv.stride == (2, 2)
-    assert down.branch.conv3.conv.out_channels == 512 and down.shortcut.conv.stride == (2, 2)
+    assert part(down, "branch.conv1.conv", nn.Conv2d).stride == (1, 1)
+    assert part(down, "branch.conv2.conv", nn.Conv2d).stride == (2, 2)
+    assert part(down, "branch.conv3.conv", nn.Conv2d).out_channels == 512
+    assert part(down, "shortcut.conv", nn.Conv2d).stride == (2, 2)
     # Feature map at 1/32 (ImageNet stem) or 1/8 (small stem: 3×3/1 conv, no pool).
     x = torch.randn(1, 3, 64, 64)
     assert r18.forward_features(x).shape == (1, 512, 2, 2)
-    same = archs.create("resnet18", tf_same_padding=True)  # TF's padding: same sizes
+    same = create("resnet18", tf_same_padding=True)  # TF's padding: same sizes
     assert same.forward_features(x).shape == (1, 512, 2, 2)
-    small = archs.create("resnet18", stem="small", resolution=32)
-    assert small.stem.conv.kernel_size == (3, 3) and small.stem.conv.stride == (1, 1)
+    small = create("resnet18", stem="small", resolution=32)
+    stem = part(small, "stem.conv", nn.Conv2d)
+    assert stem.kernel_size == (3, 3) and stem.stride == (1, 1)
     assert not any(isinstance(m, torch.nn.MaxPool2d) for m in small.modules())
     assert small.forward_features(x).shape == (1, 512, 8, 8)
     assert small.default_input_size == (3, 32, 32)
 
 
 def test_resnet_width_depth_and_zero_init():
-    quarter = archs.create("resnet50", width=0.25)
-    assert quarter.stem.conv.out_channels == 16 and quarter.num_features == 512
-    assert archs.create("resnet18", width=0.1).stem.conv.out_channels == 8  # multiple of 8
+    quarter = create("resnet50", width=0.25)
+    assert part(quarter, "stem.conv", nn.Conv2d).out_channels == 16
+    assert quarter.num_features == 512
+    # a multiple of 8
+    assert part(create("resnet18", width=0.1), "stem.conv", nn.Conv2d).out_channels == 8
     # Depth rounds up per stage: ceil(3·0.5) + ceil(4·0.5) + ceil(6·0.5) + ceil(3·0.5).
-    assert len(archs.create("resnet34", depth=0.5).blocks) == 2 + 2 + 3 + 2
-    assert archs.create("resnet18").dropout.p == 0.0  # the paper uses no dropout
-    zeroed = archs.create("resnet50", zero_init_residual=True)
-    assert all(b.branch.conv3.bn.weight.abs().sum() == 0 for b in zeroed.blocks)
-    assert zeroed.blocks[0].branch.conv1.bn.weight.abs().sum() > 0
+    assert len(create("resnet34", depth=0.5).blocks) == 2 + 2 + 3 + 2
+    assert part(create("resnet18"), "dropout", nn.Dropout).p == 0.0  # the paper uses no dropout
+    zeroed = create("resnet50", zero_init_residual=True)
+    bn3 = [part(b, "branch.conv3.bn", nn.BatchNorm2d) for b in zeroed.blocks]
+    assert all(bn.weight.abs().sum() == 0 for bn in bn3)
+    assert part(zeroed, "blocks.0.branch.conv1.bn", nn.BatchNorm2d).weight.abs().sum() > 0
     x = torch.randn(1, 3, 32, 32)
     assert torch.isfinite(zeroed.eval()(x)).all()
 
@@ -252,6 +308,7 @@ def test_resnet_config_round_trips_and_validates():
     data = cfg.to_dict()
     assert data["type"] == "arch.resnet" and data["stage_blocks"] == [3, 4, 6, 3]
     again = Config.from_dict(data)
+    assert isinstance(again, ResNetConfig)
     assert again == cfg and isinstance(again.stage_blocks, tuple) and hash(again) == hash(cfg)
     with pytest.raises(InputError, match="stem"):
         archs.create("resnet18", stem="cifar")
@@ -279,9 +336,10 @@ def test_grey_digits_input():
 
 
 def test_create_passes_dropout_and_drop_path():
-    model = archs.create("efficientnet_lite0", dropout=0.5, drop_path_rate=0.2)
-    assert model.dropout.p == 0.5
-    rates = [b.drop_path.rate for b in model.blocks if hasattr(b.drop_path, "rate")]
+    model = create("efficientnet_lite0", dropout=0.5, drop_path_rate=0.2)
+    assert part(model, "dropout", nn.Dropout).p == 0.5
+    blocks = children(model.blocks, InvertedResidual)
+    rates = [b.drop_path.rate for b in blocks if isinstance(b.drop_path, DropPath)]
     assert rates and rates == sorted(rates) and max(rates) < 0.2
     model.train()
     assert torch.isfinite(model(torch.randn(*SMALL_INPUT))).all()
@@ -303,7 +361,7 @@ def test_torch_export(name):
 )
 def test_torch_pruning_removes_channels(name):
     tp = pytest.importorskip("torch_pruning")
-    model = archs.create(name, width=0.5, num_classes=10).eval()
+    model = create(name, width=0.5, num_classes=10).eval()
     x = torch.randn(1, 3, 64, 64)
     before = n_params(model)
     pruner = tp.pruner.MagnitudePruner(
@@ -324,6 +382,7 @@ def test_config_round_trips_through_dict():
     data = cfg.to_dict()
     assert data["type"] == "arch.mobilenetv3" and data["rows"][0]["type"] == "arch.block_row"
     again = Config.from_dict(data)
+    assert isinstance(again, MobileNetV3Config)
     assert again == cfg and isinstance(again.rows[0], BlockRow)
     assert hash(again) == hash(cfg)
 

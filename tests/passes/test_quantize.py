@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from passes.helpers import part
 from wattwise.errors import InputError
 from wattwise.passes import Quantize, compress
 from wattwise.tasks import Task
@@ -22,9 +23,13 @@ def _with_outliers(model: nn.Module, layers: tuple[int, ...]) -> nn.Module:
     """
     with torch.no_grad():
         for i in layers:
-            model.net[i].weight[:8] *= 1000
-            model.net[i].bias[:8] *= 1000
-            model.net[i + 2].weight[:, :8] /= 1000
+            scaled, next_ = (
+                part(model, f"net.{i}", nn.Linear),
+                part(model, f"net.{i + 2}", nn.Linear),
+            )
+            scaled.weight[:8] *= 1000
+            scaled.bias[:8] *= 1000
+            next_.weight[:, :8] /= 1000
     return model
 
 
@@ -78,7 +83,9 @@ def test_dynamic_int8_quantizes_linear_and_gru(
 ) -> None:
     small, log = compress(trained_zoo("gru"), [Quantize("dynamic-int8")], task=task)
     assert type(small.rnn).__module__.startswith("torch.ao.nn.quantized.dynamic")
-    assert "Int8" in type(small.head.weight).__name__  # torchao's int8 weight tensor
+    assert (
+        "Int8" in type(small.get_submodule("head").weight).__name__
+    )  # torchao's int8 weight tensor
     assert log.records[0].params == log.initial.params  # packed weights are still counted
 
 
