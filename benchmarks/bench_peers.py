@@ -189,32 +189,32 @@ def run_wattwise(case: Case, task: Task, scenario: str, workdir: Path) -> dict[s
         space=space,
         progress=False,
     )
-    best = result.best
+    doc, best = result.document, result.best
     info: dict[str, Any] = {
         "search_s": time.perf_counter() - t0,
-        "search_energy_j": result.results.get("search_energy_j"),
-        "search_energy_source": result.results.get("search_energy_source"),
-        "trials": result.results.get("trials"),
-        "failed_trials": result.results.get("failed_trials"),
+        "search_energy_j": doc.search_energy_j,
+        "search_energy_source": doc.search_energy_source,
+        "trials": doc.trials,
+        "failed_trials": doc.failed_trials,
     }
-    if best is None or not (out / "artifact").is_dir():
+    if best is None or best.deployment is None or not (out / "artifact").is_dir():
         return {**info, "error": "no feasible trial within the accuracy limit"}
     artifact = workdir / f"artifact-{scenario}"
     (out / "artifact").rename(artifact)
-    dep = best["deployment"]
+    dep = best.deployment
     threads = dep.get("threads") or None
-    built = peers.wattwise_artifact(artifact, float(best.get("macs_per_item") or 0.0))
+    built = peers.wattwise_artifact(artifact, float(best.figures.macs_per_item or 0.0))
     loaded = wattwise.deploy.load_artifact(artifact)
     acc = _score(task, loaded.callable)
     return {
         **info,
         "built": built,
         "accuracy": acc,
-        "search_accuracy": best.get("accuracy"),
+        "search_accuracy": best.figures.accuracy,
         "choice": {
-            "label": best.get("label"),
-            "recipe": best.get("recipe"),
-            "student": best.get("student"),
+            "label": best.label,
+            "recipe": list(best.recipe) if best.recipe is not None else None,
+            "student": best.student,
             "backend": dep["backend"],
             "precision": dep["precision"],
             "batch_size": int(dep["batch_size"]),

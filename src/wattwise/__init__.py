@@ -19,7 +19,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from wattwise import archs, errors, passes, search, tasks
+    from wattwise import archs, errors, passes, results, search, tasks
     from wattwise._callable import make_callable
     from wattwise.deploy import deploy as _deploy
     from wattwise.measure import Measurement
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         load_recipe,
         save_recipe,
     )
+    from wattwise.results import Figures, Results, TrialRow
     from wattwise.search import OptimizeResult, optimize
     from wattwise.tasks import Task
 
@@ -46,6 +47,10 @@ if TYPE_CHECKING:
 # Public name → (module, attribute); attribute None means the module itself.
 _LAZY: dict[str, tuple[str, str | None]] = {
     "Measurement": ("wattwise.measure", "Measurement"),
+    "Results": ("wattwise.results", "Results"),
+    "TrialRow": ("wattwise.results", "TrialRow"),
+    "Figures": ("wattwise.results", "Figures"),
+    "results": ("wattwise.results", None),
     "Task": ("wattwise.tasks", "Task"),
     "archs": ("wattwise.archs", None),
     "errors": ("wattwise.errors", None),
@@ -69,12 +74,15 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 __all__ = [
     "CompressionLog",
     "Distill",
+    "Figures",
     "Measurement",
     "OptimizeResult",
     "Prune",
     "Quantize",
+    "Results",
     "Sparsify",
     "Task",
+    "TrialRow",
     "__version__",
     "archs",
     "compress",
@@ -84,6 +92,7 @@ __all__ = [
     "measure",
     "optimize",
     "passes",
+    "results",
     "save_recipe",
     "search",
     "tasks",

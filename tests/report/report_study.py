@@ -1,4 +1,10 @@
-"""A synthetic study for the report tests (importable by name, unlike a conftest)."""
+"""A synthetic study for the report tests (importable by name, unlike a conftest).
+
+The results document is schema 1 as optimize wrote it before the confirmation stage existed
+(no ``confirmation``, ``baseline_same_batch``, ratios or ``payback_basis``): the report still
+reads such files, and computes their payback itself. ``tests/search/test_results.py`` checks
+the report against a real, confirmed optimize run.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +53,7 @@ def _trial(
         "number": number,
         "state": "complete",
         "fail_reason": None,
+        "label": f"trial-{number} {dep['backend']}/{dep['precision']} b{dep['batch_size']}",
         "recipe": recipe,
         "student": student,
         "deployment": dep,
@@ -58,10 +65,13 @@ def _trial(
         "latency_ms_p50": p90 * 0.8,
         "latency_ms_p90": p90,
         "throughput_items_per_s": dep["batch_size"] / (p90 * 0.8e-3),
+        "co2e_g_per_million_items": j * 1e6 / 3.6e6 * 480,
         "macs_per_item": 5.6e6 * (0.5 if recipe else 1.0),
         "params": 120_000,
         "size_bytes": 480_000,
+        "disturbed_windows": 0,
         "build_energy_j": 35.0,
+        "search_energy_source": source,
         "measure_energy_j": 12.5,
         "duration_s": 41.0,
         "pareto": pareto,
@@ -93,6 +103,33 @@ def _failed(number: int, state: str, reason: str | None, recipe: list[dict[str, 
         "duration_s": 4.2,
         "pareto": False,
         "feasible": False,
+    }
+
+
+def _entry(trial: dict[str, Any]) -> dict[str, Any]:
+    """A trial as results.json lists it (``best``, ``pareto``): its figures, what it was."""
+    figures = (
+        "accuracy",
+        "energy_j_per_item",
+        "energy_source",
+        "energy_uncertainty",
+        "latency_ms_p50",
+        "latency_ms_p90",
+        "throughput_items_per_s",
+        "co2e_g_per_million_items",
+        "macs_per_item",
+        "params",
+        "size_bytes",
+        "disturbed_windows",
+    )
+    return {
+        "number": trial["number"],
+        "label": trial["label"],
+        **{k: trial[k] for k in figures},
+        "accuracy_drop": trial["accuracy_drop"],
+        "recipe": copy.deepcopy(trial["recipe"]),
+        "student": trial["student"],
+        "deployment": dict(trial["deployment"]),
     }
 
 
@@ -193,34 +230,32 @@ def make_study() -> tuple[dict[str, Any], list[dict[str, Any]]]:
             "energy_uncertainty": 0.04,
             "latency_ms_p50": 1.8,
             "latency_ms_p90": 2.1,
+            "throughput_items_per_s": 555.0,
+            "co2e_g_per_million_items": BASE_J * 1e6 / 3.6e6 * 480,
             "macs_per_item": 5.6e6,
             "params": 120_000,
             "size_bytes": 480_000,
-            "co2e_g_per_million_items": BASE_J * 1e6 / 3.6e6 * 480,
+            "disturbed_windows": 0,
+            "recipe": [],
+            "deployment": _dep("eager", "fp32", 1, threads=None),
         },
         "best": {
-            "accuracy": best["accuracy"],
-            "energy_j_per_item": best["energy_j_per_item"],
-            "energy_source": best["energy_source"],
-            "energy_uncertainty": best["energy_uncertainty"],
-            "latency_ms_p50": best["latency_ms_p50"],
-            "latency_ms_p90": best["latency_ms_p90"],
-            "macs_per_item": best["macs_per_item"],
-            "params": best["params"],
-            "size_bytes": best["size_bytes"],
-            "co2e_g_per_million_items": best["energy_j_per_item"] * 1e6 / 3.6e6 * 480,
-            "recipe": copy.deepcopy(best["recipe"]),
-            "student": best["student"],
-            "deployment": dict(best["deployment"]),
+            **_entry(best),
             "artifact": "wattwise-out/artifacts/trial-7/model.onnx",
+            "trial_energy_j_per_item": best["energy_j_per_item"],
         },
-        "pareto": [2, 3, 4, 7],
+        # As optimize writes it: the front's entries, lowest J/item first.
+        "pareto": [
+            _entry(t)
+            for t in sorted(trials[:9], key=lambda t: t["energy_j_per_item"])
+            if t["pareto"]
+        ],
         "trials": len(trials),
         "failed_trials": 2,
         "search_energy_j": 1.25e3,
         "search_energy_source": "measured:rapl",
         "payback_items": None,
         "grid_intensity_g_per_kwh": 480.0,
-        "cost_per_kwh": 0.15,
+        "price_per_kwh": 0.15,
     }
     return results, trials

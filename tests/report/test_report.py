@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
 import json
 import re
@@ -34,7 +35,7 @@ from wattwise.report import (
     results_json_text,
     trials_csv_text,
 )
-from wattwise.report._tables import (
+from wattwise.report._format import (
     fmt_bytes,
     fmt_energy_j,
     fmt_items,
@@ -42,6 +43,7 @@ from wattwise.report._tables import (
     fmt_money,
     fmt_uncertainty,
 )
+from wattwise.results import Results, TrialRow
 
 Study = tuple[dict[str, Any], list[dict[str, Any]]]
 
@@ -103,10 +105,19 @@ def test_trials_csv_cells_cannot_run_as_spreadsheet_formulas() -> None:
     quote; numbers, negative ones included, stay numbers."""
     evil = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
     trials = [
-        {"number": i, "fail_reason": text, "accuracy_drop": -0.5, "search_delta": -3}
+        {"number": i, "state": "failed", "fail_reason": text, "accuracy_drop": -0.5}
         for i, text in enumerate(evil)
     ]
-    trials.append({"number": len(evil), "=cmd|' /C calc'!A0": "x", "fail_reason": "a = b\rc"})
+    for row in trials:
+        row["search_delta"] = -3  # a key a newer wattwise writes: kept, in its own column
+    trials.append(
+        {
+            "number": len(evil),
+            "state": "failed",
+            "=cmd|' /C calc'!A0": "x",
+            "fail_reason": "a = b\rc",
+        }
+    )
     rows = list(csv.DictReader(io.StringIO(trials_csv_text(trials), newline="")))
     assert [r["fail_reason"] for r in rows[: len(evil)]] == ["'" + text for text in evil]
     assert {(r["accuracy_drop"], r["search_delta"]) for r in rows[: len(evil)]} == {("-0.5", "-3")}
@@ -121,9 +132,16 @@ def test_results_json_round_trips_with_stable_order(tmp_path: Path, study: Study
     loaded = json.loads(path.read_text(encoding="utf-8"))
     expected = copy.deepcopy(results)
     expected["storage"] = redact_url(results["storage"])
-    assert loaded == expected
-    assert list(loaded)[:5] == ["schema", "task", "study", "storage", "scenario"]
+    # Everything given comes back as given; the fields this (older) document lacks are
+    # written as empty, so every results.json has every field.
+    assert {k: v for k, v in loaded.items() if k in expected} == expected
+    absent = set(loaded) - set(expected)
+    assert absent and all(loaded[k] in (None, []) for k in absent), absent
+    assert list(loaded)[:5] == ["schema", "task", "task_spec", "study", "storage"]
     assert path.read_text(encoding="utf-8").startswith('{\n  "schema": 1,')
+    # Read back, the file is the same document: it round-trips through Results exactly.
+    assert Results.from_dict(loaded).to_dict() == loaded
+    assert results_json_text(loaded) == path.read_text(encoding="utf-8")
 
     # The same content in another key order gives the same bytes.
     shuffled = {k: results[k] for k in reversed(list(results))}
@@ -134,13 +152,25 @@ def test_results_json_round_trips_with_stable_order(tmp_path: Path, study: Study
 
 def test_json_output_is_strict_json(tmp_path: Path, study: Study) -> None:
     results, trials = study
-    results["baseline"]["latency_ms_p90"] = float("nan")
-    results["hardware"]["extra"] = (Path("/dev/null"), 3)
-    text = render_report(results, trials, tmp_path)["json"].read_text(encoding="utf-8")
+    # A figure the search measured as NaN is written as null, never as a bare NaN.
+    doc = Results.from_dict(results)
+    nan = dataclasses.replace(doc.baseline.figures, latency_ms_p90=float("nan"))
+    doc = dataclasses.replace(
+        doc,
+        baseline=dataclasses.replace(doc.baseline, figures=nan),
+        hardware={**(doc.hardware or {}), "extra": (Path("/dev/null"), 3)},
+    )
+    text = render_report(doc, trials, tmp_path)["json"].read_text(encoding="utf-8")
     assert "NaN" not in text
     loaded = json.loads(text)
     assert loaded["baseline"]["latency_ms_p90"] is None
     assert loaded["hardware"]["extra"] == ["/dev/null", 3]
+    # A results dict that says NaN is refused, in one line naming the field.
+    results["baseline"]["latency_ms_p90"] = float("nan")
+    with pytest.raises(InputError) as info:
+        render_report(results, trials, tmp_path / "nan")
+    assert str(info.value) == "results: baseline.latency_ms_p90 is nan, not a finite number"
+    assert not (tmp_path / "nan").exists()
 
 
 def test_user_strings_are_escaped_everywhere(tmp_path: Path, study: Study) -> None:
@@ -286,7 +316,11 @@ def test_nothing_feasible(tmp_path: Path, study: Study) -> None:
 
 
 def test_missing_values_render_as_dash(tmp_path: Path) -> None:
-    paths = render_report({"schema": 1}, [{"number": 0}, {}], tmp_path)
+    paths = render_report(
+        {"schema": 1},
+        [{"number": 0, "state": "complete"}, {"number": 1, "state": "failed"}],
+        tmp_path,
+    )
     page = paths["html"].read_text(encoding="utf-8")
     assert "—" in page and "nothing to plot" in page
     assert "source not recorded" in page
@@ -298,7 +332,11 @@ def test_bad_inputs_raise_before_writing(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="results must be a mapping"):
         render_report([], [], tmp_path / "x")  # type: ignore[arg-type]
     with pytest.raises(InputError, match=r"trials\[1\] must be a mapping"):
-        render_report({}, [{}, 3], tmp_path / "x")  # type: ignore[list-item]
+        render_report({}, [{"number": 0, "state": "failed"}, 3], tmp_path / "x")  # type: ignore[list-item]
+    with pytest.raises(InputError, match=r"^trials\[0\]\.number is missing"):
+        render_report({}, [{"state": "failed"}], tmp_path / "x")
+    with pytest.raises(InputError, match=r"^results: best\.energy_j_per_item must be a number"):
+        render_report({"best": {"energy_j_per_item": "1 mJ"}}, [], tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
@@ -350,8 +388,9 @@ def test_ablation_section_says_it_is_observational(study: Study) -> None:
 
 def test_energy_section_states_grid_and_price(study: Study) -> None:
     results, trials = study
-    results["cost_per_kwh"] = 0.3
+    results["price_per_kwh"] = 0.3
     results["currency"] = "EUR"
+    results["cost_per_kwh"] = 99.0  # a key no wattwise ever wrote: the report reads none of it
     page = render_html(results, trials)
     section = re.search(r'<section id="energy">.*?</section>', page, re.S)
     assert section
@@ -398,7 +437,13 @@ def test_make_study_is_realistic() -> None:
     results, trials = make_study()
     states = [t["state"] for t in trials]
     assert states.count("failed") == results["failed_trials"] == 2
-    assert {t["number"] for t in trials if t.get("pareto")} == set(results["pareto"])
+    assert {t["number"] for t in trials if t.get("pareto")} == {
+        p["number"] for p in results["pareto"]
+    }
+    # Every trial row and the document itself read as the typed schema, nothing left over.
+    doc = Results.from_dict(results)
+    assert doc.extra == {} and doc.best is not None and doc.best.extra == {}
+    assert all(TrialRow.from_dict(t).extra == {} for t in trials)
 
 
 _ANY = st.one_of(
@@ -414,43 +459,80 @@ _TRIAL_KEYS = ("number", "state", "fail_reason", "recipe", "student", "deploymen
                "accuracy_drop", "energy_j_per_item", "energy_source", "energy_uncertainty",
                "latency_ms_p90", "size_bytes", "build_energy_j", "duration_s", "pareto",
                "feasible")  # fmt: skip
+_FIGURE = st.one_of(st.none(), st.floats(-1e3, 1e3), st.integers(-(10**6), 10**6))
 
 
 @settings(max_examples=60, deadline=None)
 @given(
     trials=st.lists(
         st.fixed_dictionaries(
-            {},
+            {"number": st.integers(0, 50), "state": st.sampled_from(["complete", "failed"])},
             optional={
-                **{k: _ANY for k in _TRIAL_KEYS},
-                "state": st.sampled_from(["complete", "failed", "pruned", "running", None]),
-                "energy_j_per_item": st.one_of(st.none(), st.floats(-1, 10)),
+                "energy_j_per_item": _FIGURE,
                 "accuracy": st.one_of(st.none(), st.floats(0, 1)),
+                "accuracy_drop": _FIGURE,
+                "latency_ms_p90": _FIGURE,
+                "energy_uncertainty": _FIGURE,
+                "energy_source": st.sampled_from(["measured:rapl", "estimated:cpu-ccf"]),
+                "recipe": st.lists(st.fixed_dictionaries({"type": st.text(max_size=5)})),
+                "deployment": st.dictionaries(st.sampled_from(["backend", "x"]), _ANY),
+                "feasible": st.one_of(st.none(), st.booleans()),
+                "pareto": st.booleans(),
             },
         ),
         max_size=6,
     ),
-    best=st.one_of(st.none(), st.dictionaries(st.sampled_from(_TRIAL_KEYS), _ANY, max_size=6)),
-    pareto=_ANY,
+    best=st.one_of(
+        st.none(),
+        st.fixed_dictionaries(
+            {}, optional={k: _FIGURE for k in ("energy_j_per_item", "accuracy", "latency_ms_p90")}
+        ),
+    ),
 )
-def test_any_shape_of_input_renders(trials: list[dict], best: Any, pareto: Any) -> None:
-    """Odd values (strings for numbers, NaN, nesting, negatives) degrade to "—", never crash."""
+def test_any_well_typed_input_renders(trials: list[dict], best: Any) -> None:
+    """Odd values of the right types (negatives, zeros, missing figures) degrade to "—"."""
     results, _ = make_study()
     results["best"] = best
-    results["pareto"] = pareto
     page = render_html(results, trials)
     assert page.count('<svg id="plot-') == 2
     json.loads(results_json_text(results))
     assert trials_csv_text(trials).count("\n") >= len(trials) + 1
 
 
-def test_pareto_given_as_rows(study: Study) -> None:
+@settings(max_examples=80, deadline=None)
+@given(
+    trials=st.lists(st.fixed_dictionaries({}, optional={k: _ANY for k in _TRIAL_KEYS}), max_size=4),
+    best=st.one_of(st.none(), st.dictionaries(st.sampled_from(_TRIAL_KEYS), _ANY, max_size=6)),
+    pareto=_ANY,
+)
+def test_any_shape_of_input_renders_or_is_refused_in_one_line(
+    trials: list[dict], best: Any, pareto: Any
+) -> None:
+    """Strings for numbers, NaN, nesting: the page renders, or one InputError line names the
+    field; never another exception."""
+    results, _ = make_study()
+    results["best"] = best
+    results["pareto"] = pareto
+    try:
+        page = render_html(results, trials)
+    except InputError as exc:
+        assert "\n" not in str(exc)
+        assert re.match(r"(results: [\w.\[\]]+|trials\[\d+\][\w.\[\]]*) ", str(exc)), exc
+    else:
+        assert page.count('<svg id="plot-') == 2
+
+
+def test_the_front_is_read_from_results_pareto(study: Study) -> None:
     results, trials = study
     results["pareto"] = [{"number": 3, "accuracy": 0.972}]
     for t in trials:
         t["pareto"] = False
     svg = _svg(render_html(results, trials), "plot-pareto")
     assert re.findall(r'class="pt pt-pareto trial[^"]*" data-trial="(\d+)"', svg) == ["3"]
+    # Trial numbers alone are no front: the schema's front holds entries.
+    results["pareto"] = [3]
+    with pytest.raises(InputError, match=r"^results: pareto\[0\] must be an object"):
+        render_html(results, trials)
 
 
 def test_disturbed_windows_are_flagged_in_the_page_and_the_csv(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from wattwise.passes.prune import IMPORTANCES
 from wattwise.passes.prune import SCOPES as PRUNE_SCOPES
 from wattwise.passes.sparsity import PATTERNS
 from wattwise.passes.sparsity import SCOPES as SPARSE_SCOPES
-from wattwise.report._tables import payback
+from wattwise.report import payback
 from wattwise.search import check_results
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -311,11 +311,15 @@ trial_specs = st.lists(
 bounds = st.tuples(st.sampled_from([0.0, 0.02, 0.05, 0.1]), st.sampled_from([None, 3.0, 5.0]))
 
 
-def _rows(specs: list[tuple[Any, ...]], bound: tuple[float, float | None]) -> list[dict[str, Any]]:
+def _trial_rows(specs: list[tuple[Any, ...]], bound: tuple[float, float | None]) -> list[Any]:
     from wattwise.search._rows import trial_rows
 
     trials = [_trial(i, *s) for i, s in enumerate(specs)]
     return trial_rows(trials, BASE_ACC, _settings(*bound))
+
+
+def _rows(specs: list[tuple[Any, ...]], bound: tuple[float, float | None]) -> list[dict[str, Any]]:
+    return [r.to_dict() for r in _trial_rows(specs, bound)]
 
 
 def _dom(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -348,12 +352,12 @@ def test_pareto_front_properties(specs: list[tuple[Any, ...]], bound: Any) -> No
         if not r["pareto"]:
             assert any(_dom(f, r) for f in front)
     assert bool(front) == bool(feasible)
-    best = _best(rows)
+    best = _best(_trial_rows(specs, bound))
     if not feasible:
         assert best is None
     else:
-        assert best is not None and best["feasible"] and best["pareto"]
-        assert best["energy_j_per_item"] == min(r["energy_j_per_item"] for r in feasible)
+        assert best is not None and best.feasible and best.pareto
+        assert best.figures.energy_j_per_item == min(r["energy_j_per_item"] for r in feasible)
 
 
 @SLOW

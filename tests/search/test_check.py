@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from wattwise.cli import app
 from wattwise.errors import InputError
+from wattwise.results import Results
 from wattwise.search import SearchProgress, check_results, load_results
 
 RESULTS = {
@@ -110,7 +111,7 @@ def test_load_results_is_bounded_and_strict(tmp_path):
     with pytest.raises(InputError, match="has the key 'best' twice"):
         load_results(path)
     path.write_text(json.dumps(RESULTS))
-    assert load_results(path) == RESULTS
+    assert load_results(path) == Results.from_dict(RESULTS)
 
 
 def test_cli_check_exit_codes(results_file):

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from results_checks import assert_results_published, assert_round_trips
 from search_helpers import subprocess_env, wattwise_cmd
 
 from wattwise.search._confirm import _choose, _paired, _rotations
@@ -103,6 +104,7 @@ def test_headline_is_published_only_from_side_by_side_rounds(tmp_path: Path) -> 
     assert res0["energy_ratio"] is None and res0["payback_items"] is None
     assert any("confirmation stage was skipped" in n for n in res0["notes"])
     assert "headline:" not in first.stdout
+    assert_round_trips(out)
 
     # 2. `wattwise report --confirm` measures them side by side, into a new directory.
     db = f"sqlite:///{out}/wattwise.db"
@@ -181,6 +183,11 @@ def test_headline_is_published_only_from_side_by_side_rounds(tmp_path: Path) -> 
     assert res2["confirmation"] == conf
     assert res2["energy_ratio_same_batch"] == res["energy_ratio_same_batch"]
     assert "headline:" in again.stdout
+
+    # Both confirmed outputs: results.json round-trips through Results, and every field the
+    # report and the summary show is the search's (no "—" where it has the value).
+    assert_results_published(rep, report.stdout)
+    assert_results_published(out, again.stdout)
 
 
 def test_confirm_rounds_below_three_are_refused(tmp_path: Path) -> None:

@@ -109,7 +109,7 @@ def test_user_code_output_goes_to_per_trial_logs_with_its_tail_on_failure(
 
         def on_end(trial: optuna.trial.FrozenTrial) -> None:
             row = next(
-                r for r in trial_rows(study.trials, 1.0, settings) if r["number"] == trial.number
+                r for r in trial_rows(study.trials, 1.0, settings) if r.number == trial.number
             )
             bar.trial_finished(row, None, counted=True)
 
@@ -117,7 +117,10 @@ def test_user_code_output_goes_to_per_trial_logs_with_its_tail_on_failure(
     ours = capfd.readouterr()
     assert "chatty" not in ours.out + ours.err  # not a line of the user's output reached us
 
-    rows = {r["deployment"]["batch_size"]: r for r in trial_rows(study.trials, 1.0, settings)}
+    rows = {
+        r["deployment"]["batch_size"]: r
+        for r in (t.to_dict() for t in trial_rows(study.trials, 1.0, settings))
+    }
     good, bad = rows[2], rows[CHATTY_FAIL_BATCH]
     assert good["state"] == "complete" and good["output_tail"] is None
     assert bad["state"] == "failed", bad

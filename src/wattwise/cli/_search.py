@@ -8,13 +8,16 @@ command (:mod:`wattwise.cli._errors`): 0 ok, 1 a budget broken (``check``), 2 ba
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from wattwise._units import MISSING, format_energy, format_energy_figure
 from wattwise.cli._app import app
 from wattwise.cli._errors import EXIT_INTERRUPTED, EXIT_TERMINATED, handled
 from wattwise.cli._output import stdout_to_stderr
+from wattwise.results import Figures, Results
 
 if TYPE_CHECKING:
     from wattwise.search import OptimizeResult
@@ -29,24 +32,18 @@ def _exit_if_interrupted(result: OptimizeResult) -> None:
         )
 
 
-def _fmt_j(value: Any) -> str:
-    from wattwise.report import fmt_energy_j
-
-    return fmt_energy_j(value)
-
-
 def _fmt_num(value: Any, fmt: str = "{:.3g}") -> str:
     if value is None:
-        return "—"
+        return MISSING
     try:
         return fmt.format(value)
     except (TypeError, ValueError):
         return str(value)
 
 
-def _deployment_label(dep: Any) -> str:
-    if not isinstance(dep, dict):
-        return "—"
+def _deployment_label(dep: Mapping[str, Any] | None) -> str:
+    if not isinstance(dep, Mapping):
+        return MISSING
     threads = f" t{dep['threads']}" if dep.get("threads") else ""
     return f"{dep.get('backend')}/{dep.get('precision')} b{dep.get('batch_size')}{threads}"
 
@@ -57,7 +54,7 @@ def recipe_text(recipe: Any) -> str:
         return "none (the trained baseline model)"
     parts = []
     for p in recipe:
-        if not isinstance(p, dict):
+        if not isinstance(p, Mapping):
             parts.append(str(p))
             continue
         args = []
@@ -71,33 +68,40 @@ def recipe_text(recipe: Any) -> str:
     return " → ".join(parts)
 
 
-def _ratio_words(res: dict[str, Any]) -> list[str]:
+def _ratio_words(res: Results) -> list[str]:
     """Both headline ratios in words: what batching and threads give alone, and what
     compression plus the runtime add on top."""
-    total, same = res.get("energy_ratio"), res.get("energy_ratio_same_batch")
-    conf = res.get("confirmation") or {}
-    sb = res.get("baseline_same_batch") or {}
-    if not isinstance(same, int | float) or not isinstance(total, int | float):
+    total, same = res.energy_ratio, res.energy_ratio_same_batch
+    if same is None or total is None:
         return []
-    rounds = conf.get("rounds")
-    spread = conf.get("spread")
+    conf = res.confirmation
+    rounds = conf.rounds if conf is not None else None
+    spread = conf.spread if conf is not None else None
     where = f"median of {rounds} side-by-side rounds" + (
         f"; widest spread of a candidate's rounds {spread:.0%} of its median"
-        if isinstance(spread, int | float)
+        if spread is not None
         else ""
     )
-    lines = [
+    sb = res.baseline_same_batch
+    return [
         f"headline: {same:.3g}x less energy per item than fp32 eager at the same batch "
-        f"({_deployment_label(sb.get('deployment'))}) ({where})",
+        f"({_deployment_label(sb.deployment if sb else None)}) ({where})",
         f"  from fp32 eager at batch 1: {total:.3g}x in all = {total / same:.3g}x from "
         f"batching and threads alone × {same:.3g}x from compression and the runtime",
     ]
-    return lines
 
 
-def _disturbed(doc: dict[str, Any] | None) -> str:
-    n = (doc or {}).get("disturbed_windows")
-    return f" ⚠ {n} disturbed" if isinstance(n, int) and n > 0 else ""
+def _energy(figures: Figures | None) -> str:
+    if figures is None:
+        return MISSING
+    n = figures.disturbed_windows
+    disturbed = f" ⚠ {n} disturbed" if n else ""
+    return (
+        format_energy_figure(
+            figures.energy_j_per_item, figures.energy_source, figures.energy_uncertainty
+        )
+        + disturbed
+    )
 
 
 def print_summary(result: OptimizeResult, *, file: Any = None) -> None:
@@ -107,12 +111,12 @@ def print_summary(result: OptimizeResult, *, file: Any = None) -> None:
     from rich.table import Table
 
     console = Console(file=file or sys.stdout)
-    res = result.results
-    base = res.get("baseline") or {}
-    same = res.get("baseline_same_batch")
-    best = res.get("best")
+    res = result.document
+    base = res.baseline.figures
+    same = res.baseline_same_batch.figures if res.baseline_same_batch is not None else None
+    best = res.best.figures if res.best is not None else None
     table = Table(
-        title=f"wattwise optimize: {res.get('task')} ({res.get('scenario')}), study {res.get('study')}",
+        title=f"wattwise optimize: {res.task} ({res.scenario}), study {res.study}",
         title_justify="left",
     )
     table.add_column("")
@@ -121,100 +125,91 @@ def print_summary(result: OptimizeResult, *, file: Any = None) -> None:
         table.add_column("fp32 eager, same batch", justify="right")
     table.add_column("best", justify="right")
     table.add_column("ratio (same batch)", justify="right")
-    confirmed = isinstance(res.get("energy_ratio_same_batch"), int | float)
     ref = same or base
 
     def ratio(key: str, invert: bool = False) -> str:
-        a, b = ref.get(key), (best or {}).get(key)
-        if not confirmed and key in ("energy_j_per_item", "throughput_items_per_s"):
+        if res.energy_ratio_same_batch is None and key in (
+            "energy_j_per_item",
+            "throughput_items_per_s",
+        ):
             return ""  # single measurements minutes apart: not a ratio we publish
         if key == "energy_j_per_item":  # the median of within-round ratios, as published
-            return f"{res['energy_ratio_same_batch']:.3g}x"
-        if not isinstance(a, int | float) or not isinstance(b, int | float) or not a or not b:
+            return f"{res.energy_ratio_same_batch:.3g}x"
+        a, b = getattr(ref, key), getattr(best, key) if best is not None else None
+        if not a or not b:
             return ""
         return f"{(a / b if not invert else b / a):.3g}x"
 
-    def energy(doc: dict[str, Any] | None) -> str:
-        if not doc:
-            return "—"
-        unc = doc.get("energy_uncertainty")
-        tail = f" ±{unc:.0%}" if isinstance(unc, int | float) else ""
-        return (
-            f"{_fmt_j(doc.get('energy_j_per_item'))} ({doc.get('energy_source')}{tail})"
-            + _disturbed(doc)
-        )
+    b = best or Figures()
+    s = same or Figures()
 
-    b = best or {}
-
-    def row(name: str, a: str, s: str, c: str, r: str) -> None:
-        table.add_row(name, a, *([s] if same else []), c, r)
+    def row(name: str, a: str, sb: str, c: str, r: str) -> None:
+        table.add_row(name, a, *([sb] if same else []), c, r)
 
     row(
         "what",
-        _deployment_label(base.get("deployment")),
-        _deployment_label((same or {}).get("deployment")),
-        b.get("label") or "—",
+        _deployment_label(res.baseline.deployment),
+        _deployment_label(res.baseline_same_batch.deployment if res.baseline_same_batch else None),
+        (res.best.label if res.best else None) or MISSING,
         "",
     )
+    drop = res.best.accuracy_drop if res.best is not None else None
     row(
         "accuracy",
-        _fmt_num(base.get("accuracy"), "{:.4f}"),
-        _fmt_num((same or {}).get("accuracy"), "{:.4f}"),
-        _fmt_num(b.get("accuracy"), "{:.4f}"),
-        _fmt_num(
-            -b["accuracy_drop"] * 100 if b.get("accuracy_drop") is not None else None,
-            "{:+.2f} pt",
-        ),
+        _fmt_num(base.accuracy, "{:.4f}"),
+        _fmt_num(s.accuracy, "{:.4f}"),
+        _fmt_num(b.accuracy, "{:.4f}"),
+        _fmt_num(-drop * 100 if drop is not None else None, "{:+.2f} pt"),
     )
-    row("energy / item", energy(base), energy(same), energy(best), ratio("energy_j_per_item"))
+    row("energy / item", _energy(base), _energy(same), _energy(best), ratio("energy_j_per_item"))
     row(
         "p90 latency / call",
-        _fmt_num(base.get("latency_ms_p90"), "{:.3g} ms"),
-        _fmt_num((same or {}).get("latency_ms_p90"), "{:.3g} ms"),
-        _fmt_num(b.get("latency_ms_p90"), "{:.3g} ms"),
+        _fmt_num(base.latency_ms_p90, "{:.3g} ms"),
+        _fmt_num(s.latency_ms_p90, "{:.3g} ms"),
+        _fmt_num(b.latency_ms_p90, "{:.3g} ms"),
         "",
     )
     row(
         "throughput",
-        _fmt_num(base.get("throughput_items_per_s"), "{:.4g} items/s"),
-        _fmt_num((same or {}).get("throughput_items_per_s"), "{:.4g} items/s"),
-        _fmt_num(b.get("throughput_items_per_s"), "{:.4g} items/s"),
+        _fmt_num(base.throughput_items_per_s, "{:.4g} items/s"),
+        _fmt_num(s.throughput_items_per_s, "{:.4g} items/s"),
+        _fmt_num(b.throughput_items_per_s, "{:.4g} items/s"),
         ratio("throughput_items_per_s", invert=True),
     )
     row(
         "MACs / item",
-        _fmt_num(base.get("macs_per_item"), "{:.4g}"),
-        _fmt_num((same or {}).get("macs_per_item"), "{:.4g}"),
-        _fmt_num(b.get("macs_per_item"), "{:.4g}"),
+        _fmt_num(base.macs_per_item, "{:.4g}"),
+        _fmt_num(s.macs_per_item, "{:.4g}"),
+        _fmt_num(b.macs_per_item, "{:.4g}"),
         ratio("macs_per_item"),
     )
     row(
         "params",
-        _fmt_num(base.get("params"), "{:,}"),
-        _fmt_num((same or {}).get("params"), "{:,}"),
-        _fmt_num(b.get("params"), "{:,}"),
+        _fmt_num(base.params, "{:,}"),
+        _fmt_num(s.params, "{:,}"),
+        _fmt_num(b.params, "{:,}"),
         ratio("params"),
     )
     console.print(table)
     lines = _ratio_words(res)
     lines += [
-        f"trials: {res.get('trials')} of {res.get('trials_budget')} "
-        f"({res.get('failed_trials')} failed), Pareto front: {len(res.get('pareto') or [])}",
-        f"search energy: {_fmt_j(res.get('search_energy_j'))} ({res.get('search_energy_source')}); "
+        f"trials: {res.trials} of {res.trials_budget} "
+        f"({res.failed_trials} failed), Pareto front: {len(res.pareto)}",
+        f"search energy: {format_energy(res.search_energy_j)} ({res.search_energy_source}); "
         + (
-            f"pays back after {res['payback_items']:.3g} items (against fp32 eager at the same "
+            f"pays back after {res.payback_items:.3g} items (against fp32 eager at the same "
             "batch: the conservative figure)"
-            if res.get("payback_items") is not None
+            if res.payback_items is not None
             else "no payback figure (no confirmed saving per item at the same batch)"
         ),
     ]
-    if best:
-        lines.append(f"recipe: {recipe_text(best.get('recipe'))}")
-        lines.append(f"artifact: {best.get('artifact') or '— (not exported)'}")
+    if res.best is not None:
+        lines.append(f"recipe: {recipe_text(res.best.recipe)}")
+        lines.append(f"artifact: {res.best.artifact or '— (not exported)'}")
     for key in ("html", "json", "csv"):
         if key in result.paths:
             lines.append(f"{key}: {result.paths[key]}")
-    for note in res.get("notes") or []:
+    for note in res.notes:
         lines.append(f"note: {note}")
     for line in lines:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -426,9 +421,9 @@ def check(
     )
     if breaches:
         raise CheckFailed("; ".join(b.message for b in breaches))
-    best = doc.get("best") or {}
+    best = doc.best.figures if doc.best is not None else Figures()
+    drop = (doc.best.accuracy_drop if doc.best is not None else None) or 0
     print(
-        f"ok: {results}: best {_fmt_j(best.get('energy_j_per_item'))}/item "
-        f"({best.get('energy_source')}), accuracy drop "
-        f"{(best.get('accuracy_drop') or 0) * 100:.2f} points: every budget holds"
+        f"ok: {results}: best {format_energy(best.energy_j_per_item)}/item "
+        f"({best.energy_source}), accuracy drop {drop * 100:.2f} points: every budget holds"
     )

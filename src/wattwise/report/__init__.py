@@ -1,7 +1,12 @@
 """Results → a self-contained HTML report with plots, plus ``results.json`` and ``trials.csv``.
 
-Pure: plain dicts in, files out; no hardware, no search logic. The page has no script and
-loads nothing from the network, so it opens offline, prints, and can be mailed as one file.
+Pure: a :class:`~wattwise.results.Results` and its trial rows in (or their dict forms), files
+out; no hardware, no search logic. The page has no script and loads nothing from the network,
+so it opens offline, prints, and can be mailed as one file.
+
+The modules answer one question each: ``_format`` (a number with its unit), ``_serialise``
+(results.json, trials.csv and reading the inputs), ``_analysis`` (the front, the payback, the
+ablation), ``_svg`` (the plots) and ``_render`` (the page).
 
 Example:
     >>> from wattwise.report import render_report
@@ -10,18 +15,16 @@ Example:
     ['csv', 'html', 'json']
 """
 
+from wattwise.report._analysis import AblationRow, ablation, payback
+from wattwise.report._format import fmt_energy_j
 from wattwise.report._render import render_html, render_report
-from wattwise.report._svg import PlotPoint, scatter_svg
-from wattwise.report._tables import (
-    AblationRow,
-    ablation,
+from wattwise.report._serialise import (
     canonical_results,
-    fmt_energy_j,
-    payback,
     redact_url,
     results_json_text,
     trials_csv_text,
 )
+from wattwise.report._svg import PlotPoint, scatter_svg
 
 __all__ = [
     "AblationRow",

@@ -4,6 +4,9 @@ The page is built from small functions that each return escaped HTML text. Every
 came from the user or the study (task, study, recipe values, reasons, paths, hardware names)
 goes through :func:`_e`; a Content-Security-Policy that allows no script and no network load
 is the second line of defence if one ever slips through.
+
+It reads a :class:`~wattwise.results.Results` and its :class:`~wattwise.results.TrialRow` list
+(or their dict forms), so every figure it shows is one the search writes.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from wattwise._fs import atomic_write_texts, record_outputs
-from wattwise.errors import InputError
-from wattwise.report._svg import PlotPoint, scatter_svg
-from wattwise.report._tables import (
-    MISSING,
+from wattwise.report._analysis import (
     ablation,
+    pareto_numbers,
+    payback,
+    payback_reference,
+    per_million,
+)
+from wattwise.report._format import (
+    MISSING,
     fmt_accuracy,
     fmt_bytes,
     fmt_count,
@@ -34,15 +41,21 @@ from wattwise.report._tables import (
     fmt_ratio,
     fmt_uncertainty,
     num,
-    pareto_numbers,
-    payback,
-    per_million,
+)
+from wattwise.report._serialise import (
+    as_results,
+    as_rows,
     redact_url,
     results_json_text,
     trials_csv_text,
 )
+from wattwise.report._svg import PlotPoint, scatter_svg
+from wattwise.results import Figures, Meter, Results, TrialRow, deployment_dict
 
 __all__ = ["render_html", "render_report"]
+
+# The price the report assumes when a results document records none (optimize's default).
+DEFAULT_PRICE_PER_KWH = 0.15
 
 _CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
@@ -125,29 +138,26 @@ def _e(value: Any) -> str:
     return MISSING if value is None else html.escape(str(value), quote=True)
 
 
-def _m(d: Any) -> Mapping[str, Any]:
-    return d if isinstance(d, Mapping) else {}
-
-
 # ----------------------------------------------------------------------------- small pieces
 
 
-def _source_badge(source: Any) -> str:
+def _source_badge(source: str | None) -> str:
     if not source:
         return '<span class="src src-unknown">source not recorded</span>'
-    text = str(source)
     # A figure derived from an estimate is an estimate, even if a measurement went into it.
     kind = (
         "estimated"
-        if "estimated:" in text
+        if "estimated:" in source
         else "measured"
-        if text.startswith("measured:")
+        if source.startswith("measured:")
         else "unknown"
     )
-    return f'<span class="src src-{kind}">{_e(text)}</span>'
+    return f'<span class="src src-{kind}">{_e(source)}</span>'
 
 
-def _energy_cell(j: Any, source: Any, uncertainty: Any, *, badge_below: bool = False) -> str:
+def _energy_cell(
+    j: float | None, source: str | None, uncertainty: float | None, *, badge_below: bool = False
+) -> str:
     """A J figure with its uncertainty and source badge: the only way energy is shown."""
     value = fmt_energy_j(j)
     if value == MISSING:
@@ -155,6 +165,12 @@ def _energy_cell(j: Any, source: Any, uncertainty: Any, *, badge_below: bool = F
     unc = fmt_uncertainty(uncertainty)
     unc_html = f' <span class="unc">{_e(unc)}</span>' if unc != MISSING else ""
     return f"{_e(value)}{unc_html}{'<br>' if badge_below else ' '}{_source_badge(source)}"
+
+
+def _figure_energy(fig: Figures, *, badge_below: bool = False) -> str:
+    return _energy_cell(
+        fig.energy_j_per_item, fig.energy_source, fig.energy_uncertainty, badge_below=badge_below
+    )
 
 
 def _param_value(value: Any) -> str:
@@ -169,19 +185,14 @@ def _pass_params(p: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return [(str(k), v) for k, v in p.items() if k not in ("type", "version")]
 
 
-def _recipe_short(recipe: Any, *, params: int = 2) -> str:
+def _recipe_short(recipe: Sequence[Mapping[str, Any]] | None, *, params: int = 2) -> str:
     """``prune(ratio=0.5, scope=global, …) → quantize(…)``: the recipe at a glance (raw text)."""
     if recipe is None:
         return MISSING
-    if not isinstance(recipe, list):
-        return _param_value(recipe)
     if not recipe:
         return "no passes"
     out = []
     for p in recipe:
-        if not isinstance(p, Mapping):
-            out.append(_param_value(p))
-            continue
         items = _pass_params(p)
         shown = ", ".join(f"{k}={_param_value(v)}" for k, v in items[:params])
         more = ", …" if len(items) > params else ""
@@ -189,9 +200,12 @@ def _recipe_short(recipe: Any, *, params: int = 2) -> str:
     return " → ".join(out)
 
 
-def _deployment_short(dep: Any) -> str:
+_DEP_KEYS = ("backend", "precision", "batch_size", "threads", "device")
+
+
+def _deployment_short(dep: Mapping[str, Any] | None) -> str:
     """``onnxruntime int8 · batch 32 · 2 thr · cpu`` (raw text)."""
-    if not isinstance(dep, Mapping) or not dep:
+    if not dep:
         return MISSING
     bits = [" ".join(str(dep[k]) for k in ("backend", "precision") if dep.get(k) is not None)]
     if dep.get("batch_size") is not None:
@@ -204,75 +218,72 @@ def _deployment_short(dep: Any) -> str:
     return " · ".join(b for b in bits + rest if b) or MISSING
 
 
-_DEP_KEYS = ("backend", "precision", "batch_size", "threads", "device")
-
-
 def _kv_table(rows: Iterable[tuple[str, str]], *, cls: str = "kv") -> str:
     body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     return f'<table class="{cls}">{body}</table>'
 
 
-def _diff_source(results: Mapping[str, Any]) -> str | None:
+def _best_figures(results: Results) -> Figures:
+    return results.best.figures if results.best is not None else Figures()
+
+
+def _diff_source(results: Results) -> str | None:
     """The source of baseline − winner: theirs if they agree, else both, named."""
-    s0 = _m(results.get("baseline")).get("energy_source")
-    s1 = _m(results.get("best")).get("energy_source")
+    s0 = results.baseline.figures.energy_source
+    s1 = _best_figures(results).energy_source
     if s0 == s1:
         return s0
     return f"{s0 or 'unrecorded'} − {s1 or 'unrecorded'}"
 
 
-def _feasible(trial: Mapping[str, Any], max_drop: float | None) -> bool | None:
+def _feasible(trial: TrialRow, max_drop: float | None) -> bool | None:
     """The trial's own ``feasible`` flag; without one, its accuracy drop against the limit;
     ``None`` when neither is known."""
-    flag = trial.get("feasible")
-    if isinstance(flag, bool):
-        return flag
-    drop = num(trial.get("accuracy_drop"))
+    if trial.feasible is not None:
+        return trial.feasible
+    drop = num(trial.accuracy_drop)
     if drop is None or max_drop is None:
         return None
     return drop <= max_drop
 
 
-def _currency(results: Mapping[str, Any]) -> str:
-    cur = results.get("currency")
-    return str(cur) if cur else "USD"
+def _disturbed_flag(fig: Figures) -> str:
+    n = fig.disturbed_windows
+    if not n:
+        return ""
+    return (
+        f' <span class="src src-unknown" title="windows measured while other processes were '
+        f'busy: the figure may be inflated">⚠ {int(n)} disturbed</span>'
+    )
 
 
 # ----------------------------------------------------------------------------- sections
 
 
-def _header(results: Mapping[str, Any], trials: Sequence[Mapping[str, Any]], title: str) -> str:
-    states = [t.get("state") for t in trials]
-    n_trials = num(results.get("trials"))
-    n_failed = num(results.get("failed_trials"))
+def _header(results: Results, trials: Sequence[TrialRow], title: str) -> str:
+    n_trials = results.trials if results.trials is not None else len(trials)
+    n_failed = results.failed_trials
+    if n_failed is None:
+        n_failed = sum(t.state == "failed" for t in trials)
+    storage = f"<code>{_e(redact_url(results.storage))}</code>" if results.storage else MISSING
     meta = [
-        ("task", _e(results.get("task"))),
-        ("study", _e(results.get("study"))),
-        ("storage", f"<code>{_e(redact_url(results['storage']))}</code>")
-        if results.get("storage")
-        else ("storage", MISSING),
-        ("scenario", _e(results.get("scenario"))),
-        ("max accuracy drop", _e(fmt_accuracy(results.get("max_accuracy_drop")))),
-        (
-            "trials",
-            _e(
-                f"{int(n_trials) if n_trials is not None else len(trials)} "
-                f"({int(n_failed) if n_failed is not None else states.count('failed')} failed)"
-            ),
-        ),
+        ("task", _e(results.task)),
+        ("study", _e(results.study)),
+        ("storage", storage),
+        ("scenario", _e(results.scenario)),
+        ("max accuracy drop", _e(fmt_accuracy(results.max_accuracy_drop))),
+        ("trials", _e(f"{n_trials} ({n_failed} failed)")),
     ]
     spans = "".join(f"<span>{k}: <b>{v}</b></span>" for k, v in meta)
     return f'<header><h1>{_e(title)}</h1><p class="meta">{spans}</p></header>'
 
 
-def _notices(results: Mapping[str, Any]) -> str:
+def _notices(results: Results) -> str:
     out = []
-    sources = {
-        name: _m(results.get(name)).get("energy_source")
-        for name in ("baseline", "best")
-        if isinstance(results.get(name), Mapping)
-    }
-    estimated = sorted({str(s) for s in sources.values() if str(s).startswith("estimated:")})
+    sources = {"baseline": results.baseline.figures.energy_source}
+    if results.best is not None:
+        sources["best"] = results.best.figures.energy_source
+    estimated = sorted({s for s in sources.values() if s and s.startswith("estimated:")})
     if estimated:
         out.append(
             "<p class='notice'><b>Estimates, not measurements.</b> Energy figures labelled "
@@ -285,7 +296,7 @@ def _notices(results: Mapping[str, Any]) -> str:
             f"<p class='notice'>No energy source was recorded for {_e(', '.join(missing))}; "
             "those figures cannot be told apart from estimates.</p>"
         )
-    distinct = {str(s) for s in sources.values() if s}
+    distinct = {s for s in sources.values() if s}
     if len(distinct) > 1:
         out.append(
             "<p class='notice'>The baseline and the winner were metered by different sources "
@@ -294,9 +305,9 @@ def _notices(results: Mapping[str, Any]) -> str:
     return "".join(out)
 
 
-def _ratio_split(results: Mapping[str, Any]) -> str:
+def _ratio_split(results: Results) -> str:
     """Both confirmed ratios in words, or why there is none."""
-    total, same = num(results.get("energy_ratio")), num(results.get("energy_ratio_same_batch"))
+    total, same = num(results.energy_ratio), num(results.energy_ratio_same_batch)
     if total is None or same is None or not same:
         return "no ratio published: not confirmed side by side"
     return (
@@ -306,56 +317,43 @@ def _ratio_split(results: Mapping[str, Any]) -> str:
     )
 
 
-def _disturbed_flag(block: Mapping[str, Any]) -> str:
-    n = num(block.get("disturbed_windows"))
-    if not n:
-        return ""
-    return (
-        f' <span class="src src-unknown" title="windows measured while other processes were '
-        f'busy: the figure may be inflated">⚠ {int(n)} disturbed</span>'
-    )
-
-
-def _cards(results: Mapping[str, Any], pay: Mapping[str, Any]) -> str:
-    base, best = _m(results.get("baseline")), _m(results.get("best"))
-    same = _m(results.get("baseline_same_batch"))
-    has_best = isinstance(results.get("best"), Mapping)
-    ref = same if same else base
-    e0 = num(ref.get("energy_j_per_item"))
-    e1 = num(best.get("energy_j_per_item"))
+def _cards(results: Results, pay: Mapping[str, Any]) -> str:
+    base, best = results.baseline.figures, _best_figures(results)
+    same = results.baseline_same_batch
+    has_best = results.best is not None
+    ref = payback_reference(results)
 
     def card(k: str, v: str, s: str) -> str:
         return f'<div class="card"><div class="k">{k}</div><div class="v">{v}</div><div class="s">{s}</div></div>'
 
+    winner_j = fmt_energy_j(best.energy_j_per_item) if has_best else "no winner"
     cards = [
         card(
-            "energy per item" + (" (same batch)" if same else ""),
-            _e(f"{fmt_energy_j(e0)} → {fmt_energy_j(e1) if has_best else 'no winner'}"),
+            "energy per item" + (" (same batch)" if same is not None else ""),
+            _e(f"{fmt_energy_j(ref.energy_j_per_item)} → {winner_j}"),
             _e(_ratio_split(results))
             + " · "
-            + _source_badge(ref.get("energy_source"))
+            + _source_badge(ref.energy_source)
             + _disturbed_flag(ref)
             + (
-                f" → {_source_badge(best.get('energy_source'))}{_disturbed_flag(best)}"
-                if has_best
-                else ""
+                f" → {_source_badge(best.energy_source)}{_disturbed_flag(best)}" if has_best else ""
             ),
         ),
         card(
             "accuracy",
             _e(
-                f"{fmt_accuracy(base.get('accuracy'))} → "
-                f"{fmt_accuracy(best.get('accuracy')) if has_best else MISSING}"
+                f"{fmt_accuracy(base.accuracy)} → "
+                f"{fmt_accuracy(best.accuracy) if has_best else MISSING}"
             ),
-            f"allowed drop {_e(fmt_accuracy(results.get('max_accuracy_drop')))}",
+            f"allowed drop {_e(fmt_accuracy(results.max_accuracy_drop))}",
         ),
         card(
             "latency p90",
             _e(
-                f"{fmt_latency_ms(base.get('latency_ms_p90'))} → "
-                f"{fmt_latency_ms(best.get('latency_ms_p90')) if has_best else MISSING}"
+                f"{fmt_latency_ms(base.latency_ms_p90)} → "
+                f"{fmt_latency_ms(best.latency_ms_p90) if has_best else MISSING}"
             ),
-            _e(f"p50 {fmt_latency_ms(best.get('latency_ms_p50') if has_best else None)}"),
+            _e(f"p50 {fmt_latency_ms(best.latency_ms_p50 if has_best else None)}"),
         ),
         card(
             "payback",
@@ -372,7 +370,7 @@ def _cards(results: Mapping[str, Any], pay: Mapping[str, Any]) -> str:
     return f'<div class="cards">{"".join(cards)}</div>'
 
 
-def _payback_line(results: Mapping[str, Any], pay: Mapping[str, Any]) -> str:
+def _payback_line(results: Results, pay: Mapping[str, Any]) -> str:
     spent = (
         f"the search spent <b>{_e(fmt_energy_j(pay['search_j']))}</b> "
         f"{_source_badge(pay['search_source'])}"
@@ -412,38 +410,46 @@ def _payback_line(results: Mapping[str, Any], pay: Mapping[str, Any]) -> str:
         f"the winner saves {saving_html}"
         + (
             " against fp32 eager at its own batch size and threads"
-            if isinstance(results.get("baseline_same_batch"), Mapping)
+            if results.baseline_same_batch is not None
             else ""
         )
         + f"; {items}.</p>"
     )
 
 
-def _point_label(t: Mapping[str, Any]) -> str:
+def _point_label(t: TrialRow) -> str:
+    f = t.figures
     return (
-        f"trial {t.get('number', '?')} · {_recipe_short(t.get('recipe'))} · "
-        f"{_deployment_short(t.get('deployment'))} · accuracy {fmt_accuracy(t.get('accuracy'))}"
-        f" · {fmt_energy_j(t.get('energy_j_per_item'))}/item "
-        f"{fmt_uncertainty(t.get('energy_uncertainty'))} ({t.get('energy_source') or 'source not recorded'})"
-        f" · p90 {fmt_latency_ms(t.get('latency_ms_p90'))}"
+        f"trial {t.number} · {_recipe_short(t.recipe)} · "
+        f"{_deployment_short(t.deployment)} · accuracy {fmt_accuracy(f.accuracy)}"
+        f" · {fmt_energy_j(f.energy_j_per_item)}/item "
+        f"{fmt_uncertainty(f.energy_uncertainty)} ({f.energy_source or 'source not recorded'})"
+        f" · p90 {fmt_latency_ms(f.latency_ms_p90)}"
     )
 
 
-def _plots(results: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) -> str:
+def _estimated(fig: Figures) -> bool:
+    return (fig.energy_source or "").startswith("estimated:")
+
+
+def _energy_plot(points: Sequence[PlotPoint], **kwargs: Any) -> str:
+    """A scatter plot with energy per item on its (log) x axis, as both plots have."""
+    return scatter_svg(points, x_label="energy per item", x_format=fmt_energy_j, **kwargs)
+
+
+def _plots(results: Results, trials: Sequence[TrialRow]) -> str:
     front = pareto_numbers(results, trials)
-    max_drop = num(results.get("max_accuracy_drop"))
+    max_drop = num(results.max_accuracy_drop)
     acc_pts: list[PlotPoint] = []
     lat_pts: list[PlotPoint] = []
     not_plotted = 0
     for t in trials:
-        if t.get("state") != "complete":
+        if not t.complete:
             continue
-        x = num(t.get("energy_j_per_item"))
-        n = num(t.get("number"))
-        number = int(n) if n is not None else None
+        x = num(t.figures.energy_j_per_item)
         kind = (
             "pareto"
-            if number in front
+            if t.number in front
             else ("infeasible" if _feasible(t, max_drop) is False else "feasible")
         )
         common = PlotPoint(
@@ -451,11 +457,11 @@ def _plots(results: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) -> s
             y=0.0,
             kind=kind,
             label=_point_label(t),
-            x_rel_err=num(t.get("energy_uncertainty")),
-            estimated=str(t.get("energy_source") or "").startswith("estimated:"),
-            trial=number,
+            x_rel_err=num(t.figures.energy_uncertainty),
+            estimated=_estimated(t.figures),
+            trial=t.number,
         )
-        y_acc, y_lat = num(t.get("accuracy")), num(t.get("latency_ms_p90"))
+        y_acc, y_lat = num(t.figures.accuracy), num(t.figures.latency_ms_p90)
         if x is None or x <= 0 or y_acc is None:
             not_plotted += 1
         else:
@@ -463,61 +469,55 @@ def _plots(results: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) -> s
         if x is not None and x > 0 and y_lat is not None and y_lat > 0:
             lat_pts.append(dataclasses.replace(common, x=x, y=y_lat))
 
-    for name, kind in (("baseline", "baseline"), ("best", "best")):
-        block = results.get(name)
-        if not isinstance(block, Mapping):
-            continue
-        x = num(block.get("energy_j_per_item"))
+    references = [("baseline", results.baseline.figures)]
+    if results.best is not None:
+        references.append(("best", results.best.figures))
+    for kind, fig in references:
+        x = num(fig.energy_j_per_item)
         if x is None or x <= 0:
             continue
         label = (
-            f"{name} · {fmt_energy_j(x)}/item {fmt_uncertainty(block.get('energy_uncertainty'))}"
-            f" ({block.get('energy_source') or 'source not recorded'}) · accuracy "
-            f"{fmt_accuracy(block.get('accuracy'))} · p90 {fmt_latency_ms(block.get('latency_ms_p90'))}"
+            f"{kind} · {fmt_energy_j(x)}/item {fmt_uncertainty(fig.energy_uncertainty)}"
+            f" ({fig.energy_source or 'source not recorded'}) · accuracy "
+            f"{fmt_accuracy(fig.accuracy)} · p90 {fmt_latency_ms(fig.latency_ms_p90)}"
         )
         ref = PlotPoint(
             x=x,
             y=0.0,
             kind=kind,
             label=label,
-            x_rel_err=num(block.get("energy_uncertainty")) if kind == "baseline" else None,
-            estimated=str(block.get("energy_source") or "").startswith("estimated:"),
+            x_rel_err=num(fig.energy_uncertainty) if kind == "baseline" else None,
+            estimated=_estimated(fig),
         )
-        if (acc := num(block.get("accuracy"))) is not None:
+        if (acc := num(fig.accuracy)) is not None:
             acc_pts.append(dataclasses.replace(ref, y=acc))
-        if (lat := num(block.get("latency_ms_p90"))) is not None and lat > 0:
+        if (lat := num(fig.latency_ms_p90)) is not None and lat > 0:
             lat_pts.append(dataclasses.replace(ref, y=lat))
 
-    base_acc = num(_m(results.get("baseline")).get("accuracy"))
+    base_acc = num(results.baseline.figures.accuracy)
     hlines = []
     if base_acc is not None and max_drop is not None:
         hlines.append((base_acc - max_drop, f"accuracy floor: baseline − {fmt_accuracy(max_drop)}"))
-    pareto_svg = scatter_svg(
+    pareto_svg = _energy_plot(
         acc_pts,
         svg_id="plot-pareto",
         title="Accuracy against energy per item, every completed trial",
-        x_label="energy per item",
         y_label="accuracy",
-        x_format=fmt_energy_j,
         y_format=fmt_accuracy,
         hlines=hlines,
     )
     lats = [p.y for p in lat_pts]
-    lat_log = bool(lats) and max(lats) / min(lats) > 30
-    latency_svg = scatter_svg(
+    latency_svg = _energy_plot(
         lat_pts,
         svg_id="plot-latency",
         title="Latency p90 against energy per item",
-        x_label="energy per item",
         y_label="latency p90 per call",
-        x_format=fmt_energy_j,
         y_format=fmt_latency_ms,
-        y_log=lat_log,
+        y_log=bool(lats) and max(lats) / min(lats) > 30,
         connect_front=False,
         width=560,
     )
-    states = [t.get("state") for t in trials]
-    unfinished = len(trials) - states.count("complete")
+    unfinished = sum(not t.complete for t in trials)
     extra = f"; {not_plotted} completed without accuracy or energy" if not_plotted else ""
     return (
         '<section id="pareto"><h2>Trade-offs</h2><div class="plots">'
@@ -532,16 +532,13 @@ def _plots(results: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) -> s
     )
 
 
-def _recipe_full(recipe: Any) -> str:
-    if not isinstance(recipe, list):
+def _recipe_full(recipe: Sequence[Mapping[str, Any]] | None) -> str:
+    if recipe is None:
         return f"<p>{_e(_recipe_short(recipe))}</p>"
     if not recipe:
         return "<p>No compression passes (the model as given).</p>"
     items = []
     for p in recipe:
-        if not isinstance(p, Mapping):
-            items.append(f"<li>{_e(_param_value(p))}</li>")
-            continue
         params = ", ".join(
             f"{_e(k)}=<code>{_e(_param_value(v))}</code>" for k, v in _pass_params(p)
         )
@@ -549,38 +546,31 @@ def _recipe_full(recipe: Any) -> str:
     return f'<ol class="recipe">{"".join(items)}</ol>'
 
 
-def _compare_rows(results: Mapping[str, Any]) -> str:
-    base, best = _m(results.get("baseline")), _m(results.get("best"))
-    same = _m(results.get("baseline_same_batch"))
-    g = results.get("grid_intensity_g_per_kwh")
-    blocks = [base, same, best] if same else [base, best]
+def _compare_rows(results: Results) -> str:
+    same = results.baseline_same_batch
+    blocks = [results.baseline.figures]
+    if same is not None:
+        blocks.append(same.figures)
+    if results.best is not None:
+        blocks.append(results.best.figures)
+    g = results.grid_intensity_g_per_kwh
 
-    def co2(block: Mapping[str, Any]) -> str:
-        v = num(block.get("co2e_g_per_million_items"))
+    def co2(fig: Figures) -> str:
+        v = num(fig.co2e_g_per_million_items)
         if v is None:
-            v = per_million(block.get("energy_j_per_item"), g)
+            v = per_million(fig.energy_j_per_item, g)
         return fmt_mass_g(v)
 
-    def energy(block: Mapping[str, Any]) -> str:
-        return _energy_cell(
-            block.get("energy_j_per_item"),
-            block.get("energy_source"),
-            block.get("energy_uncertainty"),
-        ) + _disturbed_flag(block)
-
-    def lat(block: Mapping[str, Any]) -> str:
-        return _e(
-            f"{fmt_latency_ms(block.get('latency_ms_p50'))} / "
-            f"{fmt_latency_ms(block.get('latency_ms_p90'))}"
-        )
+    def lat(fig: Figures) -> str:
+        return _e(f"{fmt_latency_ms(fig.latency_ms_p50)} / {fmt_latency_ms(fig.latency_ms_p90)}")
 
     rows: list[tuple[str, list[str]]] = [
-        ("accuracy", [_e(fmt_accuracy(b.get("accuracy"))) for b in blocks]),
-        ("energy per item", [energy(b) for b in blocks]),
+        ("accuracy", [_e(fmt_accuracy(b.accuracy)) for b in blocks]),
+        ("energy per item", [_figure_energy(b) + _disturbed_flag(b) for b in blocks]),
         ("latency p50 / p90", [lat(b) for b in blocks]),
-        ("MACs per item", [_e(fmt_count(b.get("macs_per_item"))) for b in blocks]),
-        ("parameters", [_e(fmt_count(b.get("params"))) for b in blocks]),
-        ("size", [_e(fmt_bytes(b.get("size_bytes"))) for b in blocks]),
+        ("MACs per item", [_e(fmt_count(b.macs_per_item)) for b in blocks]),
+        ("parameters", [_e(fmt_count(b.params)) for b in blocks]),
+        ("size", [_e(fmt_bytes(b.size_bytes)) for b in blocks]),
         ("CO2e per million items", [_e(co2(b)) for b in blocks]),
     ]
     body = "".join(
@@ -588,9 +578,10 @@ def _compare_rows(results: Mapping[str, Any]) -> str:
         for k, cells in rows
     )
     heads = ["baseline (fp32 eager b1)"]
-    if same:
-        heads.append(f"fp32 eager, winner's batch ({_deployment_short(same.get('deployment'))})")
-    heads.append("winner")
+    if same is not None:
+        heads.append(f"fp32 eager, winner's batch ({_deployment_short(same.deployment)})")
+    if results.best is not None:
+        heads.append("winner")
     head = "".join(f'<th class="n">{_e(h)}</th>' for h in heads)
     return (
         f'<table class="compare"><thead><tr><th></th>{head}</tr></thead>'
@@ -598,65 +589,51 @@ def _compare_rows(results: Mapping[str, Any]) -> str:
     )
 
 
-def _winner(results: Mapping[str, Any]) -> str:
-    best = results.get("best")
-    if not isinstance(best, Mapping):
+def _winner(results: Results) -> str:
+    best = results.best
+    if best is None:
         return (
             '<section id="winner"><h2>Winner</h2><p>No trial met the constraints '
-            f"(accuracy drop ≤ {_e(fmt_accuracy(results.get('max_accuracy_drop')))}), so "
+            f"(accuracy drop ≤ {_e(fmt_accuracy(results.max_accuracy_drop))}), so "
             "there is no recipe to recommend and no artifact was exported.</p>"
             f"<h3>Baseline</h3>{_compare_rows(results)}</section>"
         )
-    dep = _m(best.get("deployment"))
     dep_rows = [
         (
             _e(k),
             _e("every allowed core" if k == "threads" and v is None else _param_value(v)),
         )
-        for k, v in dep.items()
+        for k, v in (deployment_dict(best.deployment) or {}).items()
     ] or [("deployment", MISSING)]
-    artifact = best.get("artifact")
+    artifact = best.artifact
     return (
         '<section id="winner"><h2>Winner</h2>'
-        f"<h3>Recipe</h3>{_recipe_full(best.get('recipe'))}"
-        f"<p>Student architecture: <b>{_e(best.get('student') or 'none (the original model)')}</b></p>"
+        f"<h3>Recipe</h3>{_recipe_full(best.recipe)}"
+        f"<p>Student architecture: <b>{_e(best.student or 'none (the original model)')}</b></p>"
         f"<h3>Deployment</h3>{_kv_table(dep_rows)}"
         f"<h3>Exported artifact</h3><p><code id='artifact'>{_e(artifact) if artifact else MISSING}</code></p>"
         f"<h3>Baseline against winner</h3>{_compare_rows(results)}</section>"
     )
 
 
-def _sum_source(trials: Sequence[Mapping[str, Any]], key: str) -> str | None:
-    found = {str(t[key]) for t in trials if t.get(key)}
-    return found.pop() if len(found) == 1 else None
-
-
-def _energy_section(
-    results: Mapping[str, Any], trials: Sequence[Mapping[str, Any]], pay: Mapping[str, Any]
-) -> str:
-    base, best = _m(results.get("baseline")), _m(results.get("best"))
-    g = num(results.get("grid_intensity_g_per_kwh"))
-    price = num(results.get("price_per_kwh"))
-    if price is None:  # results written before the key was named after the option
-        price = num(results.get("cost_per_kwh"))
+def _energy_section(results: Results, trials: Sequence[TrialRow], pay: Mapping[str, Any]) -> str:
+    base = results.baseline.figures
+    g = num(results.grid_intensity_g_per_kwh)
+    price = num(results.price_per_kwh)
     if price is None:
-        price = 0.15  # the documented default when a producer leaves it out
-    cur = _currency(results)
+        price = DEFAULT_PRICE_PER_KWH
+    cur = results.currency or "USD"
     per_item: list[tuple[str, Any, Any, Any]] = [
-        (
-            "baseline inference",
-            base.get("energy_j_per_item"),
-            base.get("energy_source"),
-            base.get("energy_uncertainty"),
-        )
+        ("baseline inference", base.energy_j_per_item, base.energy_source, base.energy_uncertainty)
     ]
-    if isinstance(results.get("best"), Mapping):
+    if results.best is not None:
+        best = results.best.figures
         per_item.append(
             (
                 "winner inference",
-                best.get("energy_j_per_item"),
-                best.get("energy_source"),
-                best.get("energy_uncertainty"),
+                best.energy_j_per_item,
+                best.energy_source,
+                best.energy_uncertainty,
             )
         )
         if pay["saving_j"] is not None:
@@ -677,25 +654,26 @@ def _energy_section(
         f'<th class="n">cost per million items</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
     )
 
-    search_j = pay["search_j"]
     search_rows = [
         (
             "whole search",
-            search_j,
-            results.get("search_energy_source"),
-            results.get("search_energy_uncertainty"),
+            pay["search_j"],
+            results.search_energy_source,
+            results.search_energy_uncertainty,
         )
     ]
-    for key, label in (
-        ("build_energy_j", "building candidates"),
-        ("measure_energy_j", "measuring"),
+    # The trial rows' build and measure energies are metered by each row's own source.
+    row_sources = {t.search_energy_source for t in trials if t.search_energy_source}
+    row_source = row_sources.pop() if len(row_sources) == 1 else results.search_energy_source
+    for label, values in (
+        ("building candidates", [num(t.build_energy_j) for t in trials]),
+        ("measuring", [num(t.measure_energy_j) for t in trials]),
     ):
-        vals = [v for t in trials if (v := num(t.get(key))) is not None]
-        if vals:
-            src = _sum_source(trials, key.replace("_j", "_source")) or results.get(
-                "search_energy_source"
+        found = [v for v in values if v is not None]
+        if found:
+            search_rows.append(
+                (f"of which {label} (sum of trial rows)", sum(found), row_source, None)
             )
-            search_rows.append((f"of which {label} (sum of trial rows)", sum(vals), src, None))
     srows = []
     for name, j, src, unc in search_rows:
         j_num = num(j)
@@ -711,17 +689,17 @@ def _energy_section(
         '<th class="n">uncertainty</th><th>source</th><th class="n">CO2e</th>'
         f'<th class="n">cost</th></tr></thead><tbody>{"".join(srows)}</tbody></table>'
     )
-    grid_src = results.get("grid_intensity_source")
+    grid_src = results.grid_intensity_source
     grid_text = (
         f"{_e(f'{g:g}')} g CO2e/kWh" + (f" ({_e(grid_src)})" if grid_src else "")
         if g is not None
         else "not recorded (CO2e not computed)"
     )
-    meter = _m(results.get("meter"))
+    meter = results.meter or Meter()
     return (
         '<section id="energy"><h2>Energy, CO2e and cost</h2>'
-        f"<p>Meter: {_source_badge(meter.get('source'))} with a relative uncertainty of "
-        f"{_e(fmt_uncertainty(meter.get('uncertainty')))}. Grid intensity: {grid_text}; "
+        f"<p>Meter: {_source_badge(meter.source)} with a relative uncertainty of "
+        f"{_e(fmt_uncertainty(meter.uncertainty))}. Grid intensity: {grid_text}; "
         f"electricity price: {_e(fmt_money(price, cur))}/kWh.</p>"
         f'<div class="scroll">{per_item_table}</div><div class="scroll">{search_table}</div>'
         '<p class="caption">CO2e and cost inherit the energy figure\'s uncertainty; the grid '
@@ -743,51 +721,47 @@ def _percent(value: float | None) -> str:
     return MISSING if value is None else f"{value:.0%}"
 
 
-def _confirmation_section(results: Mapping[str, Any]) -> str:
-    conf = _m(results.get("confirmation"))
-    if not conf:
+def _confirmation_section(results: Results) -> str:
+    conf = results.confirmation
+    if conf is None:
         return (
             '<section id="confirmation"><h2>Confirmation</h2><p>The headline was not measured '
             "side by side (the stage was skipped, interrupted, or failed), so this report "
             "publishes no ratio. Rerun the search, or <code>wattwise report --confirm</code>."
             "</p></section>"
         )
-    cands = _m(conf.get("candidates"))
-    rounds = int(num(conf.get("rounds")) or 0)
+    rounds = conf.rounds or 0
     head = "".join(f'<th class="n">round {i + 1}</th>' for i in range(rounds))
     rows = []
-    for role, doc in cands.items():
-        d = _m(doc)
-        per_round = list(_m(d.get("round_figures")).get("energy_j_per_item") or [])
+    for role, cand in conf.candidates.items():
+        per_round = list(cand.round_figures.get("energy_j_per_item") or ())
         cells = "".join(
             f"<td class='n'>{_e(fmt_energy_j(v))}</td>"
             for v in (per_round + [None] * rounds)[:rounds]
         )
-        chosen = " <b>(chosen)</b>" if role == conf.get("chosen") else ""
-        fails = "; ".join(str(f) for f in d.get("failures") or [])
+        chosen = " <b>(chosen)</b>" if role == conf.chosen else ""
+        fails = "; ".join(cand.failures)
         rows.append(
-            f"<tr><th>{_e(_ROLE_NAMES.get(str(role), role))}{chosen}<br>"
-            f"<small>{_e(d.get('label'))}</small></th>{cells}"
-            f"<td class='n'>{_energy_cell(d.get('energy_j_per_item'), d.get('energy_source'), d.get('energy_uncertainty'))}"
-            f"{_disturbed_flag(d)}</td>"
-            f"<td class='n'>{_e(_percent(num(d.get('spread_rel'))))}</td>"
+            f"<tr><th>{_e(_ROLE_NAMES.get(role, role))}{chosen}<br>"
+            f"<small>{_e(cand.label)}</small></th>{cells}"
+            f"<td class='n'>{_figure_energy(cand.figures)}{_disturbed_flag(cand.figures)}</td>"
+            f"<td class='n'>{_e(_percent(num(cand.spread_rel)))}</td>"
             f"<td>{_e(fails) if fails else ''}</td></tr>"
         )
-    ratios = _m(conf.get("ratios"))
     ratio_rows = []
     for key, name in (
         ("energy_ratio_same_batch", "fp32 eager at the same batch ÷ winner (the headline)"),
         ("energy_ratio", "fp32 eager at batch 1 ÷ winner"),
     ):
-        r = _m(ratios.get(key))
-        per = ", ".join(f"{v:.3g}x" for v in r.get("rounds") or [] if num(v) is not None)
-        med = num(r.get("median"))
+        ratio = conf.ratios.get(key)
+        per = ", ".join(f"{v:.3g}x" for v in ratio.rounds) if ratio is not None else ""
+        med = num(conf.ratio(key))
         ratio_rows.append(
             f"<tr><th>{_e(name)}</th><td>{_e(per or MISSING)}</td>"
             f"<td class='n'><b>{_e(f'{med:.3g}x' if med is not None else MISSING)}</b></td></tr>"
         )
     order = " · ".join(
-        "(" + " ".join(str(x).replace("_", " ") for x in o) + ")" for o in conf.get("order") or []
+        "(" + " ".join(x.replace("_", " ") for x in roles) + ")" for roles in conf.order
     )
     return (
         '<section id="confirmation"><h2>Confirmation, side by side</h2>'
@@ -804,9 +778,9 @@ def _confirmation_section(results: Mapping[str, Any]) -> str:
     )
 
 
-def _ablation_section(results: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) -> str:
-    base = _m(results.get("baseline"))
-    rows, constant = ablation(trials, base.get("energy_j_per_item"))
+def _ablation_section(results: Results, trials: Sequence[TrialRow]) -> str:
+    base = results.baseline.figures
+    rows, constant = ablation(trials, base.energy_j_per_item)
     head = (
         '<section id="ablation"><h2>What each choice went with</h2>'
         "<p><b>Observational, not a controlled ablation:</b> for each pass type, student and "
@@ -818,7 +792,7 @@ def _ablation_section(results: Mapping[str, Any], trials: Sequence[Mapping[str, 
     if not rows:
         reason = (
             "no baseline energy recorded"
-            if num(base.get("energy_j_per_item")) is None
+            if num(base.energy_j_per_item) is None
             else "no choice varied across the completed trials"
         )
         return head + f"<p>Nothing to compare: {_e(reason)}.</p></section>"
@@ -846,10 +820,10 @@ def _ablation_section(results: Mapping[str, Any], trials: Sequence[Mapping[str, 
             f"The same in every completed trial (nothing to compare): {_e(', '.join(constant))}."
         )
     sources = {
-        str(t.get("energy_source") or "unrecorded")
+        t.figures.energy_source or "unrecorded"
         for t in trials
-        if t.get("state") == "complete" and num(t.get("energy_j_per_item")) is not None
-    } | {str(base.get("energy_source") or "unrecorded")}
+        if t.complete and num(t.figures.energy_j_per_item) is not None
+    } | {base.energy_source or "unrecorded"}
     if len(sources) > 1:
         notes.append(
             "The ratios mix energy sources ("
@@ -860,15 +834,15 @@ def _ablation_section(results: Mapping[str, Any], trials: Sequence[Mapping[str, 
     return head + table + const + "</section>"
 
 
-def _failed_section(trials: Sequence[Mapping[str, Any]]) -> str:
-    bad = [t for t in trials if t.get("state") in ("failed", "pruned", "running")]
+def _failed_section(trials: Sequence[TrialRow]) -> str:
+    bad = [t for t in trials if t.state in ("failed", "pruned", "running")]
     if not bad:
         return '<section id="failed"><h2>Trials that did not complete</h2><p>None.</p></section>'
     body = "".join(
-        f"<tr class='{_e(t.get('state'))}'><td class='n'>{_e(t.get('number'))}</td>"
-        f"<td>{_e(t.get('state'))}</td><td>{_e(_recipe_short(t.get('recipe')))}</td>"
-        f"<td>{_e(_deployment_short(t.get('deployment')))}</td>"
-        f"<td class='mono'>{_e(t.get('fail_reason') or MISSING)}</td></tr>"
+        f"<tr class='{_e(t.state)}'><td class='n'>{_e(t.number)}</td>"
+        f"<td>{_e(t.state)}</td><td>{_e(_recipe_short(t.recipe))}</td>"
+        f"<td>{_e(_deployment_short(t.deployment))}</td>"
+        f"<td class='mono'>{_e(t.fail_reason or MISSING)}</td></tr>"
         for t in bad
     )
     return (
@@ -878,39 +852,30 @@ def _failed_section(trials: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
-def _trials_section(results: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) -> str:
+def _trials_section(results: Results, trials: Sequence[TrialRow]) -> str:
     front = pareto_numbers(results, trials)
-    max_drop = num(results.get("max_accuracy_drop"))
+    max_drop = num(results.max_accuracy_drop)
     rows = []
     for t in trials:
-        n = num(t.get("number"))
-        on_front = n is not None and int(n) in front
-        state = t.get("state")
         feasible = _feasible(t, max_drop)
-        if state != "complete":
-            status, cls = str(state or MISSING), "failed" if state == "failed" else ""
-        elif on_front:
+        if not t.complete:
+            status, cls = t.state, "failed" if t.state == "failed" else ""
+        elif t.number in front:
             status, cls = "Pareto ★", "pareto"
         elif feasible is None:
             status, cls = "complete", ""
         else:
             status, cls = ("feasible", "") if feasible else ("infeasible", "infeasible")
-        build = [num(t.get("build_energy_j")), num(t.get("measure_energy_j"))]
+        build = [num(t.build_energy_j), num(t.measure_energy_j)]
         spent = (
             sum(v for v in build if v is not None) if any(v is not None for v in build) else None
         )
-        cost = f"{_e(fmt_energy_j(spent))}<br><span class='unc'>{_e(fmt_duration_s(t.get('duration_s')))}</span>"
-        student = t.get("student")
-        recipe = _e(_recipe_short(t.get("recipe"), params=1)) + (
-            f"<br><span class='caption'>student: {_e(student)}</span>" if student else ""
+        cost = f"{_e(fmt_energy_j(spent))}<br><span class='unc'>{_e(fmt_duration_s(t.duration_s))}</span>"
+        recipe = _e(_recipe_short(t.recipe, params=1)) + (
+            f"<br><span class='caption'>student: {_e(t.student)}</span>" if t.student else ""
         )
-        energy = _energy_cell(
-            t.get("energy_j_per_item"),
-            t.get("energy_source"),
-            t.get("energy_uncertainty"),
-            badge_below=True,
-        )
-        disturbed = num(t.get("disturbed_windows"))
+        energy = _figure_energy(t.figures, badge_below=True)
+        disturbed = t.figures.disturbed_windows
         if disturbed:
             energy += (
                 f"<br><span class='unc' title='other processes used the CPU during "
@@ -918,14 +883,14 @@ def _trials_section(results: Mapping[str, Any], trials: Sequence[Mapping[str, An
                 f"⚠ {int(disturbed)} disturbed window(s)</span>"
             )
         rows.append(
-            f"<tr class='{cls}' data-trial='{_e(t.get('number'))}'>"
-            f"<td class='n'>{_e(t.get('number'))}</td><td>{_e(status)}</td>"
-            f"<td>{recipe}</td><td>{_e(_deployment_short(t.get('deployment')))}</td>"
-            f"<td class='n'>{_e(fmt_accuracy(t.get('accuracy')))}</td>"
-            f"<td class='n'>{_e(fmt_accuracy(t.get('accuracy_drop')))}</td>"
+            f"<tr class='{cls}' data-trial='{_e(t.number)}'>"
+            f"<td class='n'>{_e(t.number)}</td><td>{_e(status)}</td>"
+            f"<td>{recipe}</td><td>{_e(_deployment_short(t.deployment))}</td>"
+            f"<td class='n'>{_e(fmt_accuracy(t.figures.accuracy))}</td>"
+            f"<td class='n'>{_e(fmt_accuracy(t.accuracy_drop))}</td>"
             f"<td class='n'>{energy}</td>"
-            f"<td class='n'>{_e(fmt_latency_ms(t.get('latency_ms_p90')))}</td>"
-            f"<td class='n'>{_e(fmt_bytes(t.get('size_bytes')))}</td>"
+            f"<td class='n'>{_e(fmt_latency_ms(t.figures.latency_ms_p90))}</td>"
+            f"<td class='n'>{_e(fmt_bytes(t.figures.size_bytes))}</td>"
             f"<td class='n'>{cost}</td></tr>"
         )
     return (
@@ -953,18 +918,14 @@ def _hardware_value(key: str, value: Any) -> str:
     return str(value)
 
 
-def _machine_section(results: Mapping[str, Any]) -> str:
-    hw = _m(results.get("hardware"))
-    meter = _m(results.get("meter"))
+def _machine_section(results: Results) -> str:
+    hw = results.hardware or {}
+    meter = results.meter or Meter()
     hw_rows = [(_e(k), _e(_hardware_value(str(k), v))) for k, v in hw.items()]
     meter_rows = [
-        ("source", _source_badge(meter.get("source"))),
-        ("uncertainty", _e(fmt_uncertainty(meter.get("uncertainty")))),
-    ] + [
-        (_e(k), _e(_hardware_value(str(k), v)))
-        for k, v in meter.items()
-        if k not in ("source", "uncertainty")
-    ]
+        ("source", _source_badge(meter.source)),
+        ("uncertainty", _e(fmt_uncertainty(meter.uncertainty))),
+    ] + [(_e(k), _e(_hardware_value(k, v))) for k, v in meter.extra.items()]
     return (
         '<section id="machine"><h2>Hardware and meter</h2><div class="plots">'
         f"<div><h3>Hardware</h3>{_kv_table(hw_rows or [('hardware', MISSING)])}</div>"
@@ -976,52 +937,44 @@ def _machine_section(results: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------- entry points
 
 
-def _check_inputs(results: Any, trials: Any) -> list[Mapping[str, Any]]:
-    if not isinstance(results, Mapping):
-        raise InputError(f"results must be a mapping (results.json), got {type(results).__name__}")
-    if isinstance(trials, str | bytes | Mapping) or not isinstance(trials, Iterable):
-        raise InputError(f"trials must be a list of trial rows, got {type(trials).__name__}")
-    rows = list(trials)
-    for i, row in enumerate(rows):
-        if not isinstance(row, Mapping):
-            raise InputError(f"trials[{i}] must be a mapping, got {type(row).__name__}")
-    # Number order reads naturally and makes the page independent of storage order.
-    return sorted(rows, key=lambda t: (num(t.get("number")) is None, num(t.get("number")) or 0.0))
-
-
 def render_html(
-    results: Mapping[str, Any], trials: Iterable[Mapping[str, Any]], *, title: str | None = None
+    results: Results | Mapping[str, Any],
+    trials: Iterable[TrialRow | Mapping[str, Any]],
+    *,
+    title: str | None = None,
 ) -> str:
     """The report page as one HTML string (no file written).
 
     Args:
-        results: the results.json document (DESIGN.md); missing fields render as "—".
+        results: the results document (a :class:`Results`, or results.json's dict); a
+            figure not recorded renders as "—".
         trials: one row per trial, as for :func:`render_report`.
         title: the page heading; default ``"wattwise report: <task>"``.
 
     Raises:
-        InputError: ``results`` is not a mapping or ``trials`` not a list of mappings.
+        InputError: ``results`` is not a results document or ``trials`` not a list of trial
+            rows (one line naming the field that is wrong).
     """
-    rows = _check_inputs(results, trials)
-    heading = title if title is not None else f"wattwise report: {results.get('task') or MISSING}"
-    pay = payback(results)
+    doc, rows = as_results(results), as_rows(trials)
+    heading = title if title is not None else f"wattwise report: {doc.task or MISSING}"
+    pay = payback(doc)
     import wattwise
 
     version = getattr(wattwise, "__version__", "")
     body = "".join(
         [
-            _header(results, rows, heading),
-            _notices(results),
-            _cards(results, pay),
-            _payback_line(results, pay),
-            _plots(results, rows),
-            _winner(results),
-            _confirmation_section(results),
-            _energy_section(results, rows, pay),
-            _ablation_section(results, rows),
+            _header(doc, rows, heading),
+            _notices(doc),
+            _cards(doc, pay),
+            _payback_line(doc, pay),
+            _plots(doc, rows),
+            _winner(doc),
+            _confirmation_section(doc),
+            _energy_section(doc, rows, pay),
+            _ablation_section(doc, rows),
             _failed_section(rows),
-            _trials_section(results, rows),
-            _machine_section(results),
+            _trials_section(doc, rows),
+            _machine_section(doc),
         ]
     )
     return (
@@ -1032,14 +985,14 @@ def render_html(
         f'<meta name="generator" content="wattwise {_e(version)}">'
         f"<title>{_e(heading)}</title><style>{_CSS}</style></head>"
         f"<body><main>{body}<footer>Generated by wattwise {_e(version)} from results schema "
-        f"{_e(results.get('schema'))}. Machine-readable copies: <code>results.json</code>, "
+        f"{_e(doc.schema)}. Machine-readable copies: <code>results.json</code>, "
         "<code>trials.csv</code>.</footer></main></body></html>\n"
     )
 
 
 def render_report(
-    results: Mapping[str, Any],
-    trials: Iterable[Mapping[str, Any]],
+    results: Results | Mapping[str, Any],
+    trials: Iterable[TrialRow | Mapping[str, Any]],
     out_dir: Path | str,
     *,
     title: str | None = None,
@@ -1050,9 +1003,9 @@ def render_report(
     The storage URL's password is replaced by ``***`` in every output.
 
     Args:
-        results: the results.json document (DESIGN.md schema 1).
-        trials: one dict per trial (``number``, ``state``, ``recipe``, ``deployment``,
-            ``accuracy``, ``energy_j_per_item``, ``energy_source``, ...); missing keys are fine.
+        results: the results document (a :class:`~wattwise.results.Results`, or the dict of
+            a results.json, schema 1).
+        trials: one :class:`~wattwise.results.TrialRow` (or its dict) per trial.
         out_dir: created if absent.
         title: the page heading; default ``"wattwise report: <task>"``.
 
@@ -1060,21 +1013,21 @@ def render_report(
         ``{"html": ..., "json": ..., "csv": ...}``: the paths written.
 
     Raises:
-        InputError: the inputs are not a mapping and a list of mappings.
+        InputError: the inputs are not a results document and a list of trial rows.
 
     Example:
         >>> paths = render_report(results, trials, Path("wattwise-out"))  # doctest: +SKIP
         >>> paths["html"].name  # doctest: +SKIP
         'report.html'
     """
-    rows = _check_inputs(results, trials)
-    page = render_html(results, rows, title=title)  # render first: no files if it raises
+    doc, rows = as_results(results), as_rows(trials)
+    page = render_html(doc, rows, title=title)  # render first: no files if it raises
     out = Path(out_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     # All three or none: a failed write (full disk, ulimit -f) leaves the previous set whole.
     files = {
-        "json": (out / "results.json", results_json_text(results)),
+        "json": (out / "results.json", results_json_text(doc)),
         "csv": (out / "trials.csv", trials_csv_text(rows)),
         "html": (out / "report.html", page),
     }

@@ -4,7 +4,7 @@ deployments, each candidate measured for real), its workers, and the budget chec
 Example:
     >>> import wattwise as ww
     >>> result = ww.optimize("digits", max_accuracy_drop=0.01)      # doctest: +SKIP
-    >>> result.best["energy_j_per_item"], result.best["energy_source"]  # doctest: +SKIP
+    >>> result.best.figures.energy_j_per_item, result.best.figures.energy_source  # doctest: +SKIP
 
 Nothing heavy is imported here: Optuna and torch load when a search runs.
 """

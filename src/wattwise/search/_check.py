@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from wattwise._fs import decode_utf8, parse_json, read_bounded
-from wattwise._units import format_energy
+from wattwise._units import format_energy, format_energy_figure
 from wattwise.errors import InputError
+from wattwise.results import Figures, Results, check_schema, json_type
 
 __all__ = ["Breach", "check_results", "load_results"]
-
-RESULTS_SCHEMA = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,114 +42,50 @@ class Breach:
 # A results.json of a 10,000-trial study is a few MB; a file past this is not one of ours, and
 # reading it whole could exhaust memory on a CI runner.
 MAX_RESULTS_BYTES = 64 << 20
-# Source labels are short ASCII ("measured:rapl", "estimated:cpu-ccf"); anything else printed
-# into a CI log could forge lines or drive the terminal (escape sequences).
-MAX_SOURCE_CHARS = 120
 
 
-def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_results(path: str | os.PathLike[str]) -> Results:
     """Read a ``results.json`` (schema 1) or raise :class:`InputError` saying why not.
 
     The file is read only if it is a regular file of at most 64 MiB, so ``/dev/zero``, a FIFO
-    or a huge file is one error line, not a hang or an out-of-memory kill.
+    or a huge file is one error line, not a hang or an out-of-memory kill; every field is
+    then checked as :meth:`Results.from_dict` checks it.
     """
     src = Path(path)
     text = decode_utf8(read_bounded(src, MAX_RESULTS_BYTES), what=str(src))
     data = parse_json(text, what=str(src))
     if not isinstance(data, dict):
         raise InputError(
-            f"{src} is not a wattwise results file (expected a JSON object, got {_json_type(data)})"
+            f"{src} is not a wattwise results file (expected a JSON object, got {json_type(data)})"
         )
-    schema = data.get("schema")
-    if isinstance(schema, bool) or schema != RESULTS_SCHEMA:  # true == 1 in Python
-        shown = schema if isinstance(schema, int | float | None) else _json_type(schema)
-        raise InputError(
-            f"{src} has results schema {shown!r}; this wattwise reads schema {RESULTS_SCHEMA}"
-        )
+    check_schema({"schema": data.get("schema")}, what=str(src))  # a file must say its schema
     if "best" not in data or "baseline" not in data:
         raise InputError(f"{src} is not a wattwise results file (no 'best' or 'baseline')")
     for key in ("best", "baseline"):
         if data[key] is not None and not isinstance(data[key], dict):
             raise InputError(
-                f"{src}: '{key}' must be a JSON object or null, got {_json_type(data[key])}"
+                f"{src}: '{key}' must be a JSON object or null, got {json_type(data[key])}"
             )
-    return data
+    return Results.from_dict(data)
 
 
-def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
-    if value is None:
-        return "null"
-    return names.get(type(value), "a number" if isinstance(value, int | float) else "a value")
-
-
-def _figure(
-    block: Mapping[str, Any],
-    key: str,
-    *,
-    where: str = "best",
-    low: float | None = None,
-    low_ok: bool = False,
-) -> float | None:
-    """``block[key]`` as a float; ``None`` if absent or null (the CLI reports it missing).
-
-    A figure that is there but is no finite number (NaN, Infinity, a string, a boolean), or
-    is at or below ``low`` (``low_ok``: below it), e.g. an energy of 0 J, is a broken file, not a missing figure: it is
-    refused by name, so a gate never passes on a negative energy nor calls NaN "missing".
-    """
-    value = block.get(key)
-    if value is None:
-        return None
-    name = f"{where}.{key}"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(f"results: {name} must be a number, got {_json_type(value)}")
-    if not math.isfinite(value):
-        raise InputError(f"results: {name} is {value!r}, not a finite number")
-    if low is not None and (value < low if low_ok else value <= low):
+def _bounded(value: float | None, name: str, *, low: float, low_ok: bool = False) -> float | None:
+    """``value`` if above ``low`` (``low_ok``: at or above it). A figure at or below it, e.g.
+    an energy of 0 J, is a broken file, not a missing figure: it is refused by name, so a gate
+    never passes on a negative energy (NaN and strings ``from_dict`` has refused already)."""
+    if value is not None and (value < low if low_ok else value <= low):
         bound = "at least" if low_ok else "greater than"
         raise InputError(f"results: {name} is {value!r}; it must be {bound} {low:g}")
-    return float(value)
+    return value
 
 
-def _source(block: Mapping[str, Any]) -> str | None:
-    source = block.get("energy_source")
-    if source is None:
-        return None
-    if (
-        not isinstance(source, str)
-        or not 0 < len(source) <= MAX_SOURCE_CHARS
-        or not all(" " <= ch <= "~" for ch in source)
-    ):
-        shown = repr(source[:40]) if isinstance(source, str) else _json_type(source)
-        raise InputError(
-            f"results: best.energy_source must be a short source label such as "
-            f"'measured:rapl', got {shown}"
-        )
-    return source
-
-
-@dataclasses.dataclass(frozen=True)
-class _BestFigures:
-    """The figures of ``results["best"]`` that the check or its ``ok:`` line reads, each
-    validated (``None``: not recorded)."""
-
-    energy_j_per_item: float | None
-    energy_uncertainty: float | None
-    energy_source: str | None
-    accuracy: float | None
-    accuracy_drop: float | None
-    latency_ms_p90: float | None
-
-    @classmethod
-    def read(cls, best: Mapping[str, Any]) -> _BestFigures:
-        return cls(
-            energy_j_per_item=_figure(best, "energy_j_per_item", low=0.0),
-            energy_uncertainty=_figure(best, "energy_uncertainty", low=0.0, low_ok=True),
-            energy_source=_source(best),
-            accuracy=_figure(best, "accuracy"),
-            accuracy_drop=_figure(best, "accuracy_drop"),
-            latency_ms_p90=_figure(best, "latency_ms_p90", low=0.0, low_ok=True),
-        )
+def _checked_best(best: Figures) -> Figures:
+    """The figures of the best entry that the check or its ``ok:`` line reads, each within its
+    bounds (``None``: not recorded)."""
+    _bounded(best.energy_j_per_item, "best.energy_j_per_item", low=0.0)
+    _bounded(best.energy_uncertainty, "best.energy_uncertainty", low=0.0, low_ok=True)
+    _bounded(best.latency_ms_p90, "best.latency_ms_p90", low=0.0, low_ok=True)
+    return best
 
 
 def _limit(name: str, value: float | None) -> float | None:
@@ -164,16 +99,17 @@ def _limit(name: str, value: float | None) -> float | None:
 
 
 def check_results(
-    results: Mapping[str, Any],
+    results: Results | Mapping[str, Any],
     *,
     max_energy_j_per_item: float | None = None,
     max_accuracy_drop: float | None = None,
     max_latency_p90_ms: float | None = None,
 ) -> list[Breach]:
-    """The budgets ``results["best"]`` breaks (empty: all hold).
+    """The budgets the results' best deployment breaks (empty: all hold).
 
-    A results file without a best deployment (nothing met the search's constraints) breaks
-    every budget given, since there is nothing to ship.
+    A results document without a best deployment (nothing met the search's constraints)
+    breaks every budget given, since there is nothing to ship. ``results`` may be the dict of
+    a results.json (read with :meth:`Results.from_dict`).
 
     Example:
         >>> check_results(load_results("wattwise-out/results.json"), max_energy_j_per_item=2e-3)
@@ -193,8 +129,8 @@ def check_results(
         raise InputError(
             "give at least one budget: --max-energy-per-item, --max-accuracy-drop or --max-latency-p90-ms"
         )
-    best = results.get("best")
-    if not isinstance(best, Mapping):
+    doc = results if isinstance(results, Results) else Results.from_dict(results)
+    if doc.best is None:
         return [
             Breach(
                 name,
@@ -204,12 +140,10 @@ def check_results(
             )
             for name, limit in given
         ]
-    fig = _BestFigures.read(best)
+    fig = _checked_best(doc.best.figures)
     out: list[Breach] = []
     if e_max is not None:
-        energy, unc = fig.energy_j_per_item, fig.energy_uncertainty
-        label = fig.energy_source or "unknown source"
-        label += f" ±{unc:.0%}" if unc is not None else ""
+        energy = fig.energy_j_per_item
         if energy is None:
             out.append(
                 Breach(
@@ -219,23 +153,20 @@ def check_results(
         elif energy > e_max:
             over = energy - e_max
             rel = f" ({over / e_max:.0%})" if e_max > 0 else ""
+            figure = format_energy_figure(energy, fig.energy_source, fig.energy_uncertainty)
             out.append(
                 Breach(
                     "energy_per_item",
                     energy,
                     e_max,
-                    f"energy per item {format_energy(energy)} ({label}) exceeds the budget "
+                    f"energy per item {figure} exceeds the budget "
                     f"{format_energy(e_max)} by {format_energy(over)}{rel}",
                 )
             )
     if d_max is not None:
-        drop = fig.accuracy_drop
+        drop = doc.best.accuracy_drop
         if drop is None:
-            baseline = results.get("baseline")
-            base = _figure(
-                baseline if isinstance(baseline, Mapping) else {}, "accuracy", where="baseline"
-            )
-            acc = fig.accuracy
+            base, acc = doc.baseline.figures.accuracy, fig.accuracy
             drop = base - acc if base is not None and acc is not None else None
         if drop is None:
             out.append(

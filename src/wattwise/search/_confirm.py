@@ -29,15 +29,21 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from wattwise.errors import WattwiseError
+from wattwise.results import (
+    MEASURED_KEYS,
+    ROUND_KEYS,
+    Confirmation,
+    ConfirmedCandidate,
+    Figures,
+    PairedRatio,
+    TrialRow,
+)
 from wattwise.search._objective import (
     JobContext,
-    _die_with_parent,
     _failure,
     _get_model,
-    _Ledger,
-    _measured,
+    _job,
     _prepare,
-    _quiet_torch,
     measure_in_job,
 )
 from wattwise.search._space import Candidate, SearchSpace
@@ -46,14 +52,6 @@ __all__ = ["ROLES", "ConfirmSpec", "confirm", "confirm_job", "confirm_plan"]
 
 ROLES = ("baseline", "baseline_same_batch", "best", "runner_up")
 DEFAULT_ROUNDS = 3
-# The figures each round of a candidate yields; medians of these are what results.json shows.
-_ROUND_FIGURES = (
-    "energy_j_per_item",
-    "latency_ms_p50",
-    "latency_ms_p90",
-    "throughput_items_per_s",
-    "co2e_g_per_million_items",
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +91,8 @@ def _eager_label(batch_size: int, threads: int | None) -> str:
 
 def confirm_plan(
     space: SearchSpace,
-    best: Mapping[str, Any],
-    runner_up: Mapping[str, Any] | None,
+    best: TrialRow,
+    runner_up: TrialRow | None,
     params_of: Callable[[int], Mapping[str, Any]],
     *,
     device: str,
@@ -105,7 +103,7 @@ def confirm_plan(
     the winner runs at batch 1 on the default threads: it would be the baseline itself.
     """
     specs = [ConfirmSpec("baseline", _eager_label(1, None), 1, None)]
-    cand = Candidate.from_params(space, params_of(int(best["number"])), device=device)
+    cand = Candidate.from_params(space, params_of(best.number), device=device)
     if (cand.batch_size, cand.threads) != (1, None):
         specs.append(
             ConfirmSpec(
@@ -116,12 +114,10 @@ def confirm_plan(
             )
         )
     specs.append(
-        ConfirmSpec(
-            "best", cand.label, cand.batch_size, cand.threads, cand, trial=int(best["number"])
-        )
+        ConfirmSpec("best", cand.label, cand.batch_size, cand.threads, cand, trial=best.number)
     )
     if runner_up is not None:
-        other = Candidate.from_params(space, params_of(int(runner_up["number"])), device=device)
+        other = Candidate.from_params(space, params_of(runner_up.number), device=device)
         specs.append(
             ConfirmSpec(
                 "runner_up",
@@ -129,24 +125,19 @@ def confirm_plan(
                 other.batch_size,
                 other.threads,
                 other,
-                trial=int(runner_up["number"]),
+                trial=runner_up.number,
             )
         )
     return specs
 
 
 def confirm_job(ctx: JobContext, spec: ConfirmSpec, max_time_s: float) -> dict[str, Any]:
-    """In a child: prepare one confirmation candidate from the cache and measure it once."""
-    _die_with_parent()
-    if spec.threads:
-        from wattwise.measure._isolate import pin_threads
+    """In a child: prepare one confirmation candidate from the cache and measure it once.
 
-        pin_threads(spec.threads)  # before anything starts threads: they inherit the affinity
-    ledger = _Ledger(ctx.meter, ctx.device)
-    try:
-        with ledger.phase("setup"):
-            task = ctx.task.load()
-            _quiet_torch()
+    Returns ``ok`` with the measured figures flat (:data:`~wattwise.results.MEASURED_KEYS`),
+    or ``ok=False`` with the reason; always the ``ledger``.
+    """
+    with _job(ctx, threads=spec.threads) as (task, ledger):
         try:
             if spec.candidate is None:
                 model, _ = _get_model(ctx, task, (), ledger)
@@ -166,9 +157,8 @@ def confirm_job(ctx: JobContext, spec: ConfirmSpec, max_time_s: float) -> dict[s
             )
         except (Exception, MemoryError) as exc:
             return {**_failure(exc), "ledger": ledger.to_dict()}
-        return {"ok": True, **_measured(m), "ledger": ledger.to_dict()}
-    finally:
-        ledger.close()
+        measured = Figures.measured(m).to_dict()
+        return {"ok": True, **{k: measured[k] for k in MEASURED_KEYS}, "ledger": ledger.to_dict()}
 
 
 def _rotations(n: int, rounds: int) -> list[list[int]]:
@@ -187,16 +177,14 @@ def confirm(
     max_time_s: float,
     timeout_s: float,
     on_measure: Callable[[int, ConfirmSpec], None] | None = None,
-) -> dict[str, Any]:
-    """Measure ``specs`` in ``rounds`` rotating rounds; returns the ``confirmation`` document.
+) -> tuple[Confirmation, dict[str, Any]]:
+    """Measure ``specs`` in ``rounds`` rotating rounds.
 
-    The document (results.json's ``confirmation``): ``rounds``, ``order`` (the roles of each
-    round), ``candidates`` (by role: the deployment, each round's figures, their medians, the
-    spread of J/item as (max − min) / median, disturbed windows summed over rounds, and the
-    reason of any round that failed), ``ratios`` (``energy_ratio`` and
-    ``energy_ratio_same_batch``: per round and their median), ``chosen`` (``best`` or
-    ``runner_up``: which one is lower by the median of paired rounds), ``spread`` (the largest
-    candidate spread) and ``ledger`` (what measuring them spent).
+    Returns:
+        The :class:`~wattwise.results.Confirmation` (results.json's ``confirmation``: each
+        candidate's round figures, their medians and spread, the paired ratios and which of
+        the winner and the runner-up the rounds chose), and the ledger of what measuring
+        them spent (``energy_j``, ``energy_source``, ``energy_uncertainty``).
     """
     from wattwise.measure import run_isolated
 
@@ -235,7 +223,7 @@ def confirm(
             else:
                 per_role[spec.role].append(None)
                 failures[spec.role].append(f"round {r + 1}: {out.get('message')}")
-    candidates = {s.role: _candidate_doc(s, per_role[s.role], failures[s.role]) for s in specs}
+    candidates = {s.role: _candidate(s, per_role[s.role], failures[s.role]) for s in specs}
     chosen = _choose(per_role)
     # The published ratios are the chosen one's (the runner-up's when it won these rounds).
     reference = "baseline_same_batch" if "baseline_same_batch" in per_role else "baseline"
@@ -244,45 +232,50 @@ def confirm(
         "energy_ratio": _paired(per_role, "baseline", winner),
         "energy_ratio_same_batch": _paired(per_role, reference, winner),
     }
-    spreads = [c["spread_rel"] for c in candidates.values() if c["spread_rel"] is not None]
-    return {
-        "rounds": rounds,
-        "order": [[specs[i].role for i in idx] for idx in order],
-        "candidates": candidates,
-        "ratios": ratios,
-        "chosen": chosen,
-        "spread": max(spreads) if spreads else None,
-        "ledger": {
-            "energy_j": energy_j,
-            "energy_source": source,
-            "energy_uncertainty": uncertainty,
-        },
-    }
+    spreads = [c.spread_rel for c in candidates.values() if c.spread_rel is not None]
+    doc = Confirmation(
+        rounds=rounds,
+        order=tuple(tuple(specs[i].role for i in idx) for idx in order),
+        candidates=candidates,
+        ratios={k: PairedRatio(tuple(v["rounds"]), v["median"]) for k, v in ratios.items()},
+        chosen=chosen,
+        spread=max(spreads) if spreads else None,
+    )
+    ledger_doc = {"energy_j": energy_j, "energy_source": source, "energy_uncertainty": uncertainty}
+    return doc, ledger_doc
 
 
-def _candidate_doc(
+def _candidate(
     spec: ConfirmSpec, outs: Sequence[dict[str, Any] | None], failures: list[str]
-) -> dict[str, Any]:
+) -> ConfirmedCandidate:
+    """One candidate's rounds: their figures, medians and spread."""
     ok = [o for o in outs if o is not None]
-    doc: dict[str, Any] = {
-        "label": spec.label,
-        "trial": spec.trial,
-        "deployment": spec.deployment,
-        "rounds_measured": len(ok),
-        "failures": failures,
-        "energy_source": ok[0]["energy_source"] if ok else None,
-        "energy_uncertainty": ok[0]["energy_uncertainty"] if ok else None,
-        "disturbed_windows": sum(int(o.get("disturbed_windows") or 0) for o in ok),
-        "round_figures": {
-            k: [o[k] if o is not None else None for o in outs] for k in _ROUND_FIGURES
-        },
-    }
-    for key in _ROUND_FIGURES:
-        doc[key] = _median([float(o[key]) for o in ok if o.get(key) is not None])
+
+    def median(key: str) -> float | None:
+        return _median([float(o[key]) for o in ok if o.get(key) is not None])
+
+    figures = Figures(
+        energy_j_per_item=median("energy_j_per_item"),
+        energy_source=ok[0]["energy_source"] if ok else None,
+        energy_uncertainty=ok[0]["energy_uncertainty"] if ok else None,
+        latency_ms_p50=median("latency_ms_p50"),
+        latency_ms_p90=median("latency_ms_p90"),
+        throughput_items_per_s=median("throughput_items_per_s"),
+        co2e_g_per_million_items=median("co2e_g_per_million_items"),
+        disturbed_windows=sum(int(o.get("disturbed_windows") or 0) for o in ok),
+    )
     rounds_j = [float(o["energy_j_per_item"]) for o in ok]
-    med = doc["energy_j_per_item"]
-    doc["spread_rel"] = (max(rounds_j) - min(rounds_j)) / med if med and len(rounds_j) > 1 else None
-    return doc
+    med = figures.energy_j_per_item
+    return ConfirmedCandidate(
+        label=spec.label,
+        trial=spec.trial,
+        deployment=spec.deployment,
+        rounds_measured=len(ok),
+        failures=tuple(failures),
+        round_figures={k: tuple(o[k] if o is not None else None for o in outs) for k in ROUND_KEYS},
+        figures=figures,
+        spread_rel=(max(rounds_j) - min(rounds_j)) / med if med and len(rounds_j) > 1 else None,
+    )
 
 
 def _paired(

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wattwise.errors import InputError, UnavailableError, WattwiseError, WorkloadError
+from wattwise.results import Figures
 from wattwise.search._space import Candidate, ModelChoice
 
 if TYPE_CHECKING:
@@ -101,25 +103,6 @@ class JobContext:
         pass to :func:`~wattwise.measure.run_isolated` as ``log_path``; ``None`` without a
         ``log_dir``."""
         return str(Path(self.log_dir) / f"{name}.log") if self.log_dir is not None else None
-
-
-# The figures a trial takes from its Measurement, each carrying its energy source.
-_MEASURED = (
-    "energy_j_per_item",
-    "energy_source",
-    "energy_uncertainty",
-    "latency_ms_p50",
-    "latency_ms_p90",
-    "throughput_items_per_s",
-    "co2e_g_per_million_items",
-    # Windows another process's CPU load disturbed and that could not be measured again:
-    # their figures may be inflated (see docs/measurement.md, "Disturbed windows").
-    "disturbed_windows",
-)
-
-
-def _measured(m: Any) -> dict[str, Any]:
-    return {k: getattr(m, k) for k in _MEASURED}
 
 
 def task_id(task: Task, spec: str | None) -> str:
@@ -239,6 +222,29 @@ class _Ledger:
 
     def close(self) -> None:
         self.meter.close()
+
+
+@contextlib.contextmanager
+def _job(ctx: JobContext, *, threads: int | None = None) -> Iterator[tuple[Task, _Ledger]]:
+    """How every job starts: die with the parent, pin ``threads`` (before anything starts a
+    thread: threads inherit their creator's affinity), meter from here on, load the task and
+    what measuring needs (in the ``setup`` phase, so the child's imports count); the meter is
+    closed however the job ends."""
+    _die_with_parent()
+    if threads:
+        from wattwise.measure._isolate import pin_threads
+
+        pin_threads(threads)
+    ledger = _Ledger(ctx.meter, ctx.device)
+    try:
+        with ledger.phase("setup"):
+            task = ctx.task.load()
+            _quiet_torch()
+            for name in ("wattwise.measure", "wattwise.passes._base"):
+                importlib.import_module(name)  # now, so that their cost is metered as setup
+        yield task, ledger
+    finally:
+        ledger.close()
 
 
 # ----------------------------------------------------------------------------- cache
@@ -509,37 +515,42 @@ def _finite(value: float, what: str) -> float:
 # ----------------------------------------------------------------------------- jobs
 
 
+def _figures(m: Any, accuracy: float, macs: float, model: nn.Module, size_bytes: int) -> Figures:
+    """A measured candidate's figures: its measurement's, its accuracy, MACs and size."""
+    from wattwise.passes._base import count_params
+
+    return Figures.measured(
+        m, accuracy=accuracy, macs_per_item=macs, params=count_params(model), size_bytes=size_bytes
+    )
+
+
 def baseline_job(ctx: JobContext, batch_size: int, max_time_s: float) -> dict[str, Any]:
-    """Train (or load) the baseline, evaluate it, and measure it as fp32 eager at ``batch_size``."""
-    _die_with_parent()
-    ledger = _Ledger(ctx.meter, ctx.device)
-    try:
-        with ledger.phase("setup"):
-            task = ctx.task.load()
-            _quiet_torch()
-            from wattwise.measure import measure
-            from wattwise.passes._base import count_macs, count_params, state_dict_bytes
+    """Train (or load) the baseline, evaluate it, and measure it as fp32 eager at ``batch_size``.
+
+    Returns its figures flat beside ``deployment``, ``recipe``, ``measurement`` and ``ledger``:
+    the study keeps this dict as its baseline (``Figures.from_dict`` reads it back).
+    """
+    with _job(ctx) as (task, ledger):
+        from wattwise.passes._base import count_macs, state_dict_bytes
+
         model, _info = _get_model(ctx, task, (), ledger)
         with ledger.phase("evaluate"):
             accuracy = _finite(task.evaluate(model), "the baseline's metric")
             macs = count_macs(model, task.example_input)
-        with ledger.phase("measure"):
-            m = measure(
-                model,
-                task.example_input,
-                device=ctx.device,
-                batch_size=batch_size,
-                max_time_s=max_time_s,
-                isolate=False,
-                meter=ctx.meter,
-            )
+        m = measure_in_job(
+            model,
+            task,
+            ctx,
+            ledger,
+            device=ctx.device,
+            batch_size=batch_size,
+            threads=None,
+            max_time_s=max_time_s,
+        )
+        figures = _figures(m, accuracy, macs, model, state_dict_bytes(model))
         return {
             "ok": True,
-            "accuracy": accuracy,
-            **_measured(m),
-            "macs_per_item": macs,
-            "params": count_params(model),
-            "size_bytes": state_dict_bytes(model),
+            **figures.to_dict(),
             "deployment": {
                 "backend": "eager",
                 "precision": "fp32",
@@ -551,25 +562,16 @@ def baseline_job(ctx: JobContext, batch_size: int, max_time_s: float) -> dict[st
             "measurement": m.to_dict(),
             "ledger": ledger.to_dict(),
         }
-    finally:
-        ledger.close()
 
 
 def build_job(ctx: JobContext, choice: ModelChoice) -> dict[str, Any]:
     """Build the float model of ``choice`` into the cache (its training is the expensive part)."""
-    _die_with_parent()
-    ledger = _Ledger(ctx.meter, ctx.device)
-    try:
-        with ledger.phase("setup"):
-            task = ctx.task.load()
-            _quiet_torch()
+    with _job(ctx) as (task, ledger):
         try:
             _model, info = _get_model(ctx, task, choice.passes, ledger)
         except Exception as exc:
             return {**_failure(exc), "ledger": ledger.to_dict()}
         return {"ok": True, "info": info, "ledger": ledger.to_dict()}
-    finally:
-        ledger.close()
 
 
 def _prepare(
@@ -634,21 +636,13 @@ def measure_in_job(
 def trial_job(ctx: JobContext, cand: Candidate, max_time_s: float) -> dict[str, Any]:
     """Build, evaluate, deploy (checked against eager fp32) and measure one candidate.
 
-    Returns a dict: ``ok`` with the figures, or ``ok=False`` with ``kind`` and ``message``;
-    always the ``ledger`` (energy per phase, spent whether or not the trial succeeded).
+    Returns a dict: ``ok`` with the figures (flat, :data:`~wattwise.results.FIGURE_KEYS`), or
+    ``ok=False`` with ``kind`` and ``message``; always the ``ledger`` (energy per phase, spent
+    whether or not the trial succeeded).
     """
-    _die_with_parent()
-    if cand.threads:
-        from wattwise.measure._isolate import pin_threads
+    with _job(ctx, threads=cand.threads) as (task, ledger):
+        from wattwise.passes._base import count_macs, state_dict_bytes
 
-        # Before anything starts threads: threads inherit the affinity of their creator.
-        pin_threads(cand.threads)
-    ledger = _Ledger(ctx.meter, ctx.device)
-    try:
-        with ledger.phase("setup"):
-            task = ctx.task.load()
-            _quiet_torch()
-            from wattwise.passes._base import count_macs, count_params, state_dict_bytes
         try:
             deployed, float_model, model = _prepare(ctx, task, cand, ledger)
             with ledger.phase("evaluate"):
@@ -673,20 +667,15 @@ def trial_job(ctx: JobContext, cand: Candidate, max_time_s: float) -> dict[str, 
         size = (
             len(deployed.onnx_bytes) if deployed.onnx_bytes is not None else state_dict_bytes(model)
         )
+        figures = _figures(m, accuracy, macs, model, int(size))
         return {
             "ok": True,
-            "accuracy": accuracy,
-            **_measured(m),
-            "macs_per_item": macs,
-            "params": count_params(model),
-            "size_bytes": int(size),
+            **figures.to_dict(),
             "check": deployed.check.to_dict() if deployed.check else None,
             "notes": list(deployed.notes) + list(m.notes),
             "measurement": m.to_dict(),
             "ledger": ledger.to_dict(),
         }
-    finally:
-        ledger.close()
 
 
 def export_job(
@@ -698,14 +687,10 @@ def export_job(
     how_made: str,
 ) -> dict[str, Any]:
     """Rebuild the chosen candidate and export it as a self-contained artifact directory."""
-    _die_with_parent()
-    ledger = _Ledger(ctx.meter, ctx.device)
-    try:
-        with ledger.phase("setup"):
-            task = ctx.task.load()
-            _quiet_torch()
-            from wattwise.deploy import export_deployment
-            from wattwise.measure import Measurement
+    with _job(ctx) as (task, ledger):
+        from wattwise.deploy import export_deployment
+        from wattwise.measure import Measurement
+
         deployed, _, _ = _prepare(ctx, task, cand, ledger)
         with ledger.phase("export"):
             path = export_deployment(
@@ -718,5 +703,3 @@ def export_job(
                 overwrite=True,
             )
         return {"ok": True, "path": str(path), "ledger": ledger.to_dict()}
-    finally:
-        ledger.close()

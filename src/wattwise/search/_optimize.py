@@ -28,15 +28,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wattwise.errors import InputError
+from wattwise.results import (
+    RESULTS_SCHEMA,
+    BaselineEntry,
+    BestEntry,
+    Confirmation,
+    ConfirmedCandidate,
+    Figures,
+    FrontEntry,
+    Meter,
+    Results,
+    SameBatchEntry,
+    TrialRow,
+)
 from wattwise.search._confirm import DEFAULT_ROUNDS, confirm, confirm_plan
 from wattwise.search._liveness import count_trials, counts_for_budget
 from wattwise.search._objective import JobContext, TaskRef, baseline_job, export_job, task_id
 from wattwise.search._outdir import check_out_dir
-from wattwise.search._progress import SearchProgress
+from wattwise.search._progress import SearchProgress, describe_figures
 from wattwise.search._rows import trial_rows
 from wattwise.search._space import Candidate, SearchSpace, default_space, seed_params
 from wattwise.search._storage import default_storage, open_storage, storage_errors
-from wattwise.search._study import BASELINE_ATTR, FIGURES, SearchSettings, open_study, quiet_optuna
+from wattwise.search._study import BASELINE_ATTR, SearchSettings, open_study, quiet_optuna
 from wattwise.search._trials import run_trials
 
 if TYPE_CHECKING:
@@ -52,7 +65,6 @@ DEFAULT_TRIALS = 20
 DEFAULT_MAX_TIME_S = 2.0
 DEFAULT_TIMEOUT_PER_TRIAL_S = 300.0
 BASELINE_TIMEOUT_S = 3600.0
-RESULTS_SCHEMA = 1
 CONFIRMATION_ATTR = "wattwise_confirmation"
 CACHE_ATTR = "wattwise_cache_dir"  # where optimize cached the built models, for report --confirm
 PUBLISH_ATTR = "wattwise_publish"  # grid intensity and price given to optimize, for report/worker
@@ -68,47 +80,53 @@ class OptimizeResult:
     """What :func:`optimize` found.
 
     Attributes:
-        results: the ``results.json`` document (DESIGN.md, schema 1).
-        trials: one dict per trial (the rows of ``trials.csv``).
+        document: the ``results.json`` document (:class:`~wattwise.results.Results`).
+        rows: one :class:`~wattwise.results.TrialRow` per trial (the rows of ``trials.csv``).
         out_dir: the output directory.
         paths: ``json``, ``csv``, ``html`` (and ``artifact`` when one was exported).
         interrupted: the search was stopped (Ctrl-C or SIGTERM) before its budget was used.
         interrupted_by: ``"SIGINT"`` or ``"SIGTERM"`` when interrupted.
     """
 
-    results: dict[str, Any]
-    trials: list[dict[str, Any]]
+    document: Results
+    rows: tuple[TrialRow, ...]
     out_dir: Path
     paths: dict[str, Path]
     interrupted: bool = False
     interrupted_by: str | None = None
 
     @property
-    def baseline(self) -> dict[str, Any]:
-        return dict(self.results.get("baseline") or {})
+    def results(self) -> dict[str, Any]:
+        """The ``results.json`` document as plain JSON values (what the file holds)."""
+        return self.document.to_dict()
 
     @property
-    def best(self) -> dict[str, Any] | None:
-        best = self.results.get("best")
-        return dict(best) if best else None
+    def trials(self) -> list[dict[str, Any]]:
+        """The trial rows as plain dicts (what ``trials.csv`` holds)."""
+        return [row.to_dict() for row in self.rows]
+
+    @property
+    def baseline(self) -> BaselineEntry:
+        return self.document.baseline
+
+    @property
+    def best(self) -> BestEntry | None:
+        return self.document.best
 
     @property
     def energy_ratio(self) -> float | None:
         """fp32 eager batch-1 J/item over best J/item, from the confirmation rounds."""
-        value = self.results.get("energy_ratio")
-        return float(value) if value is not None else None
+        return self.document.energy_ratio
 
     @property
     def energy_ratio_same_batch(self) -> float | None:
         """fp32 eager J/item at the winner's batch size and threads over best J/item (the
         saving compression and the runtime give beyond batching), from the same rounds."""
-        value = self.results.get("energy_ratio_same_batch")
-        return float(value) if value is not None else None
+        return self.document.energy_ratio_same_batch
 
     @property
     def payback_items(self) -> float | None:
-        value = self.results.get("payback_items")
-        return float(value) if value is not None else None
+        return self.document.payback_items
 
 
 def _load_task(task: Any) -> tuple[Task, str | None]:
@@ -141,7 +159,7 @@ def optimize(
     meter: str = "auto",
     export: bool = True,
     progress: bool | None = None,
-    on_trial: Callable[[dict[str, Any]], None] | None = None,
+    on_trial: Callable[[TrialRow], None] | None = None,
     confirm_rounds: int | None = None,
     grid_intensity_g_per_kwh: float | None = None,
     price_per_kwh: float | None = None,
@@ -196,7 +214,8 @@ def optimize(
 
     Example:
         >>> result = wattwise.optimize("digits", max_accuracy_drop=0.01, trials=20)
-        >>> result.best["energy_j_per_item"], result.best["energy_source"], result.payback_items
+        >>> result.best.figures.energy_j_per_item, result.best.figures.energy_source
+        >>> result.payback_items
     """
     from wattwise.measure import check_device
 
@@ -240,15 +259,7 @@ def optimize(
         if created:
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
-    ctx = JobContext(
-        task=TaskRef(spec, None if spec is not None else task_obj),
-        task_id=settings.task_id,
-        cache_dir=str(out_dir / "cache"),
-        seed=settings.seed,
-        device=device,
-        meter=meter,
-        log_dir=str(out_dir / "logs"),
-    )
+    ctx = _job_context(settings, TaskRef(spec, None if spec is not None else task_obj), out_dir)
     return _search(
         the_study,
         settings,
@@ -302,15 +313,8 @@ def run_worker(
         )
     out_dir = Path(out).expanduser()
     check_out_dir(out_dir, storage=storage)
-    dev = check_device(device or settings.device)
-    ctx = JobContext(
-        task=TaskRef(spec),
-        task_id=settings.task_id,
-        cache_dir=str(out_dir / "cache"),
-        seed=settings.seed,
-        device=dev,
-        meter=settings.meter,
-        log_dir=str(out_dir / "logs"),
+    ctx = _job_context(
+        settings, TaskRef(spec), out_dir, device=check_device(device or settings.device)
     )
     return _search(
         the_study,
@@ -322,6 +326,28 @@ def run_worker(
         progress=progress,
         on_trial=None,
         publish=publish,
+    )
+
+
+def _job_context(
+    settings: SearchSettings,
+    task: TaskRef,
+    out_dir: Path,
+    *,
+    device: str | None = None,
+    cache_dir: str | None = None,
+) -> JobContext:
+    """What this run's jobs need: the study's task, seed and meter, on ``device`` (default
+    the study's), caching models in ``cache_dir`` (default ``OUT/cache``), logging to
+    ``OUT/logs``."""
+    return JobContext(
+        task=task,
+        task_id=settings.task_id,
+        cache_dir=cache_dir if cache_dir is not None else str(out_dir / "cache"),
+        seed=settings.seed,
+        device=device if device is not None else settings.device,
+        meter=settings.meter,
+        log_dir=str(out_dir / "logs"),
     )
 
 
@@ -417,26 +443,32 @@ def _ensure_baseline(
     return result  # type: ignore[no-any-return]
 
 
-def _best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _best(rows: list[TrialRow]) -> TrialRow | None:
     ranked = _ranked(rows)
     return ranked[0] if ranked else None
 
 
-def _ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _ranked(rows: list[TrialRow]) -> list[TrialRow]:
     """Feasible rows, lowest J/item first; ties (within the same figure) go to the higher
-    accuracy, then the lower p90."""
-    feasible = [r for r in rows if r["feasible"]]
-    return sorted(
-        feasible,
-        key=lambda r: (r["energy_j_per_item"], -r["accuracy"], r["latency_ms_p90"], r["number"]),
-    )
+    accuracy, then the lower p90. A feasible row is complete: its figures are all there."""
+
+    def key(r: TrialRow) -> tuple[float, float, float, int]:
+        f = r.figures
+        return (
+            float(f.energy_j_per_item or 0.0),
+            -float(f.accuracy or 0.0),
+            float(f.latency_ms_p90 or 0.0),
+            r.number,
+        )
+
+    return sorted((r for r in rows if r.feasible), key=key)
 
 
-def _runner_up(rows: list[dict[str, Any]], best: Mapping[str, Any]) -> dict[str, Any] | None:
+def _runner_up(rows: list[TrialRow], best: TrialRow) -> TrialRow | None:
     """The next feasible candidate after ``best`` by J/item, preferring one on the front; a
     trial that repeats the winner's own candidate is no runner-up."""
-    others = [r for r in _ranked(rows) if r["label"] != best.get("label")]
-    on_front = [r for r in others if r["pareto"]]
+    others = [r for r in _ranked(rows) if r.label != best.label]
+    on_front = [r for r in others if r.pareto]
     for group in (on_front, others):
         if group:
             return group[0]
@@ -480,7 +512,7 @@ def _search(
     url: str,
     export: bool,
     progress: bool | None,
-    on_trial: Callable[[dict[str, Any]], None] | None,
+    on_trial: Callable[[TrialRow], None] | None,
     publish: _Publish,
 ) -> OptimizeResult:
     """Run the search; a database failing under it (a server restart) becomes one line."""
@@ -497,19 +529,16 @@ def _search(
         interrupted = False
         notes: list[str] = []
         ledgers: dict[str, Mapping[str, Any]] = {}
-        confirmation: dict[str, Any] | None = None
+        confirmation: Confirmation | None = None
         with SearchProgress(settings.trials, done=counts.counted, stream=stream) as bar:
             baseline = _ensure_baseline(the_study, settings, ctx, bar)
+            base = Figures.from_dict(baseline, name="the study's baseline")
             base_acc = float(baseline["accuracy"])
-            bar.message(
-                f"baseline: accuracy {base_acc:.4f}, "
-                f"{baseline['energy_j_per_item'] * 1e3:.4g} mJ/item ({baseline['energy_source']} "
-                f"±{baseline['energy_uncertainty']:.0%}), p90 {baseline['latency_ms_p90']:.3g} ms"
-            )
+            bar.message(f"baseline: {describe_figures(base)}")
 
             def on_end(trial: optuna.trial.FrozenTrial) -> None:
                 rows = trial_rows(the_study.get_trials(deepcopy=False), base_acc, settings)
-                row = next((r for r in rows if r["number"] == trial.number), None)
+                row = next((r for r in rows if r.number == trial.number), None)
                 if row is None:
                     return
                 bar.trial_finished(row, _best(rows), counted=counts_for_budget(trial))
@@ -541,7 +570,7 @@ def _search(
             best = _best(rows)
             if best is not None and not interrupted and publish.confirm_rounds:
                 try:
-                    confirmation = _stored_confirmation(
+                    confirmed = _stored_confirmation(
                         the_study, rows, best, publish.confirm_rounds
                     ) or _run_confirmation(
                         the_study, settings, ctx, rows, best, publish.confirm_rounds, bar
@@ -549,8 +578,8 @@ def _search(
                 except KeyboardInterrupt:
                     interrupted = True
                     bar.message("interrupted during the confirmation: no ratio is published")
-                if confirmation is not None:
-                    ledgers["confirm"] = confirmation.get("ledger") or {}
+                else:
+                    confirmation, ledgers["confirm"] = confirmed
                     best = _confirmed_best(rows, confirmation) or best
             artifact: Path | None = None
             if best is not None and export and not interrupted:
@@ -585,32 +614,36 @@ def _search(
             interrupted=interrupted,
             notes=notes,
         )
-        _apply_grid(rows, publish.grid_intensity_g_per_kwh)
+        rows = _at_grid(rows, publish.grid_intensity_g_per_kwh)
         paths = _write_outputs(results, rows, out_dir)
         if artifact is not None:
             paths["artifact"] = artifact
         by = (stopped_by[0] if stopped_by else "SIGINT") if interrupted else None
-        return OptimizeResult(results, rows, out_dir, paths, interrupted, by)
+        return OptimizeResult(results, tuple(rows), out_dir, paths, interrupted, by)
 
 
-def _confirmation_key(rows: list[dict[str, Any]], best: Mapping[str, Any], rounds: int) -> dict:
+def _confirmation_key(rows: list[TrialRow], best: TrialRow, rounds: int) -> dict[str, Any]:
     runner = _runner_up(rows, best)
     return {
-        "best": int(best["number"]),
-        "runner_up": int(runner["number"]) if runner is not None else None,
+        "best": best.number,
+        "runner_up": runner.number if runner is not None else None,
         "rounds": rounds,
     }
 
 
+# What the study keeps of a confirmation (CONFIRMATION_ATTR): {"key": which winner and
+# runner-up in how many rounds, "doc": the Confirmation's dict with its "ledger" beside it}.
+
+
 def _stored_confirmation(
     the_study: optuna.Study,
-    rows: list[dict[str, Any]],
-    best: Mapping[str, Any],
+    rows: list[TrialRow],
+    best: TrialRow,
     rounds: int | None = None,
-) -> dict[str, Any] | None:
-    """The confirmation stored in the study, if it confirmed the current winner and runner-up
-    (in ``rounds`` rounds, when given): a rerun with nothing new, or ``wattwise report``,
-    publishes the same rounds."""
+) -> tuple[Confirmation, dict[str, Any]] | None:
+    """The confirmation stored in the study, and its ledger, if it confirmed the current
+    winner and runner-up (in ``rounds`` rounds, when given): a rerun with nothing new, or
+    ``wattwise report``, publishes the same rounds."""
     stored = the_study.user_attrs.get(CONFIRMATION_ATTR)
     if not isinstance(stored, dict) or not isinstance(stored.get("doc"), dict):
         return None
@@ -619,18 +652,24 @@ def _stored_confirmation(
         return None
     if key != _confirmation_key(rows, best, int(key.get("rounds") or 0)):
         return None
-    return dict(stored["doc"])
+    doc = dict(stored["doc"])
+    ledger = doc.pop("ledger", None)
+    try:
+        confirmation = Confirmation.from_dict(doc)
+    except InputError:
+        return None  # written by another version, in another shape: measure them again
+    return confirmation, ledger if isinstance(ledger, dict) else {}
 
 
 def _run_confirmation(
     the_study: optuna.Study,
     settings: SearchSettings,
     ctx: JobContext,
-    rows: list[dict[str, Any]],
-    best: Mapping[str, Any],
+    rows: list[TrialRow],
+    best: TrialRow,
     rounds: int,
     bar: SearchProgress,
-) -> dict[str, Any] | None:
+) -> tuple[Confirmation, dict[str, Any]]:
     key = _confirmation_key(rows, best, rounds)
     runner = _runner_up(rows, best)
     trials = the_study.get_trials(deepcopy=False)
@@ -645,7 +684,7 @@ def _run_confirmation(
     def on_measure(r: int, spec: Any) -> None:
         bar.message(f"  round {r + 1}/{rounds}: {spec.label}")
 
-    doc = confirm(
+    doc, ledger = confirm(
         specs,
         ctx,
         rounds=rounds,
@@ -653,44 +692,47 @@ def _run_confirmation(
         timeout_s=settings.timeout_per_trial_s,
         on_measure=on_measure,
     )
-    the_study.set_user_attr(CONFIRMATION_ATTR, {"key": key, "doc": doc})
-    ratio = (doc["ratios"].get("energy_ratio_same_batch") or {}).get("median")
+    the_study.set_user_attr(
+        CONFIRMATION_ATTR, {"key": key, "doc": {**doc.to_dict(), "ledger": ledger}}
+    )
+    ratio = doc.ratio("energy_ratio_same_batch")
     if ratio is not None:
         bar.message(
             f"confirmed: {ratio:.3g}x less energy per item than fp32 eager at the same batch "
             f"(median of {rounds} rounds)"
         )
-    return doc
+    return doc, ledger
 
 
-def _confirmed_best(
-    rows: list[dict[str, Any]], confirmation: Mapping[str, Any]
-) -> dict[str, Any] | None:
+def _confirmed_best(rows: list[TrialRow], confirmation: Confirmation) -> TrialRow | None:
     """The trial row the confirmation chose (the runner-up when it was lower there)."""
-    chosen = confirmation.get("chosen")
-    cand = (confirmation.get("candidates") or {}).get(chosen) if chosen else None
-    if not cand or cand.get("trial") is None:
+    cand = confirmation.winner
+    if cand is None or cand.trial is None:
         return None
-    return next((r for r in rows if r["number"] == cand["trial"]), None)
+    return next((r for r in rows if r.number == cand.trial), None)
 
 
-def _apply_grid(rows: list[dict[str, Any]], g_per_kwh: float) -> None:
-    """CO2e of each trial row at the grid intensity this search publishes with (the trials'
-    children used the default one)."""
+def _co2e(figures: Figures, g_per_kwh: float) -> Figures:
+    """``figures`` with their CO2e at the grid intensity this search publishes with (its
+    children measured at the default one)."""
     from wattwise.measure._carbon import co2e_g_per_million_items
 
-    for r in rows:
-        if isinstance(r.get("energy_j_per_item"), int | float):
-            r["co2e_g_per_million_items"] = co2e_g_per_million_items(
-                float(r["energy_j_per_item"]), g_per_kwh
-            )
+    if figures.energy_j_per_item is None:
+        return figures
+    co2e = co2e_g_per_million_items(float(figures.energy_j_per_item), g_per_kwh)
+    return dataclasses.replace(figures, co2e_g_per_million_items=co2e)
+
+
+def _at_grid(rows: list[TrialRow], g_per_kwh: float) -> list[TrialRow]:
+    """Each trial row with its CO2e at the grid intensity this search publishes with."""
+    return [dataclasses.replace(r, figures=_co2e(r.figures, g_per_kwh)) for r in rows]
 
 
 def _export_best(
     the_study: optuna.Study,
     settings: SearchSettings,
     ctx: JobContext,
-    best: Mapping[str, Any],
+    best: TrialRow,
     out_dir: Path,
     bar: SearchProgress,
 ) -> tuple[Path | None, dict[str, Any], str | None]:
@@ -698,7 +740,7 @@ def _export_best(
     from wattwise.measure import run_isolated
 
     target = out_dir / "artifact"
-    trial = the_study.trials[best["number"]]
+    trial = the_study.trials[best.number]
     marker = f"wattwise optimize: trial {trial.number} of study {the_study.study_name!r}"
     manifest = target / "deployment.json"
     with contextlib.suppress(OSError, ValueError):
@@ -717,7 +759,7 @@ def _export_best(
             cand,
             str(target),
             trial.user_attrs.get("measurement"),
-            best.get("accuracy"),
+            best.figures.accuracy,
             how,
             timeout_s=settings.timeout_per_trial_s,
             what="export",
@@ -726,10 +768,6 @@ def _export_best(
     except Exception as exc:
         return None, {}, f"the best deployment was not exported: {' '.join(str(exc).split())}"
     return Path(done["path"]), done.get("ledger") or {}, None
-
-
-def _figures(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: row.get(k) for k in FIGURES}
 
 
 def _search_energy(
@@ -769,51 +807,181 @@ def _search_energy(
     return total, source, (max(uncertainties) if uncertainties else None), by_phase
 
 
-# Figures a confirmation round re-measures; the rest of a figure set (accuracy, MACs, params,
-# size) does not depend on when it was measured.
-_CONFIRMED = (
-    "energy_j_per_item",
-    "energy_source",
-    "energy_uncertainty",
-    "latency_ms_p50",
-    "latency_ms_p90",
-    "throughput_items_per_s",
-    "disturbed_windows",
-)
+def _published(figures: Figures, confirmed: Figures | None, g_per_kwh: float) -> Figures:
+    """A figure set as the results publish it: the confirmation's medians in place of a single
+    measurement's (when it measured this one), its CO2e at the published grid intensity."""
+    if confirmed is not None and confirmed.energy_j_per_item is not None:
+        figures = figures.remeasured(confirmed)
+    return _co2e(figures, g_per_kwh)
 
 
-def _with_confirmed(
-    figures: Mapping[str, Any], confirmed: Mapping[str, Any] | None, g_per_kwh: float
-) -> dict[str, Any]:
-    """A figure set with the confirmation's medians in place of a single measurement's."""
+@dataclasses.dataclass(frozen=True)
+class _Headline:
+    """The entries the headline is made of, and what the confirmation says of them."""
+
+    baseline: BaselineEntry
+    same_batch: SameBatchEntry | None
+    best: BestEntry | None
+    confirmed: bool  # the winner was measured side by side: ratios and payback are published
+
+
+def _headline(
+    baseline: Mapping[str, Any],
+    best: TrialRow | None,
+    artifact: Path | None,
+    confirmation: Confirmation | None,
+    g_per_kwh: float,
+) -> _Headline:
+    """Baseline, fp32 eager at the winner's batch, and the winner: from the confirmation rounds
+    where they were measured side by side, else the search's single measurements."""
+    rounds = confirmation.candidates if confirmation is not None else {}
+
+    def figures(role: str) -> Figures | None:
+        cand = rounds.get(role)
+        return cand.figures if cand is not None else None
+
+    base_figures = Figures.from_dict(baseline, name="the study's baseline")
+    base_dep = baseline.get("deployment")
+    base = BaselineEntry(
+        _published(base_figures, figures("baseline"), g_per_kwh),
+        recipe=(),
+        deployment=dict(base_dep) if isinstance(base_dep, Mapping) else None,
+    )
+    if best is None:
+        return _Headline(base, None, None, confirmed=False)
+    best_conf = figures(confirmation.chosen) if confirmation and confirmation.chosen else None
+    entry = BestEntry.of_row(
+        best,
+        _published(best.figures, best_conf, g_per_kwh),
+        artifact=str(artifact) if artifact is not None else None,
+        # The search's own single measurement of this candidate, for comparison.
+        trial_energy_j_per_item=best.figures.energy_j_per_item,
+    )
+    dep = best.deployment or {}
+    batch, threads = dep.get("batch_size"), dep.get("threads")
+    # At batch 1 on the default threads, the same-batch baseline is the baseline itself.
+    same_conf = figures("baseline_same_batch") or (
+        figures("baseline") if (batch, threads) == (1, None) else None
+    )
+    same = None
+    if same_conf is not None:
+        same = SameBatchEntry(
+            _published(base_figures, same_conf, g_per_kwh),
+            batch_size=batch,
+            threads=threads,
+            deployment={**(base.deployment or {}), "batch_size": batch, "threads": threads},
+        )
+    confirmed = bool(best_conf is not None and best_conf.energy_j_per_item)
+    return _Headline(base, same, entry, confirmed)
+
+
+def _paybacks(head: _Headline, search_j: float) -> tuple[float | None, float | None]:
+    """After how many items the search pays for itself: against fp32 eager at the winner's
+    batch (batching alone would have saved the rest, at no search), and against batch 1."""
+    if head.best is None or not head.confirmed:
+        return None, None
+    e_best = float(head.best.figures.energy_j_per_item or 0.0)
+
+    def items(reference: Figures | None) -> float | None:
+        if reference is None or reference.energy_j_per_item is None:
+            return None
+        saving = float(reference.energy_j_per_item) - e_best
+        return search_j / saving if saving > 0 else None
+
+    same = head.same_batch.figures if head.same_batch is not None else None
+    return items(same), items(head.baseline.figures)
+
+
+def _headline_notes(
+    head: _Headline, best: TrialRow | None, confirmation: Confirmation | None, rounds: int
+) -> list[str]:
+    """What a reader of the headline must know: how it was measured, and what it mixes."""
+    notes = []
+    base = head.baseline.figures
+    if head.best is None or best is None:
+        notes.append("no candidate met the constraints: there is no best deployment")
+    else:
+        if not head.confirmed and rounds == 0:
+            notes.append(
+                "the confirmation stage was skipped (confirm_rounds=0): the figures are the "
+                "search's single measurements, taken minutes apart, so no ratio is published"
+            )
+        elif not head.confirmed:
+            notes.append(
+                "the headline was not confirmed side by side (interrupted, or its rounds "
+                "failed): no ratio is published; rerun the same command, or "
+                "'wattwise report --confirm'"
+            )
+        source = head.best.figures.energy_source
+        if source != base.energy_source:
+            notes.append(
+                f"baseline and best were measured by different meters ({base.energy_source} "
+                f"vs {source}): their ratio mixes sources"
+            )
+        if confirmation is not None and confirmation.chosen == "runner_up":
+            notes.append(
+                f"the confirmation rounds chose trial {best.number} (the search's runner-up): "
+                "it used less energy per item than the search's first pick, side by side"
+            )
+    disturbed = [
+        name
+        for name, entry in (
+            ("baseline", head.baseline),
+            ("baseline_same_batch", head.same_batch),
+            ("best", head.best),
+        )
+        if entry is not None and (entry.figures.disturbed_windows or 0) > 0
+    ]
+    if disturbed:
+        notes.append(
+            "windows disturbed by other processes' CPU load remain in "
+            + ", ".join(disturbed)
+            + ": those figures may be inflated"
+        )
+    if (base.energy_source or "").startswith("estimated:"):
+        notes.append(
+            f"energy figures are estimates ({base.energy_source}, "
+            f"±{float(base.energy_uncertainty or 0):.0%}): this machine has no energy "
+            "counter; ratios between candidates measured side by side here are much firmer "
+            "than absolute joules"
+        )
+    return notes
+
+
+def _at_grid_confirmation(confirmation: Confirmation, g_per_kwh: float) -> Confirmation:
+    """The confirmation with its CO2e figures (medians and rounds) at the published grid
+    intensity: its children measured at the default one, and results.json must not hold two."""
     from wattwise.measure._carbon import co2e_g_per_million_items
 
-    out = dict(figures)
-    if confirmed and confirmed.get("energy_j_per_item") is not None:
-        out.update({k: confirmed.get(k) for k in _CONFIRMED})
-    if isinstance(out.get("energy_j_per_item"), int | float):
-        out["co2e_g_per_million_items"] = co2e_g_per_million_items(
-            float(out["energy_j_per_item"]), g_per_kwh
-        )
-    return out
+    def candidate(c: ConfirmedCandidate) -> ConfirmedCandidate:
+        per_round = dict(c.round_figures)
+        if "energy_j_per_item" in per_round and "co2e_g_per_million_items" in per_round:
+            per_round["co2e_g_per_million_items"] = tuple(
+                None if j is None else co2e_g_per_million_items(float(j), g_per_kwh)
+                for j in per_round["energy_j_per_item"]
+            )
+        return dataclasses.replace(c, figures=_co2e(c.figures, g_per_kwh), round_figures=per_round)
+
+    cands = {role: candidate(c) for role, c in confirmation.candidates.items()}
+    return dataclasses.replace(confirmation, candidates=cands)
 
 
 def _results(
     the_study: optuna.Study,
     settings: SearchSettings,
     baseline: Mapping[str, Any],
-    rows: list[dict[str, Any]],
-    best: Mapping[str, Any] | None,
+    rows: list[TrialRow],
+    best: TrialRow | None,
     artifact: Path | None,
     *,
     url: str,
     ledgers: Mapping[str, Mapping[str, Any]],
-    confirmation: Mapping[str, Any] | None,
+    confirmation: Confirmation | None,
     publish: _Publish,
     elapsed_s: float,
     interrupted: bool,
     notes: list[str],
-) -> dict[str, Any]:
+) -> Results:
     """The ``results.json`` document (see ``docs/search.md``, "results.json").
 
     The headline (``baseline``, ``baseline_same_batch``, ``best`` and both ratios) comes from
@@ -827,164 +995,58 @@ def _results(
     trials = the_study.get_trials(deepcopy=False)
     counts = count_trials(trials)
     search_j, source, unc, by_phase = _search_energy(baseline, trials, ledgers)
-    confirmed = dict((confirmation or {}).get("candidates") or {})
-    chosen_role = (confirmation or {}).get("chosen")
-    base: dict[str, Any] = {
-        **_with_confirmed({k: baseline.get(k) for k in FIGURES}, confirmed.get("baseline"), g),
-        "recipe": [],
-        "deployment": baseline.get("deployment"),
-    }
-    same_batch: dict[str, Any] | None = None
-    best_doc = None
-    ratio = ratio_same = payback = payback_b1 = None
-    if best is not None:
-        best_conf = confirmed.get(chosen_role) if chosen_role else None
-        best_doc = {
-            "number": best["number"],
-            **_with_confirmed(_figures(best), best_conf, g),
-            "accuracy_drop": best["accuracy_drop"],
-            "recipe": best["recipe"],
-            "student": best["student"],
-            "deployment": best["deployment"],
-            "label": best.get("label"),
-            "artifact": str(artifact) if artifact is not None else None,
-            # The search's own single measurement of this candidate, for comparison.
-            "trial_energy_j_per_item": best.get("energy_j_per_item"),
-        }
-        dep = best.get("deployment") or {}
-        sb_conf = confirmed.get("baseline_same_batch") or (
-            confirmed.get("baseline")
-            if (dep.get("batch_size"), dep.get("threads")) == (1, None)
+    head = _headline(baseline, best, artifact, confirmation, g)
+    payback, payback_b1 = _paybacks(head, search_j)
+    notes = notes + _headline_notes(head, best, confirmation, publish.confirm_rounds)
+    front = sorted((r for r in rows if r.pareto), key=lambda r: r.figures.energy_j_per_item or 0)
+    base = head.baseline.figures
+    return Results(
+        schema=RESULTS_SCHEMA,
+        task=settings.task_name,
+        task_spec=settings.task_spec,
+        study=the_study.study_name,
+        storage=redact_url(url),
+        scenario=settings.scenario,
+        max_accuracy_drop=settings.max_accuracy_drop,
+        latency_p90_ms=settings.latency_p90_ms,
+        hardware=hardware_info(include_cuda=settings.device.startswith("cuda")),
+        meter=Meter(source=base.energy_source, uncertainty=base.energy_uncertainty),
+        baseline=head.baseline,
+        baseline_same_batch=head.same_batch,
+        best=head.best,
+        energy_ratio=confirmation.ratio("energy_ratio")
+        if confirmation and head.confirmed
+        else None,
+        energy_ratio_same_batch=(
+            confirmation.ratio("energy_ratio_same_batch")
+            if confirmation and head.confirmed
             else None
-        )
-        if sb_conf:
-            same_batch = {
-                **_with_confirmed({k: baseline.get(k) for k in FIGURES}, sb_conf, g),
-                "batch_size": dep.get("batch_size"),
-                "threads": dep.get("threads"),
-                "deployment": {
-                    **(baseline.get("deployment") or {}),
-                    "batch_size": dep.get("batch_size"),
-                    "threads": dep.get("threads"),
-                },
-            }
-        if best_conf and best_conf.get("energy_j_per_item"):
-            ratios = (confirmation or {}).get("ratios") or {}
-            ratio = (ratios.get("energy_ratio") or {}).get("median")
-            ratio_same = (ratios.get("energy_ratio_same_batch") or {}).get("median")
-            e_best = float(best_doc["energy_j_per_item"])
-            if same_batch is not None:
-                saving = float(same_batch["energy_j_per_item"]) - e_best
-                payback = search_j / saving if saving > 0 else None
-            saving_b1 = float(base["energy_j_per_item"]) - e_best
-            payback_b1 = search_j / saving_b1 if saving_b1 > 0 else None
-        elif publish.confirm_rounds == 0:
-            notes.append(
-                "the confirmation stage was skipped (confirm_rounds=0): the figures are the "
-                "search's single measurements, taken minutes apart, so no ratio is published"
-            )
-        else:
-            notes.append(
-                "the headline was not confirmed side by side (interrupted, or its rounds "
-                "failed): no ratio is published; rerun the same command, or "
-                "'wattwise report --confirm'"
-            )
-        if best_doc["energy_source"] != base.get("energy_source"):
-            notes.append(
-                f"baseline and best were measured by different meters ({base.get('energy_source')} "
-                f"vs {best_doc['energy_source']}): their ratio mixes sources"
-            )
-        if chosen_role == "runner_up":
-            notes.append(
-                f"the confirmation rounds chose trial {best['number']} (the search's runner-up): "
-                "it used less energy per item than the search's first pick, side by side"
-            )
-    else:
-        notes.append("no candidate met the constraints: there is no best deployment")
-    disturbed = [
-        name
-        for name, doc in (
-            ("baseline", base),
-            ("baseline_same_batch", same_batch),
-            ("best", best_doc),
-        )
-        if doc and int(doc.get("disturbed_windows") or 0) > 0
-    ]
-    if disturbed:
-        notes.append(
-            "windows disturbed by other processes' CPU load remain in "
-            + ", ".join(disturbed)
-            + ": those figures may be inflated"
-        )
-    if str(base.get("energy_source", "")).startswith("estimated:"):
-        notes.append(
-            f"energy figures are estimates ({base.get('energy_source')}, "
-            f"±{float(base.get('energy_uncertainty') or 0):.0%}): this machine has no energy "
-            "counter; ratios between candidates measured side by side here are much firmer "
-            "than absolute joules"
-        )
-    pareto = [
-        {
-            "number": r["number"],
-            **_with_confirmed(_figures(r), None, g),
-            "accuracy_drop": r["accuracy_drop"],
-            "recipe": r["recipe"],
-            "student": r["student"],
-            "deployment": r["deployment"],
-            "label": r.get("label"),
-        }
-        for r in sorted((r for r in rows if r["pareto"]), key=lambda r: r["energy_j_per_item"])
-    ]
-    conf_doc = None
-    if confirmation is not None:
-        conf_doc = {k: v for k, v in confirmation.items() if k != "ledger"}
-    return {
-        "schema": RESULTS_SCHEMA,
-        "task": settings.task_name,
-        "task_spec": settings.task_spec,
-        "study": the_study.study_name,
-        "storage": redact_url(url),
-        "scenario": settings.scenario,
-        "max_accuracy_drop": settings.max_accuracy_drop,
-        "latency_p90_ms": settings.latency_p90_ms,
-        "hardware": hardware_info(include_cuda=settings.device.startswith("cuda")),
-        "meter": {
-            "source": base.get("energy_source"),
-            "uncertainty": base.get("energy_uncertainty"),
-        },
-        "baseline": base,
-        "baseline_same_batch": same_batch,
-        "best": best_doc,
-        "energy_ratio": ratio,
-        "energy_ratio_same_batch": ratio_same,
-        "confirmation": conf_doc,
-        "pareto": pareto,
-        "trials": counts.counted,
-        "failed_trials": counts.failed,
-        "trials_budget": settings.trials,
-        "interrupted_trials": counts.interrupted,
-        "search_energy_j": search_j,
-        "search_energy_source": source,
-        "search_energy_uncertainty": unc,
-        "search_energy_by_phase_j": by_phase,
-        # From the same-batch saving: batching alone would have saved the rest, at no search.
-        "payback_items": payback,
-        "payback_basis": "baseline_same_batch",
-        "payback_items_batch1": payback_b1,
-        "grid_intensity_g_per_kwh": g,
-        "grid_intensity_source": publish.grid_intensity_source,
-        "price_per_kwh": publish.price_per_kwh,
-        "price_source": publish.price_source,
-        "currency": publish.currency,
-        "elapsed_s": elapsed_s,
-        "interrupted": interrupted,
-        "notes": notes,
-    }
+        ),
+        confirmation=_at_grid_confirmation(confirmation, g) if confirmation else None,
+        pareto=tuple(FrontEntry.of_row(r, _co2e(r.figures, g)) for r in front),
+        trials=counts.counted,
+        failed_trials=counts.failed,
+        interrupted_trials=counts.interrupted,
+        trials_budget=settings.trials,
+        search_energy_j=search_j,
+        search_energy_source=source,
+        search_energy_uncertainty=unc,
+        search_energy_by_phase_j=by_phase,
+        payback_items=payback,
+        payback_basis="baseline_same_batch",
+        payback_items_batch1=payback_b1,
+        grid_intensity_g_per_kwh=g,
+        grid_intensity_source=publish.grid_intensity_source,
+        price_per_kwh=publish.price_per_kwh,
+        price_source=publish.price_source,
+        currency=publish.currency,
+        elapsed_s=elapsed_s,
+        interrupted=interrupted,
+        notes=tuple(notes),
+    )
 
 
-def _write_outputs(
-    results: dict[str, Any], rows: list[dict[str, Any]], out_dir: Path
-) -> dict[str, Path]:
+def _write_outputs(results: Results, rows: list[TrialRow], out_dir: Path) -> dict[str, Path]:
     from wattwise.report import render_report
 
     try:
@@ -1024,9 +1086,10 @@ def report_study(
     check_out_dir(out_dir, storage=storage)
     rows = trial_rows(the_study.get_trials(deepcopy=False), float(baseline["accuracy"]), settings)
     best = _best(rows)
-    confirmation = None
+    confirmation: Confirmation | None = None
     ledgers: dict[str, Mapping[str, Any]] = {}
     if best is not None:
+        confirmed = None
         if confirm_rounds:
             if settings.task_spec is None:
                 raise InputError(
@@ -1038,25 +1101,15 @@ def report_study(
             cache = the_study.user_attrs.get(CACHE_ATTR)
             if not isinstance(cache, str) or not Path(cache).is_dir():
                 cache = str(out_dir / "cache")
-            ctx = JobContext(
-                task=TaskRef(settings.task_spec),
-                task_id=settings.task_id,
-                cache_dir=cache,
-                seed=settings.seed,
-                device=settings.device,
-                meter=settings.meter,
-                log_dir=str(out_dir / "logs"),
-            )
+            ctx = _job_context(settings, TaskRef(settings.task_spec), out_dir, cache_dir=cache)
             with _interrupt_signals(), SearchProgress(settings.trials, done=0) as bar:
-                confirmation = _run_confirmation(
+                confirmed = _run_confirmation(
                     the_study, settings, ctx, rows, best, confirm_rounds, bar
                 )
-            ledgers["confirm"] = (confirmation or {}).get("ledger") or {}
         else:
-            confirmation = _stored_confirmation(the_study, rows, best)
-            if confirmation is not None:
-                ledgers["confirm"] = confirmation.get("ledger") or {}
-        if confirmation is not None:
+            confirmed = _stored_confirmation(the_study, rows, best)
+        if confirmed is not None:
+            confirmation, ledgers["confirm"] = confirmed
             best = _confirmed_best(rows, confirmation) or best
     results = _results(
         the_study,
@@ -1073,5 +1126,5 @@ def report_study(
         interrupted=False,
         notes=[],
     )
-    _apply_grid(rows, publish.grid_intensity_g_per_kwh)
-    return OptimizeResult(results, rows, out_dir, _write_outputs(results, rows, out_dir))
+    rows = _at_grid(rows, publish.grid_intensity_g_per_kwh)
+    return OptimizeResult(results, tuple(rows), out_dir, _write_outputs(results, rows, out_dir))

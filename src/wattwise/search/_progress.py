@@ -12,33 +12,46 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from wattwise._units import format_energy
+from wattwise._units import MISSING, format_energy_figure
+from wattwise.results import Figures, TrialRow
 
-__all__ = ["SearchProgress", "describe_row"]
-
-
-def _energy(row: Mapping[str, Any]) -> str:
-    value = row.get("energy_j_per_item")
-    if value is None:
-        return "—"
-    unc = row.get("energy_uncertainty")
-    tail = f" ±{unc:.0%}" if isinstance(unc, int | float) else ""
-    return f"{format_energy(value)}/item ({row.get('energy_source')}{tail})"
+__all__ = ["SearchProgress", "describe_figures", "describe_row"]
 
 
-def describe_row(row: Mapping[str, Any]) -> str:
+def _energy(figures: Figures) -> str:
+    if figures.energy_j_per_item is None:
+        return MISSING
+    return format_energy_figure(
+        figures.energy_j_per_item, figures.energy_source, figures.energy_uncertainty, per="/item"
+    )
+
+
+def describe_figures(figures: Figures) -> str:
+    """``accuracy 0.9944, 2.1 mJ/item (estimated:cpu-ccf ±40%), p90 12 ms``."""
+    acc, p90 = figures.accuracy, figures.latency_ms_p90
+    return (
+        f"accuracy {acc if acc is not None else 0.0:.4f}, {_energy(figures)}, "
+        f"p90 {p90 if p90 is not None else 0.0:.3g} ms"
+    )
+
+
+def _row(row: TrialRow | Mapping[str, Any]) -> TrialRow:
+    return row if isinstance(row, TrialRow) else TrialRow.from_dict(row)
+
+
+def describe_row(row: TrialRow | Mapping[str, Any]) -> str:
     """One line for a finished trial: what it was and what came out."""
-    label = row.get("label") or f"trial {row.get('number')}"
-    if row.get("state") == "complete":
-        acc = float(row.get("accuracy") or 0.0)
-        drop = float(row.get("accuracy_drop") or 0.0)
-        p90 = float(row.get("latency_ms_p90") or 0.0)
-        flag = "" if row.get("feasible") else "  [infeasible]"
+    row = _row(row)
+    label = row.label or f"trial {row.number}"
+    if row.complete:
+        f = row.figures
+        acc, drop, p90 = f.accuracy or 0.0, row.accuracy_drop or 0.0, f.latency_ms_p90 or 0.0
+        flag = "" if row.feasible else "  [infeasible]"
         return (
-            f"{label}: accuracy {acc:.4f} (drop {drop * 100:+.2f} pt), {_energy(row)}, "
+            f"{label}: accuracy {acc:.4f} (drop {drop * 100:+.2f} pt), {_energy(f)}, "
             f"p90 {p90:.3g} ms{flag}"
         )
-    return f"{label}: {row.get('state')} ({row.get('fail_reason')})"
+    return f"{label}: {row.state} ({row.fail_reason})"
 
 
 def _output_block(tail: str, log: Any) -> str:
@@ -66,7 +79,7 @@ class SearchProgress:
         self.stream = stream if stream is not None else sys.stderr
         isatty = getattr(self.stream, "isatty", lambda: False)
         self.live = bool(isatty()) if live is None else live
-        self.best = "—"
+        self.best = MISSING
         self._start = time.monotonic()
         self._progress: Any = None
         self._task: Any = None
@@ -122,22 +135,26 @@ class SearchProgress:
             self.message(f"[{self.done + 1}/{self.total}] trial {number}: {label} ...")
 
     def trial_finished(
-        self, row: Mapping[str, Any], best: Mapping[str, Any] | None, *, counted: bool
+        self,
+        row: TrialRow | Mapping[str, Any],
+        best: TrialRow | Mapping[str, Any] | None,
+        *,
+        counted: bool,
     ) -> None:
+        """A trial ended: count it (``counted``: against the budget), show it and the best
+        feasible figure so far. Rows may be given as their dicts."""
+        row = _row(row)
         if counted:
             self.done += 1
         if best is not None:
-            self.best = _energy(best)
+            self.best = _energy(_row(best).figures)
         elapsed = time.monotonic() - self._start
-        line = (
-            f"  trial {row.get('number')} {describe_row(row)} ({row.get('duration_s') or 0:.1f} s)"
-        )
+        line = f"  trial {row.number} {describe_row(row)} ({row.duration_s or 0:.1f} s)"
         if self._progress is not None:
             self._progress.update(self._task, completed=min(self.done, self.total), best=self.best)
-            if row.get("state") != "pruned":
+            if row.state != "pruned":
                 self.message(line)
-        elif row.get("state") != "pruned" or counted:
+        elif row.state != "pruned" or counted:
             self.message(f"{line}; best so far {self.best}; elapsed {elapsed:.0f} s")
-        tail = row.get("output_tail")
-        if tail:
-            self.message(_output_block(tail, row.get("log")))
+        if row.output_tail:
+            self.message(_output_block(row.output_tail, row.log))

@@ -27,25 +27,9 @@ if TYPE_CHECKING:
     import optuna
 
 
-# The figures a trial records (from its measurement and evaluation), in results and reports.
-FIGURES = (
-    "accuracy",
-    "energy_j_per_item",
-    "energy_source",
-    "energy_uncertainty",
-    "latency_ms_p50",
-    "latency_ms_p90",
-    "throughput_items_per_s",
-    "co2e_g_per_million_items",
-    "macs_per_item",
-    "params",
-    "size_bytes",
-    "disturbed_windows",
-)
 __all__ = [
     "ATTR",
     "BASELINE_ATTR",
-    "FIGURES",
     "SearchSettings",
     "finite_number",
     "load_settings",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from wattwise.errors import InputError, WattwiseError
+from wattwise.results import FIGURE_KEYS
 from wattwise.search._liveness import (
     INTERRUPTED,
     TrialCounts,
@@ -39,7 +40,7 @@ from wattwise.search._objective import (
 from wattwise.search._optuna import stored_trial
 from wattwise.search._space import Candidate, SearchSpace, params_key
 from wattwise.search._storage import storage_error_types
-from wattwise.search._study import DIRECTIONS, FIGURES, SearchSettings, finite_number
+from wattwise.search._study import DIRECTIONS, SearchSettings, finite_number
 
 if TYPE_CHECKING:
     import optuna
@@ -223,7 +224,7 @@ class TrialRunner:
                 trial.set_user_attr("output_tail", tail)
             trial.set_user_attr("fail_reason", reason)
             raise _TrialFailed(reason)
-        figures = {k: result[k] for k in FIGURES}
+        figures = {k: result[k] for k in FIGURE_KEYS}
         trial.set_user_attr("figures", figures)
         trial.set_user_attr("measurement", result.get("measurement"))
         trial.set_user_attr("check", result.get("check"))
