@@ -44,7 +44,7 @@ def test_backend_prepares_and_matches_eager_fp32(random_model, calib, backend, p
 def test_compile_fp32_matches_eager(random_model):
     x = torch.rand(1, 1, 8, 8)
     dep = wd.deploy(random_model, "compile", "fp32", example_input=x, batch_size=2)
-    assert dep.check.passed and dep.check.metric == "allclose"
+    assert dep.check is not None and dep.check.passed and dep.check.metric == "allclose"
     # Second call of the same shape skips the scoped inductor settings and still agrees.
     torch.testing.assert_close(dep(x.repeat(2, 1, 1, 1)), random_model(x.repeat(2, 1, 1, 1)))
 
@@ -55,7 +55,8 @@ def test_compile_lowers_a_pt2e_graph_to_int8_and_agrees(pt2e_model, calib, task)
     dep = wd.deploy(
         pt2e_model, "compile", "int8", example_input=calib[0][:1], calibration=calib, batch_size=32
     )
-    assert dep.check.passed and dep.check.metric == "cosine" and dep.check.value > 0.99
+    assert dep.check is not None and dep.check.passed
+    assert dep.check.metric == "cosine" and dep.check.value > 0.99
     # Preparing at all shows freezing was on while compiling: without it inductor fails on the
     # quantized convolutions (onednn.qconv_prepack). And the int8 model still classifies.
     assert task.evaluate(dep.module) >= 0.95
@@ -68,7 +69,7 @@ def test_pt2e_graph_rules(pt2e_model, trained):
     x = torch.rand(1, 1, 8, 8)
     assert not wd.is_pt2e_quantized(trained)
     eager = wd.deploy(pt2e_model, "eager", "int8", example_input=x, batch_size=2)
-    assert eager.check.passed
+    assert eager.check is not None and eager.check.passed
     with pytest.raises(InputError, match="already PT2E"):
         wd.deploy(pt2e_model, "eager", "fp32", example_input=x)
     with pytest.raises(InputError, match="float model"):

@@ -99,7 +99,7 @@ def test_bad_inputs_to_deploy(random_model):
     with pytest.raises(InputError, match="calibration"):
         wd.deploy(random_model, "onnxruntime", "int8", example_input=x)
     with pytest.raises(InputError, match="calibration"):
-        wd.deploy(random_model, "onnxruntime", "int8", example_input=x, calibration=x)
+        wd.deploy(random_model, "onnxruntime", "int8", example_input=x, calibration=x)  # type: ignore[arg-type]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
@@ -133,7 +133,8 @@ def test_a_deployment_that_changes_the_outputs_raises_mismatch_with_numbers():
     assert result is not None and result.metric == "rel_l2" and result.value > 0.02
     assert "relative L2 error" in str(info.value) and "bound 0.02" in str(info.value)
     # fp32 of the same model passes: the check is about the precision, not the model.
-    assert wd.deploy(model, "eager", "fp32", example_input=torch.randn(4, 10)).check.passed
+    fp32 = wd.deploy(model, "eager", "fp32", example_input=torch.randn(4, 10))
+    assert fp32.check is not None and fp32.check.passed
 
 
 def test_wattwise_deploy_is_callable_as_the_public_api_says(random_model):
@@ -142,4 +143,4 @@ def test_wattwise_deploy_is_callable_as_the_public_api_says(random_model):
     dep = wattwise.deploy(
         random_model, backend="eager", precision="fp32", example_input=torch.rand(1, 1, 8, 8)
     )
-    assert isinstance(dep, wd.Deployed) and dep.check.passed
+    assert isinstance(dep, wd.Deployed) and dep.check is not None and dep.check.passed

@@ -198,6 +198,12 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+def _truncate_unchecked(path: Path, model_file: str) -> None:
+    """Truncate the model file and drop the manifest's checksums: loading itself must notice."""
+    _truncate(path / model_file)
+    _set_manifest(path, files={})
+
+
 def _pickled_weight(art: Path) -> None:
     """Mark a weight of the .pt2 archive as pickled (what a tampered archive would do)."""
     src = art / "model.pt2"
@@ -236,7 +242,7 @@ CORRUPTIONS = {
     "truncated onnx": ("onnx", lambda p: _truncate(p / "model.onnx"), "model.onnx"),
     "truncated onnx, no checksum": (
         "onnx",
-        lambda p: (_truncate(p / "model.onnx"), _set_manifest(p, files={})),
+        lambda p: _truncate_unchecked(p, "model.onnx"),
         "model.onnx",
     ),
     "missing example": ("onnx", lambda p: (p / "example_input.npy").unlink(), "example_input.npy"),
@@ -247,7 +253,7 @@ CORRUPTIONS = {
     ),
     "truncated pt2": (
         "pt2",
-        lambda p: (_truncate(p / "model.pt2"), _set_manifest(p, files={})),
+        lambda p: _truncate_unchecked(p, "model.pt2"),
         "model.pt2",
     ),
     "pickled weight in pt2": ("pt2", _pickled_weight, "stored as a pickled object"),

@@ -27,7 +27,7 @@ pytestmark = [
 def test_cuda_backends_match_eager_fp32(random_model, backend, precision):
     x = torch.rand(1, 1, 8, 8)
     dep = wd.deploy(random_model, backend, precision, example_input=x, device="cuda", batch_size=8)
-    assert dep.check.passed
+    assert dep.check is not None and dep.check.passed
     out = dep(x.repeat(8, 1, 1, 1))  # a CPU input is moved to the device
     assert out.is_cuda and out.shape == (8, 10)
 
@@ -74,7 +74,7 @@ def test_onnxruntime_cuda_is_probed(random_model):
     dep = wd.deploy(
         random_model, "onnxruntime", "fp16", example_input=x, device="cuda", batch_size=4
     )
-    assert dep.check.passed and dep(x.repeat(4, 1, 1, 1)).is_cuda
+    assert dep.check is not None and dep.check.passed and dep(x.repeat(4, 1, 1, 1)).is_cuda
 
 
 def test_cuda_artifact_reloads_on_cuda_and_on_cpu(tmp_path, random_model):

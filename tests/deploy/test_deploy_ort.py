@@ -29,9 +29,11 @@ def test_static_qdq_int8_keeps_digits_accuracy_within_one_point(task, trained, c
     assert base - int8 <= 0.01, f"fp32 {base:.4f} -> int8 {int8:.4f}"
     # It really is quantized: QDQ nodes in the graph, and int8 weights make it smaller.
     fp32 = wd.deploy(trained, "onnxruntime", "fp32", example_input=task.example_input)
+    assert dep.onnx_bytes is not None and fp32.onnx_bytes is not None
     assert b"QuantizeLinear" in dep.onnx_bytes and b"QuantizeLinear" not in fp32.onnx_bytes
     assert len(dep.onnx_bytes) < 0.5 * len(fp32.onnx_bytes)
-    assert dep.check.top1_agreement is not None and dep.check.top1_agreement >= 0.95
+    assert dep.check is not None and dep.check.top1_agreement is not None
+    assert dep.check.top1_agreement >= 0.95
 
 
 def test_ort_module_pickles_as_bytes_and_measures_in_a_child(random_model, calib):

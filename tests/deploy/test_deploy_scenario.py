@@ -11,6 +11,12 @@ import wattwise.deploy as wd
 from wattwise.errors import InputError
 
 
+def _measured_j(cand: wd.CandidateResult) -> float:
+    """A measured candidate's median J/item (``None`` only for a dropped one)."""
+    assert cand.energy_j_per_item is not None, cand.reason
+    return cand.energy_j_per_item
+
+
 @pytest.mark.slow
 def test_digits_ort_int8_and_compile_against_eager_fp32_side_by_side(task, trained, calib):
     """Digits CNN: ONNX Runtime int8 and torch.compile deployments measured against eager fp32
@@ -40,16 +46,20 @@ def test_digits_ort_int8_and_compile_against_eager_fp32_side_by_side(task, train
         assert len(cand.rounds_j_per_item) == 2 and len(cand.measurements) == 2
         assert cand.energy_j_per_item == pytest.approx(statistics.median(cand.rounds_j_per_item))
         # Every figure carries its source and uncertainty; all from the same meter.
+        assert cand.energy_source is not None
         assert cand.energy_source.startswith(("measured:", "estimated:"))
         assert all(m.energy_source == cand.energy_source for m in cand.measurements)
-        assert 0 < cand.energy_uncertainty < 1
+        assert cand.energy_uncertainty is not None and 0 < cand.energy_uncertainty < 1
         assert all(m.isolated and m.batch_size == 32 and m.threads == 1 for m in cand.measurements)
         assert cand.check is not None and cand.check.passed
-    best = min(measured, key=lambda c: c.energy_j_per_item)
+    best = min(measured, key=_measured_j)
     assert result.chosen is best
     assert result.deployed is not None and result.deployed.deployment == best.deployment
     assert result.ratio(best.deployment) == pytest.approx(1.0)
-    assert all(result.ratio(c.deployment) >= 1.0 for c in measured)
+    for cand in measured:
+        ratio = result.ratio(cand.deployment)
+        assert ratio is not None and ratio >= 1.0
+    assert best.energy_source is not None
     assert best.deployment.label in result.reason and best.energy_source in result.reason
     assert result.to_dict()["chosen"] == best.deployment.to_dict()
 
@@ -92,4 +102,4 @@ def test_selection_rejects_bad_requests(random_model):
     with pytest.raises(InputError, match="rounds"):
         wd.select_deployment(random_model, dep, x, "offline", rounds=0)
     with pytest.raises(InputError, match=r"candidates\[0\]"):
-        wd.select_deployment(random_model, [{"backend": "eager"}], x, "offline")
+        wd.select_deployment(random_model, [{"backend": "eager"}], x, "offline")  # type: ignore[list-item]

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import warnings
 import zipfile
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -282,12 +281,12 @@ def _zip_bomb(genuine, work: Path, marker: Path):
     path = work / "bomb.pt2"
     with zipfile.ZipFile(genuine["bare"]) as zin:
         items = [(i, zin.read(i.filename)) for i in zin.infolist()]
-    with zipfile.ZipFile(path, "w") as zout:
+    # A member opened by name takes the archive's compression; writestr(info) keeps each
+    # copied member's own.
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zout:
         for info, data in items:
             if info.filename.endswith("models/model.json"):
                 with zout.open(info.filename, "w", force_zip64=True) as fh:
-                    fh._compress_type = zipfile.ZIP_DEFLATED
-                    fh._compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
                     fh.write(data)
                     chunk = b" " * (1 << 24)
                     for _ in range(16):

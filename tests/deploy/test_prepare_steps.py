@@ -37,7 +37,7 @@ def test_inputs_become_tuples_of_cpu_tensors_or_are_refused(random_model) -> Non
     with pytest.raises(InputError, match="example_input needs a batch dimension"):
         checked_inputs(random_model, torch.tensor(1.0), None)
     with pytest.raises(InputError, match="list of input batches"):
-        checked_inputs(random_model, X, X)
+        checked_inputs(random_model, X, X)  # type: ignore[arg-type]
     with pytest.raises(InputError, match=r"calibration\[1\]"):
         checked_inputs(random_model, X, [X, "not a tensor"])
     with pytest.raises(InputError, match="as many tensors"):

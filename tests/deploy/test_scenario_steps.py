@@ -3,6 +3,8 @@ choose. (``test_deploy_scenario.py`` runs them together through ``select_deploym
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import pytest
 import torch
 from torch import nn
@@ -66,21 +68,29 @@ def eager_cl(random_model) -> wd.Deployed:
     return wd.deploy(random_model, "eager_cl", example_input=X)
 
 
+class _Selection(TypedDict):
+    """``check_selection``'s keywords, typed so that ``**ok`` type-checks."""
+
+    latency_p90_ms: float | None
+    rounds: int
+    max_time_s: float
+
+
 def test_a_request_is_validated_and_repeats_are_dropped_in_order() -> None:
     a, b = wd.Deployment(backend="eager"), wd.Deployment(backend="eager_cl")
-    ok = {"latency_p90_ms": None, "rounds": 2, "max_time_s": 1.0}
+    ok: _Selection = {"latency_p90_ms": None, "rounds": 2, "max_time_s": 1.0}
     assert check_selection([a, b, a], "offline", **ok) == [a, b]
-    assert check_selection([b], "online", **{**ok, "latency_p90_ms": 5}) == [b]
+    assert check_selection([b], "online", **(ok | {"latency_p90_ms": 5})) == [b]
     with pytest.raises(InputError, match="scenario must be one of offline, online, got 'server'"):
         check_selection([a], "server", **ok)
     with pytest.raises(InputError, match="non-empty list"):
         check_selection(a, "offline", **ok)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="latency_p90_ms must be a number > 0"):
-        check_selection([a], "online", **{**ok, "latency_p90_ms": float("nan")})
+        check_selection([a], "online", **(ok | {"latency_p90_ms": float("nan")}))
     with pytest.raises(InputError, match="max_time_s must be > 0"):
-        check_selection([a], "offline", **{**ok, "max_time_s": 0})
+        check_selection([a], "offline", **(ok | {"max_time_s": 0}))
     with pytest.raises(InputError, match="rounds must be an integer"):
-        check_selection([a], "offline", **{**ok, "rounds": True})
+        check_selection([a], "offline", **(ok | {"rounds": True}))
 
 
 def test_candidates_that_cannot_be_served_or_prepared_are_dropped_with_the_reason(
@@ -128,7 +138,9 @@ def test_a_candidate_is_summarised_by_its_medians_and_held_to_the_bound(eager) -
     assert slow.reason == "p90 latency 4 ms exceeds the bound 3 ms"
 
 
-def test_the_lowest_median_within_the_bound_is_chosen(eager, eager_cl) -> None:
+def test_the_lowest_median_within_the_bound_is_chosen(
+    eager: wd.Deployed, eager_cl: wd.Deployed
+) -> None:
     cheap = summarise(eager_cl, [_measurement(1.0), _measurement(1.2)], None)
     dear = summarise(eager, [_measurement(2.0), _measurement(2.1)], None)
     result = choose("offline", None, (dear, cheap), {0: eager, 1: eager_cl}, rounds=2)
