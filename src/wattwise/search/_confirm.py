@@ -40,7 +40,7 @@ from wattwise.results import (
 )
 from wattwise.search._objective import (
     JobContext,
-    _failure,
+    _failed,
     _get_model,
     _job,
     _prepare,
@@ -145,18 +145,9 @@ def confirm_job(ctx: JobContext, spec: ConfirmSpec, max_time_s: float) -> dict[s
             else:
                 deployed, _, _ = _prepare(ctx, task, spec.candidate, ledger)
                 target = deployed.module
-            m = measure_in_job(
-                target,
-                task,
-                ctx,
-                ledger,
-                device=ctx.device,
-                batch_size=spec.batch_size,
-                threads=spec.threads,
-                max_time_s=max_time_s,
-            )
+            m = measure_in_job(target, task, ctx, ledger, spec, max_time_s)
         except (Exception, MemoryError) as exc:
-            return {**_failure(exc), "ledger": ledger.to_dict()}
+            return _failed(exc, ledger)
         measured = Figures.measured(m).to_dict()
         return {"ok": True, **{k: measured[k] for k in MEASURED_KEYS}, "ledger": ledger.to_dict()}
 

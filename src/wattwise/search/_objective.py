@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from wattwise.errors import InputError, UnavailableError, WattwiseError, WorkloadError
 from wattwise.results import Figures
@@ -537,16 +537,7 @@ def baseline_job(ctx: JobContext, batch_size: int, max_time_s: float) -> dict[st
         with ledger.phase("evaluate"):
             accuracy = _finite(task.evaluate(model), "the baseline's metric")
             macs = count_macs(model, task.example_input)
-        m = measure_in_job(
-            model,
-            task,
-            ctx,
-            ledger,
-            device=ctx.device,
-            batch_size=batch_size,
-            threads=None,
-            max_time_s=max_time_s,
-        )
+        m = measure_in_job(model, task, ctx, ledger, _Batch(batch_size), max_time_s)
         figures = _figures(m, accuracy, macs, model, state_dict_bytes(model))
         return {
             "ok": True,
@@ -570,7 +561,7 @@ def build_job(ctx: JobContext, choice: ModelChoice) -> dict[str, Any]:
         try:
             _model, info = _get_model(ctx, task, choice.passes, ledger)
         except Exception as exc:
-            return {**_failure(exc), "ledger": ledger.to_dict()}
+            return _failed(exc, ledger)
         return {"ok": True, "info": info, "ledger": ledger.to_dict()}
 
 
@@ -604,33 +595,49 @@ def _prepare(
     return deployed, float_model, model
 
 
+class MeasuredAt(Protocol):
+    """How a candidate is measured: its batch size and threads (``None``: every allowed core);
+    a :class:`Candidate` and a confirmation's spec are both."""
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def threads(self) -> int | None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class _Batch:
+    """Measured at ``batch_size`` on every allowed core: how the baseline is."""
+
+    batch_size: int
+    threads: int | None = None
+
+
 def measure_in_job(
-    target: Any,
-    task: Task,
-    ctx: JobContext,
-    ledger: _Ledger,
-    *,
-    device: str,
-    batch_size: int,
-    threads: int | None,
-    max_time_s: float,
+    target: Any, task: Task, ctx: JobContext, ledger: _Ledger, at: MeasuredAt, max_time_s: float
 ) -> Any:
-    """Measure ``target`` on the task's example input in this (already isolated) job, the
-    measuring metered as the job's ``measure`` phase: one protocol for trials and the
-    confirmation rounds."""
+    """Measure ``target`` on the task's example input on ``ctx.device`` at ``at``'s batch size
+    and threads, in this (already isolated) job, metered as the job's ``measure`` phase: one
+    protocol for the baseline, the trials and the confirmation rounds."""
     from wattwise.measure import measure
 
     with ledger.phase("measure"):
         return measure(
             target,
             task.example_input,
-            device=device,
-            batch_size=batch_size,
-            threads=threads,
+            device=ctx.device,
+            batch_size=at.batch_size,
+            threads=at.threads,
             max_time_s=max_time_s,
             isolate=False,
             meter=ctx.meter,
         )
+
+
+def _failed(exc: BaseException, ledger: _Ledger) -> dict[str, Any]:
+    """A job's answer when its work raised: the kind and reason, and what it spent anyway."""
+    return {**_failure(exc), "ledger": ledger.to_dict()}
 
 
 def trial_job(ctx: JobContext, cand: Candidate, max_time_s: float) -> dict[str, Any]:
@@ -652,18 +659,9 @@ def trial_job(ctx: JobContext, cand: Candidate, max_time_s: float) -> dict[str, 
                     "the candidate's metric",
                 )
                 macs = count_macs(float_model, task.example_input)
-            m = measure_in_job(
-                deployed.module,
-                task,
-                ctx,
-                ledger,
-                device=cand.device,
-                batch_size=cand.batch_size,
-                threads=cand.threads,
-                max_time_s=max_time_s,
-            )
+            m = measure_in_job(deployed.module, task, ctx, ledger, cand, max_time_s)
         except (Exception, MemoryError) as exc:
-            return {**_failure(exc), "ledger": ledger.to_dict()}
+            return _failed(exc, ledger)
         size = (
             len(deployed.onnx_bytes) if deployed.onnx_bytes is not None else state_dict_bytes(model)
         )
