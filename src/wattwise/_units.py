@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 from wattwise.errors import InputError
 
@@ -60,6 +61,23 @@ def parse_quantity(text: str, unit: str) -> float:
 MISSING = "—"
 """What a figure that was not recorded reads as, wherever one is shown."""
 
+
+def num(value: Any) -> float | None:
+    """``value`` as a finite float, or ``None`` for missing, non-numeric, bool or NaN/inf:
+    what every formatter shows as :data:`MISSING`.
+
+    Bools are refused because ``True`` silently becoming ``1.0`` in a J/item column would be a
+    wrong number, not a missing one.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
 _SI = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ"))
 
 
@@ -88,13 +106,8 @@ def format_energy(joules: float | None) -> str:
     >>> format_energy(0.0021), format_energy(1.5e6), format_energy(None)
     ('2.1 mJ', '1.5 MJ', '—')
     """
-    if joules is None or isinstance(joules, bool):
-        return MISSING
-    try:
-        value = float(joules)
-    except (TypeError, ValueError):
-        return MISSING
-    return format_si(value, "J") if math.isfinite(value) else MISSING
+    value = num(joules)
+    return MISSING if value is None else format_si(value, "J")
 
 
 def format_energy_figure(

@@ -7,10 +7,12 @@ returns :data:`MISSING` for it instead of raising: a failed trial has no energy.
 from __future__ import annotations
 
 import decimal
+import functools
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec
 
-from wattwise._units import MISSING, format_energy, format_si
+from wattwise._units import MISSING, format_energy, format_si, num
 
 __all__ = [
     "MISSING",
@@ -32,102 +34,87 @@ fmt_energy_j = format_energy
 """Energy with an SI prefix (``0.0021 → '2.1 mJ'``, ``1.5e6 → '1.5 MJ'``): wattwise's one
 energy formatter, :func:`wattwise._units.format_energy`."""
 
-
-def num(value: Any) -> float | None:
-    """``value`` as a finite float, or ``None`` for missing, non-numeric, bool or NaN/inf.
-
-    Bools are refused because ``True`` silently becoming ``1.0`` in a J/item column would be a
-    wrong number, not a missing one.
-    """
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
+_P = ParamSpec("_P")
 
 
-def fmt_uncertainty(relative: Any) -> str:
+def _or_missing(fmt: Callable[Concatenate[float, _P], str]) -> Callable[Concatenate[Any, _P], str]:
+    """A formatter of a finite number that shows :data:`MISSING` for anything :func:`num`
+    refuses, instead of each formatter checking for itself."""
+
+    @functools.wraps(fmt)
+    def formatted(value: Any, /, *args: _P.args, **kwargs: _P.kwargs) -> str:
+        number = num(value)
+        return MISSING if number is None else fmt(number, *args, **kwargs)
+
+    return formatted
+
+
+@_or_missing
+def fmt_uncertainty(relative: float) -> str:
     """A relative uncertainty as ``±5%``; missing stays missing (never shown as ±0%)."""
-    value = num(relative)
-    if value is None:
-        return MISSING
-    return f"±{value * 100:.2g}%"
+    return f"±{relative * 100:.2g}%"
 
 
-def fmt_latency_ms(ms: Any) -> str:
+@_or_missing
+def fmt_latency_ms(ms: float) -> str:
     """Milliseconds shown in the unit that reads best: ``0.85 → '850 µs'``."""
-    value = num(ms)
-    return MISSING if value is None else format_si(value * 1e-3, "s")
+    return format_si(ms * 1e-3, "s")
 
 
-def fmt_duration_s(seconds: Any) -> str:
+@_or_missing
+def fmt_duration_s(seconds: float) -> str:
     """Wall time: seconds below two minutes, then minutes, then hours."""
-    value = num(seconds)
-    if value is None:
-        return MISSING
-    if abs(value) < 120:
-        return format_si(value, "s")
-    if abs(value) < 7200:
-        return f"{value / 60:.3g} min"
-    return f"{value / 3600:.3g} h"
+    if abs(seconds) < 120:
+        return format_si(seconds, "s")
+    if abs(seconds) < 7200:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds / 3600:.3g} h"
 
 
-def fmt_bytes(size: Any) -> str:
+@_or_missing
+def fmt_bytes(size: float) -> str:
     """Bytes with decimal SI prefixes (kB = 1000 B), matching what ``ls --si`` prints."""
-    value = num(size)
-    if value is None:
-        return MISSING
-    return f"{value:.0f} B" if abs(value) < 1000 else format_si(value, "B")
+    return f"{size:.0f} B" if abs(size) < 1000 else format_si(size, "B")
 
 
-def fmt_count(count: Any, unit: str = "") -> str:
+@_or_missing
+def fmt_count(count: float, unit: str = "") -> str:
     """A count with an SI prefix: ``1_234_000 → '1.23 M'`` (``unit`` appended)."""
-    value = num(count)
-    if value is None:
-        return MISSING
-    if abs(value) < 1000:
-        text = f"{value:.3g}" if value != int(value) else f"{int(value)}"
+    if abs(count) < 1000:
+        text = f"{count:.3g}" if count != int(count) else f"{int(count)}"
         return f"{text} {unit}".strip()
-    return format_si(value, unit)
+    return format_si(count, unit)
 
 
-def fmt_items(count: Any) -> str:
+@_or_missing
+def fmt_items(count: float) -> str:
     """A number of items in words, for sentences: ``548_000 → '548 thousand items'``."""
-    value = num(count)
-    if value is None:
-        return MISSING
     for factor, word in ((1e12, "trillion"), (1e9, "billion"), (1e6, "million"), (1e3, "thousand")):
-        if abs(value) >= factor * 0.9995:
-            return f"{value / factor:.3g} {word} items"
-    return f"{math.ceil(value):d} items"
+        if abs(count) >= factor * 0.9995:
+            return f"{count / factor:.3g} {word} items"
+    return f"{math.ceil(count):d} items"
 
 
-def fmt_mass_g(grams: Any) -> str:
+@_or_missing
+def fmt_mass_g(grams: float) -> str:
     """Mass in grams with an SI prefix (CO2e): ``0.0123 → '12.3 mg'``."""
-    value = num(grams)
-    return MISSING if value is None else format_si(value, "g")
+    return format_si(grams, "g")
 
 
-def fmt_money(amount: Any, currency: str = "USD") -> str:
+@_or_missing
+def fmt_money(amount: float, currency: str = "USD") -> str:
     """An amount with three significant figures and its currency code."""
-    value = num(amount)
-    if value is None:
-        return MISSING
     # Three figures without an exponent: '0.000005 USD' reads, '5e-06 USD' doesn't.
-    return f"{decimal.Decimal(f'{value:.3g}'):f} {currency}"
+    return f"{decimal.Decimal(f'{amount:.3g}'):f} {currency}"
 
 
-def fmt_accuracy(value: Any) -> str:
+@_or_missing
+def fmt_accuracy(value: float) -> str:
     """A metric value: four decimals for the usual [0, 1] metrics, else four figures."""
-    v = num(value)
-    if v is None:
-        return MISSING
-    return f"{v:.4f}" if abs(v) <= 1 else f"{v:.4g}"
+    return f"{value:.4f}" if abs(value) <= 1 else f"{value:.4g}"
 
 
-def fmt_ratio(value: Any) -> str:
+@_or_missing
+def fmt_ratio(value: float) -> str:
     """A multiplicative ratio, ``0.42×``."""
-    v = num(value)
-    return MISSING if v is None else f"{v:.3g}×"
+    return f"{value:.3g}×"
