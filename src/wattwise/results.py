@@ -46,6 +46,7 @@ from typing import Any, ClassVar, Self, TypeVar
 from wattwise.errors import InputError
 
 __all__ = [
+    "DEPLOYMENT_KEYS",
     "FIGURE_KEYS",
     "MEASURED_KEYS",
     "RESULTS_SCHEMA",
@@ -74,7 +75,8 @@ RESULTS_SCHEMA = 1
 # into a CI log could forge lines or drive the terminal (escape sequences).
 MAX_SOURCE_CHARS = 120
 
-_DEPLOYMENT_ORDER = ("backend", "precision", "batch_size", "threads", "device")
+DEPLOYMENT_KEYS: tuple[str, ...] = ("backend", "precision", "batch_size", "threads", "device")
+"""A deployment's keys, in the order results write them (and a candidate lists them)."""
 _PASS_ORDER = ("type", "version")
 
 _T = TypeVar("_T")
@@ -285,7 +287,7 @@ def _deep_sorted(value: Any) -> Any:
 
 def deployment_dict(deployment: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """A deployment with its keys in reading order (backend, precision, batch, threads, device)."""
-    return None if deployment is None else _ordered(deployment, _DEPLOYMENT_ORDER)
+    return None if deployment is None else _ordered(deployment, DEPLOYMENT_KEYS)
 
 
 def recipe_list(recipe: Iterable[Mapping[str, Any]] | None) -> list[dict[str, Any]] | None:
@@ -299,6 +301,10 @@ def _extra(extra: Mapping[str, Any]) -> dict[str, Any]:
 
 def _optional(value: Any, write: Callable[[Any], _T]) -> _T | None:
     return None if value is None else write(value)
+
+
+def _as_is(value: _T) -> _T:
+    return value
 
 
 # ----------------------------------------------------------------------------- figures
@@ -906,47 +912,28 @@ class Results(_Readable):
     notes: tuple[str, ...] = ()
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    # How to_dict writes the fields that are not plain JSON values (None stays null).
+    _WRITE: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "hardware": _deep_sorted,
+        "meter": Meter.to_dict,
+        "baseline": BaselineEntry.to_dict,
+        "baseline_same_batch": SameBatchEntry.to_dict,
+        "best": BestEntry.to_dict,
+        "confirmation": Confirmation.to_dict,
+        "pareto": lambda front: [p.to_dict() for p in front],
+        "search_energy_by_phase_j": dict,
+        "notes": list,
+    }
+
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document: every field in reading order, then the unknown keys sorted."""
-        return {
-            "schema": self.schema,
-            "task": self.task,
-            "task_spec": self.task_spec,
-            "study": self.study,
-            "storage": self.storage,
-            "scenario": self.scenario,
-            "max_accuracy_drop": self.max_accuracy_drop,
-            "latency_p90_ms": self.latency_p90_ms,
-            "hardware": _optional(self.hardware, _deep_sorted),
-            "meter": _optional(self.meter, Meter.to_dict),
-            "baseline": self.baseline.to_dict(),
-            "baseline_same_batch": _optional(self.baseline_same_batch, SameBatchEntry.to_dict),
-            "best": _optional(self.best, BestEntry.to_dict),
-            "energy_ratio": self.energy_ratio,
-            "energy_ratio_same_batch": self.energy_ratio_same_batch,
-            "confirmation": _optional(self.confirmation, Confirmation.to_dict),
-            "pareto": [p.to_dict() for p in self.pareto],
-            "trials": self.trials,
-            "failed_trials": self.failed_trials,
-            "interrupted_trials": self.interrupted_trials,
-            "trials_budget": self.trials_budget,
-            "search_energy_j": self.search_energy_j,
-            "search_energy_source": self.search_energy_source,
-            "search_energy_uncertainty": self.search_energy_uncertainty,
-            "search_energy_by_phase_j": _optional(self.search_energy_by_phase_j, dict),
-            "payback_items": self.payback_items,
-            "payback_basis": self.payback_basis,
-            "payback_items_batch1": self.payback_items_batch1,
-            "grid_intensity_g_per_kwh": self.grid_intensity_g_per_kwh,
-            "grid_intensity_source": self.grid_intensity_source,
-            "price_per_kwh": self.price_per_kwh,
-            "price_source": self.price_source,
-            "currency": self.currency,
-            "elapsed_s": self.elapsed_s,
-            "interrupted": self.interrupted,
-            "notes": list(self.notes),
-            **_extra(self.extra),
+        """The JSON document: every field in reading order (the order they are declared in,
+        each written by its entry in ``_WRITE`` or as it is), then the unknown keys sorted."""
+        known = {
+            f.name: _optional(getattr(self, f.name), self._WRITE.get(f.name, _as_is))
+            for f in dataclasses.fields(self)
+            if f.name != "extra"
         }
+        return {**known, **_extra(self.extra)}
 
     @classmethod
     def from_dict(cls, data: Any, *, name: str | None = None) -> Results:

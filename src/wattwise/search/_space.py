@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from wattwise._core import SCENARIOS
 from wattwise.errors import InputError
+from wattwise.results import DEPLOYMENT_KEYS
 
 if TYPE_CHECKING:
     from wattwise.tasks import Task
@@ -270,13 +271,7 @@ class Candidate:
 
     @property
     def deployment(self) -> dict[str, Any]:
-        return {
-            "backend": self.backend,
-            "precision": self.precision,
-            "batch_size": self.batch_size,
-            "threads": self.threads,
-            "device": self.device,
-        }
+        return {k: getattr(self, k) for k in DEPLOYMENT_KEYS}
 
     @property
     def label(self) -> str:
