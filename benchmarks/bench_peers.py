@@ -39,7 +39,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import torch
 
@@ -240,6 +240,15 @@ def _measure(
     return m.to_dict()
 
 
+class _Tried(TypedDict):
+    """One (batch, threads) choice measured while tuning a peer: its J/item, or why it failed."""
+
+    batch_size: int
+    threads: int | None
+    energy_j_per_item: NotRequired[float]
+    error: NotRequired[str]
+
+
 def _tune(
     entries: dict[str, dict[str, Any]], case: Case, task: Task, scenario: str, max_time_s: float
 ) -> dict[str, dict[str, Any]]:
@@ -252,7 +261,7 @@ def _tune(
             c = entry["choice"]
             chosen[name] = {"batch_size": c["batch_size"], "threads": c["threads"], "tried": []}
             continue
-        tried = []
+        tried: list[_Tried] = []
         for batch, threads in _configs(case, scenario):
             try:
                 m = _measure(entry, task, batch, threads, max_time_s)
@@ -347,8 +356,9 @@ def _table(
         for key in ("energy_j_per_item", "latency_ms_p50", "latency_ms_p90"):
             value = _median(rs, key)
             row[key] = value
+            ref_value = ref[key]
             row[key.replace("energy_j_per_item", "energy") + "_ratio"] = (
-                value / ref[key] if value is not None and ref[key] else None
+                value / ref_value if value is not None and ref_value else None
             )
         row["energy_source"] = rs[0]["energy_source"]
         row["energy_uncertainty"] = rs[0]["energy_uncertainty"]

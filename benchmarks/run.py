@@ -180,7 +180,7 @@ def peers_section(data: dict[str, Any]) -> list[str]:
         ]
         for scenario, block in case["scenarios"].items():
             rows = block["rows"]
-            ours = next((r for r in rows if r["method"] == "wattwise optimize"), {})
+            ours: dict[str, Any] = next((r for r in rows if r["method"] == "wattwise optimize"), {})
             sources = sorted(
                 {
                     f"{r['energy_source']} ±{r['energy_uncertainty']:.0%}"

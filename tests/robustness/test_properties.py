@@ -401,7 +401,7 @@ def test_check_budget_above_holds_below_breaks(e: float, d: float, p: float, gap
     if d - gap >= 0 and gap > 1e-11:
         (b,) = check_results(results, max_accuracy_drop=d - gap)
         assert b.budget == "accuracy_drop" and b.value == d
-    no_best = {"best": None, "baseline": {}}
+    no_best: dict[str, Any] = {"best": None, "baseline": {}}  # a raw results document
     got = check_results(no_best, max_energy_j_per_item=e + gap, max_latency_p90_ms=p + gap)
     assert [b.budget for b in got] == ["energy_per_item", "latency_p90"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -13,7 +14,8 @@ from wattwise.errors import InputError
 from wattwise.results import Results
 from wattwise.search import SearchProgress, check_results, load_results
 
-RESULTS = {
+# A results file as JSON holds it: the checks read raw documents as well as Results.
+RESULTS: dict[str, Any] = {
     "schema": 1,
     "task": "digits",
     "baseline": {
@@ -140,7 +142,7 @@ def test_cli_check_exit_codes(results_file):
 
 def test_plain_progress_lines_name_the_trial_and_the_source():
     stream = io.StringIO()
-    row = {
+    row: dict[str, Any] = {  # a trial row as the results file holds it
         "number": 3,
         "state": "complete",
         "label": "prune50 onnxruntime/int8 b256",

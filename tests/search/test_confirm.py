@@ -43,7 +43,7 @@ def test_rounds_rotate_so_each_candidate_takes_each_place_once() -> None:
 
 def test_ratios_are_taken_within_rounds_and_their_median_published() -> None:
     # A machine that slows down round by round: within-round ratios stay put.
-    per_role = {
+    per_role: dict[str, list[dict[str, float] | None]] = {
         "baseline": [_round(10.0), _round(20.0), _round(40.0)],
         "best": [_round(1.0), _round(2.0), None],  # failed in round 3: that round has no pair
     }

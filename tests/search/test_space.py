@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any, TypedDict
 
 import pytest
 import search_tasks
@@ -133,9 +134,22 @@ def test_space_round_trips_through_json(batches, threads, ratio):
     assert again.fingerprint() == space.fingerprint()
 
 
+class _Required(TypedDict):
+    """``SearchSettings``' fields without a default, typed so that ``**ok`` type-checks."""
+
+    task_spec: str | None
+    task_name: str
+    task_id: str
+    scenario: str
+    max_accuracy_drop: float
+    latency_p90_ms: float | None
+    trials: int
+    space: SearchSpace
+
+
 def test_settings_validation_names_the_field(digits_task):
     space = default_space(digits_task, "offline")
-    ok = {
+    ok: _Required = {
         "task_spec": "digits",
         "task_name": "digits",
         "task_id": "x",
@@ -146,17 +160,18 @@ def test_settings_validation_names_the_field(digits_task):
         "space": space,
     }
     assert SearchSettings.from_dict(SearchSettings(**ok).to_dict()) == SearchSettings(**ok)
-    for field, bad in (
+    bad_values: tuple[tuple[str, Any], ...] = (
         ("max_accuracy_drop", 2.0),
         ("trials", 0),
         ("latency_p90_ms", -1.0),
         ("seed", -3),
         ("timeout_per_trial_s", 0),
-    ):
+    )
+    for field, bad in bad_values:
         with pytest.raises(InputError, match=field):
             SearchSettings(**{**ok, field: bad})
     with pytest.raises(InputError, match="online"):
-        SearchSettings(**{**ok, "scenario": "online"})
+        SearchSettings(**(ok | {"scenario": "online"}))
 
 
 def test_model_cache_round_trips_pruned_and_student_models(tmp_path):

@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from wattwise.errors import InputError
@@ -34,7 +34,9 @@ SPACE = SearchSpace(
 )
 FIRST = {name: choices[0] for name, choices in SPACE.choices().items()}
 QUEUED = {**FIRST, "batch_size": 16}  # not what the seeded sampler proposes first
-DISTRIBUTIONS = {name: CategoricalDistribution(list(c)) for name, c in SPACE.choices().items()}
+DISTRIBUTIONS: dict[str, BaseDistribution] = {
+    name: CategoricalDistribution(list(c)) for name, c in SPACE.choices().items()
+}
 STUCK = MAX_CONSECUTIVE_DUPLICATES
 
 
