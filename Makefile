@@ -34,10 +34,13 @@ sysdeps:
 	  fi; \
 	fi
 
+# mypy checks src/wattwise (pyproject.toml's files), then tests/, benchmarks/ and tools/ one
+# folder at a time: test folders are not packages, and three of them hold a conftest.py.
 lint: venv
-	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks tools
+	$(BIN)/ruff check src tests benchmarks tools
 	$(BIN)/mypy
+	$(BIN)/python tools/mypy_tests.py
 
 test: lint sysdeps
 	$(BIN)/python -m pytest -q
