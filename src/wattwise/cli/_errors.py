@@ -25,17 +25,8 @@ import typer
 
 from wattwise.errors import CheckFailed, WattwiseError
 
-__all__ = [
-    "EXIT_BROKEN_PIPE",
-    "EXIT_CHECK_FAILED",
-    "EXIT_ERROR",
-    "EXIT_INTERRUPTED",
-    "EXIT_OK",
-    "EXIT_TERMINATED",
-    "error_line",
-    "exit_code_for",
-    "handled",
-]
+# No __all__: the contract's public names (the EXIT_* codes, error_line, exit_code_for) are
+# listed once, where they are re-exported, in wattwise.cli; the commands import handled.
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
