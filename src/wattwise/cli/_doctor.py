@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from wattwise.cli._app import app
 from wattwise.cli._errors import handled
+from wattwise.cli._options import JsonOut
 from wattwise.cli._output import JSON_SCHEMA, print_json
 
 if TYPE_CHECKING:
@@ -81,9 +80,7 @@ def _doctor_row(name: str, device: str, availability: Availability) -> dict[str,
 @app.command()
 @handled
 def doctor(
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print one JSON document to stdout instead of a table.")
-    ] = False,
+    json_out: JsonOut = False,
 ) -> None:
     """Say which energy meters and backends work here, and why the others do not."""
     report = doctor_report()

@@ -10,6 +10,7 @@ import typer
 
 from wattwise.cli._app import app
 from wattwise.cli._errors import handled
+from wattwise.cli._options import Device, JsonOut
 from wattwise.cli._output import JSON_SCHEMA, print_json, progress, stdout_to_stderr, write_stdout
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def measure(
         str | None,
         typer.Option("--batch-size", help="Batch sizes to measure, comma-separated: 1,32."),
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Device = "cpu",
     mode: Annotated[
         str,
         typer.Option(
@@ -65,9 +66,7 @@ def measure(
             help="Grid carbon intensity in gCO2e/kWh for the CO2e figure (default: world average).",
         ),
     ] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print one JSON document to stdout instead of a table.")
-    ] = False,
+    json_out: JsonOut = False,
 ) -> None:
     """Measure energy per item, latency and size of TARGET at each batch size."""
     from rich.console import Console

@@ -16,6 +16,7 @@ import typer
 from wattwise._units import MISSING, format_energy, format_energy_figure
 from wattwise.cli._app import app
 from wattwise.cli._errors import EXIT_INTERRUPTED, EXIT_TERMINATED, handled
+from wattwise.cli._options import Currency, Device, StudyName, StudyStorage
 from wattwise.cli._output import stdout_to_stderr
 from wattwise.results import Figures, Results
 
@@ -146,6 +147,10 @@ def print_summary(result: OptimizeResult, *, file: Any = None) -> None:
     def row(name: str, a: str, sb: str, c: str, r: str) -> None:
         table.add_row(name, a, *([sb] if same else []), c, r)
 
+    def figure_row(name: str, key: str, fmt: str, r: str) -> None:
+        a, sb, c = (_fmt_num(getattr(f, key), fmt) for f in (base, s, b))
+        row(name, a, sb, c, r)
+
     row(
         "what",
         _deployment_label(res.baseline.deployment),
@@ -154,42 +159,22 @@ def print_summary(result: OptimizeResult, *, file: Any = None) -> None:
         "",
     )
     drop = res.best.accuracy_drop if res.best is not None else None
-    row(
+    figure_row(
         "accuracy",
-        _fmt_num(base.accuracy, "{:.4f}"),
-        _fmt_num(s.accuracy, "{:.4f}"),
-        _fmt_num(b.accuracy, "{:.4f}"),
+        "accuracy",
+        "{:.4f}",
         _fmt_num(-drop * 100 if drop is not None else None, "{:+.2f} pt"),
     )
     row("energy / item", _energy(base), _energy(same), _energy(best), ratio("energy_j_per_item"))
-    row(
-        "p90 latency / call",
-        _fmt_num(base.latency_ms_p90, "{:.3g} ms"),
-        _fmt_num(s.latency_ms_p90, "{:.3g} ms"),
-        _fmt_num(b.latency_ms_p90, "{:.3g} ms"),
-        "",
-    )
-    row(
+    figure_row("p90 latency / call", "latency_ms_p90", "{:.3g} ms", "")
+    figure_row(
         "throughput",
-        _fmt_num(base.throughput_items_per_s, "{:.4g} items/s"),
-        _fmt_num(s.throughput_items_per_s, "{:.4g} items/s"),
-        _fmt_num(b.throughput_items_per_s, "{:.4g} items/s"),
+        "throughput_items_per_s",
+        "{:.4g} items/s",
         ratio("throughput_items_per_s", invert=True),
     )
-    row(
-        "MACs / item",
-        _fmt_num(base.macs_per_item, "{:.4g}"),
-        _fmt_num(s.macs_per_item, "{:.4g}"),
-        _fmt_num(b.macs_per_item, "{:.4g}"),
-        ratio("macs_per_item"),
-    )
-    row(
-        "params",
-        _fmt_num(base.params, "{:,}"),
-        _fmt_num(s.params, "{:,}"),
-        _fmt_num(b.params, "{:,}"),
-        ratio("params"),
-    )
+    figure_row("MACs / item", "macs_per_item", "{:.4g}", ratio("macs_per_item"))
+    figure_row("params", "params", "{:,}", ratio("params"))
     console.print(table)
     lines = _ratio_words(res)
     lines += [
@@ -245,7 +230,7 @@ def optimize(
     ] = None,
     study: Annotated[str | None, typer.Option(help="Study name (default TASK-SCENARIO).")] = None,
     out: Annotated[str, typer.Option(help="Output directory.")] = "wattwise-out",
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Device = "cpu",
     seed: Annotated[int, typer.Option(min=0, help="Seed for training and sampling.")] = 0,
     timeout_per_trial: Annotated[
         float,
@@ -288,7 +273,7 @@ def optimize(
         float | None,
         typer.Option("--price-per-kwh", help="Electricity price per kWh (default 0.15)."),
     ] = None,
-    currency: Annotated[str, typer.Option(help="The price's currency.")] = "USD",
+    currency: Currency = "USD",
 ) -> None:
     """Search compression × students × deployments for the least energy per item."""
     from wattwise.search import DEFAULT_TRIALS, load_space
@@ -323,8 +308,8 @@ def optimize(
 @app.command()
 @handled
 def worker(
-    storage: Annotated[str, typer.Option(help="The study's storage URL.", show_default=False)],
-    study: Annotated[str, typer.Option(help="The study's name.", show_default=False)],
+    storage: StudyStorage,
+    study: StudyName,
     out: Annotated[
         str, typer.Option(help="This worker's directory (model cache, results copy).")
     ] = "wattwise-worker",
@@ -348,8 +333,8 @@ def worker(
 @app.command()
 @handled
 def report(
-    storage: Annotated[str, typer.Option(help="The study's storage URL.", show_default=False)],
-    study: Annotated[str, typer.Option(help="The study's name.", show_default=False)],
+    storage: StudyStorage,
+    study: StudyName,
     out: Annotated[str, typer.Option(help="Where to write the report.")] = "wattwise-report",
     confirm: Annotated[
         bool,
@@ -369,7 +354,7 @@ def report(
     price_per_kwh: Annotated[
         float | None, typer.Option("--price-per-kwh", help="Electricity price per kWh.")
     ] = None,
-    currency: Annotated[str, typer.Option(help="The price's currency.")] = "USD",
+    currency: Currency = "USD",
 ) -> None:
     """Write report.html, results.json and trials.csv for a study as it stands."""
     from wattwise.search import report_study
