@@ -363,6 +363,7 @@ class _Publish:
     currency: str
 
     def costs(self) -> dict[str, Any]:
+        """The CO2e and cost factors, by the names results.json gives them."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "confirm_rounds"}
 
     def stored_in(self, the_study: optuna.Study, *, save: bool) -> _Publish:
@@ -1035,11 +1036,7 @@ def _results(
         payback_items=payback,
         payback_basis="baseline_same_batch",
         payback_items_batch1=payback_b1,
-        grid_intensity_g_per_kwh=g,
-        grid_intensity_source=publish.grid_intensity_source,
-        price_per_kwh=publish.price_per_kwh,
-        price_source=publish.price_source,
-        currency=publish.currency,
+        **publish.costs(),
         elapsed_s=elapsed_s,
         interrupted=interrupted,
         notes=tuple(notes),
