@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wattwise.errors import InputError, WorkloadError
+from wattwise.errors import InputError
 
 if TYPE_CHECKING:
     import torch
@@ -294,23 +294,12 @@ def build_from_spec(spec: str) -> nn.Module:
     """
     from torch import nn
 
-    from wattwise._core import one_line
-    from wattwise.tasks._builtin import import_spec
+    from wattwise.tasks._builtin import call_factory, import_spec
 
     obj = import_spec(spec, what="TARGET")
     if isinstance(obj, nn.Module):
         return obj
-    if not callable(obj):
-        raise InputError(f"TARGET {spec!r} is a {type(obj).__name__}, not a callable factory")
-    try:
-        model = obj()
-    except Exception as exc:
-        raise WorkloadError(f"TARGET {spec!r}: the factory raised {one_line(exc)}") from None
-    if not isinstance(model, nn.Module):
-        raise InputError(
-            f"TARGET {spec!r}: the factory returned a {type(model).__name__}, expected a torch nn.Module"
-        )
-    return model
+    return call_factory(obj, spec, what="TARGET", returns=nn.Module, expected="a torch nn.Module")
 
 
 def _factory_target(spec: str, shape: tuple[int, ...] | None) -> ResolvedTarget:

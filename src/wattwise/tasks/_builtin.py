@@ -8,7 +8,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from wattwise._core import one_line
 from wattwise._registry import Registry
@@ -23,6 +23,8 @@ TASKS: Registry[Callable[[], Task]] = Registry("task")
 TASKS.register("digits")(functools.partial(digits, size=8))
 TASKS.register("digits32")(functools.partial(digits, size=32))
 TASKS.register("lite0-photos")(lite0_photos)
+
+_T = TypeVar("_T")
 
 _SPEC = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
 
@@ -94,6 +96,31 @@ def import_spec(spec: str, *, what: str) -> Any:
     return obj
 
 
+def call_factory(factory: Any, spec: str, *, what: str, returns: type[_T], expected: str) -> _T:
+    """Call ``factory``, what :func:`import_spec` found for ``spec``, and check what it built.
+
+    Args:
+        what: how the error messages name the argument (``"TASK"``, ``"TARGET"``).
+        returns, expected: the class the factory must build, and it in words for the error
+            (``"a wattwise Task"``).
+
+    Raises:
+        InputError: ``factory`` is not callable, or built something other than a ``returns``.
+        WorkloadError: the factory raised (the message names the exception).
+    """
+    if not callable(factory):
+        raise InputError(f"{what} {spec!r} is a {type(factory).__name__}, not a callable factory")
+    try:
+        built = factory()
+    except Exception as exc:
+        raise WorkloadError(f"{what} {spec!r}: the factory raised {one_line(exc)}") from None
+    if not isinstance(built, returns):
+        raise InputError(
+            f"{what} {spec!r}: the factory returned a {type(built).__name__}, expected {expected}"
+        )
+    return built
+
+
 def load_task(spec: str) -> Task:
     """A task by built-in name or from the user's factory.
 
@@ -128,14 +155,4 @@ def load_task(spec: str) -> Task:
             "or pass package.module:factory"
         )
     factory = import_spec(spec, what="TASK")
-    if not callable(factory):
-        raise InputError(f"TASK {spec!r} is a {type(factory).__name__}, not a callable factory")
-    try:
-        task = factory()
-    except Exception as exc:
-        raise WorkloadError(f"TASK {spec!r}: the factory raised {one_line(exc)}") from None
-    if not isinstance(task, Task):
-        raise InputError(
-            f"TASK {spec!r}: the factory returned a {type(task).__name__}, expected a wattwise Task"
-        )
-    return task
+    return call_factory(factory, spec, what="TASK", returns=Task, expected="a wattwise Task")
