@@ -15,8 +15,9 @@ stay instant: nothing here imports torch.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from wattwise._lazy import Lazy, load_lazy
 
 if TYPE_CHECKING:
     from wattwise import archs, errors, passes, results, search, tasks
@@ -44,31 +45,28 @@ if TYPE_CHECKING:
     measure = make_callable("wattwise.measure", _measure)
     deploy = make_callable("wattwise.deploy", _deploy)
 
-# Public name → (module, attribute); attribute None means the module itself.
-_LAZY: dict[str, tuple[str, str | None]] = {
-    "Measurement": ("wattwise.measure", "Measurement"),
-    "Results": ("wattwise.results", "Results"),
-    "TrialRow": ("wattwise.results", "TrialRow"),
-    "Figures": ("wattwise.results", "Figures"),
-    "results": ("wattwise.results", None),
-    "Task": ("wattwise.tasks", "Task"),
-    "archs": ("wattwise.archs", None),
-    "errors": ("wattwise.errors", None),
-    "tasks": ("wattwise.tasks", None),
-    "measure": ("wattwise.measure", None),  # callable: ww.measure(model, x)
-    "deploy": ("wattwise.deploy", None),  # callable: ww.deploy(model, backend=...)
-    "passes": ("wattwise.passes", None),
-    "compress": ("wattwise.passes", "compress"),
-    "CompressionLog": ("wattwise.passes", "CompressionLog"),
-    "Prune": ("wattwise.passes", "Prune"),
-    "Sparsify": ("wattwise.passes", "Sparsify"),
-    "Quantize": ("wattwise.passes", "Quantize"),
-    "Distill": ("wattwise.passes", "Distill"),
-    "save_recipe": ("wattwise.passes", "save_recipe"),
-    "search": ("wattwise.search", None),
-    "optimize": ("wattwise.search", "optimize"),
-    "OptimizeResult": ("wattwise.search", "OptimizeResult"),
-    "load_recipe": ("wattwise.passes", "load_recipe"),
+# Names read from a module of the package, by module; the subpackages are names themselves
+# (measure and deploy are callable too: see above).
+_SUBPACKAGES = ("archs", "deploy", "errors", "measure", "passes", "results", "search", "tasks")
+_NAMES_IN = {
+    "wattwise.measure": ("Measurement",),
+    "wattwise.results": ("Results", "TrialRow", "Figures"),
+    "wattwise.tasks": ("Task",),
+    "wattwise.passes": (
+        "compress",
+        "CompressionLog",
+        "Prune",
+        "Sparsify",
+        "Quantize",
+        "Distill",
+        "save_recipe",
+        "load_recipe",
+    ),
+    "wattwise.search": ("optimize", "OptimizeResult"),
+}
+_LAZY: Lazy = {
+    **{name: (f"wattwise.{name}", None) for name in _SUBPACKAGES},
+    **{name: (module, name) for module, names in _NAMES_IN.items() for name in names},
 }
 
 __all__ = [
@@ -102,14 +100,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name == "__version__":
         return _version()
-    try:
-        module_name, attr = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'wattwise' has no attribute {name!r}") from None
-    module = importlib.import_module(module_name)
-    value = module if attr is None else getattr(module, attr)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
+    return load_lazy(__name__, _LAZY, name)
 
 
 def __dir__() -> list[str]:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from wattwise._callable import make_callable
 from wattwise._core import Availability
+from wattwise._lazy import Lazy, load_lazy
 from wattwise.deploy import _ort  # noqa: F401  (registers the onnxruntime backend)
 from wattwise.deploy._backends import is_pt2e_quantized  # (registers the torch backends)
 from wattwise.deploy._base import BACKENDS, Backend, probe_backends
@@ -60,13 +61,12 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    # OrtModule subclasses nn.Module, so importing it imports torch; only do that when asked.
-    if name == "OrtModule":
-        from wattwise.deploy._runners import OrtModule
+# OrtModule subclasses nn.Module, so importing it imports torch; only do that when asked.
+_LAZY: Lazy = {"OrtModule": ("wattwise.deploy._runners", "OrtModule")}
 
-        return OrtModule
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __getattr__(name: str) -> object:
+    return load_lazy(__name__, _LAZY, name)
 
 
 make_callable(__name__, deploy)  # ww.deploy(model, backend=...) calls deploy()
