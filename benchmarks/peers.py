@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from wattwise.passes._base import count_macs, state_dict_bytes
+from wattwise.passes._model import count_macs, state_dict_bytes
 from wattwise.tasks import Task
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -31,10 +30,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from wattwise._registry import Registry
 from wattwise.config import Config, register_config
 from wattwise.errors import InputError
-from wattwise.measure._macs import count_macs as count_macs  # re-exported: ModelStats.macs
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
     from wattwise.tasks import Task
@@ -151,7 +148,8 @@ class ModelStats:
 
     Attributes:
         params: parameter elements, counting weights a quantizer stored as integer buffers.
-        macs: multiply-accumulates for one ``task.example_input`` (:func:`count_macs`).
+        macs: multiply-accumulates for one ``task.example_input``
+            (:func:`~wattwise.passes._model.count_macs`).
         size_bytes: bytes of the serialised state dict (``torch.save``).
         accuracy: the task's metric on its validation set.
     """
@@ -282,68 +280,3 @@ class CompressionLog:
 
 def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else math.inf
-
-
-# -- model statistics -------------------------------------------------------------------------
-
-
-def count_params(model: nn.Module) -> int:
-    """Parameter elements, plus integer weight buffers (int8 weights a quantizer stored)."""
-    import torch
-
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    for b in model.buffers():
-        # Integer buffers of rank ≥ 2 are quantized weights (pt2e folds them into buffers);
-        # rank-1 integer buffers are zero points or counters.
-        if id(b) not in seen and b.dim() >= 2 and b.dtype in (torch.int8, torch.uint8):
-            seen.add(id(b))
-            total += b.numel()
-    for m in model.modules():
-        # Eager dynamic-quantized RNNs keep their weights packed, outside parameters/buffers.
-        weight_bias = getattr(m, "_weight_bias", None)
-        if callable(weight_bias) and not list(m.parameters(recurse=False)):
-            for table in weight_bias().values():
-                total += sum(t.numel() for t in table.values() if torch.is_tensor(t))
-    return int(total)
-
-
-def state_dict_bytes(model: nn.Module) -> int:
-    """Bytes of ``torch.save(model.state_dict())``: what the weights cost on disk."""
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return len(buf.getvalue())
-
-
-def model_device(model: nn.Module) -> torch.device:
-    import torch
-
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-# -- modules by name --------------------------------------------------------------------------
-
-
-def resolve_modules(
-    model: nn.Module, names: tuple[str, ...], *, cls: str, field: str
-) -> dict[str, nn.Module]:
-    """Map module names to modules, or raise InputError naming the first that is not there."""
-    table = dict(model.named_modules())
-    out: dict[str, nn.Module] = {}
-    for name in names:
-        if name not in table:
-            near = [n for n in table if n and (name in n or n.endswith(name.split(".")[-1]))][:5]
-            hint = f"; did you mean {', '.join(near)}?" if near else ""
-            raise InputError(
-                f"{cls}.{field}: {type(model).__name__} has no module named {name!r}{hint}"
-            )
-        out[name] = table[name]
-    return out

@@ -11,18 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wattwise.errors import InputError, WorkloadError
-from wattwise.passes._base import (
-    PASSES,
-    CompressionLog,
-    ModelStats,
-    Pass,
-    PassContext,
-    PassRecord,
-    count_macs,
-    count_params,
-    model_device,
-    state_dict_bytes,
-)
+from wattwise.passes._base import PASSES, CompressionLog, ModelStats, Pass, PassContext, PassRecord
+from wattwise.passes._model import count_macs, count_params, model_device, state_dict_bytes
 
 if TYPE_CHECKING:
     from torch import nn

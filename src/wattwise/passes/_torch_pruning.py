@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from wattwise.errors import InputError
-from wattwise.passes._base import resolve_modules
+from wattwise.passes._model import resolve_modules
 
 if TYPE_CHECKING:
     import torch

@@ -43,15 +43,9 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from wattwise.errors import InputError
-from wattwise.passes._base import (
-    Pass,
-    PassContext,
-    count_macs,
-    model_device,
-    register_handler,
-    register_pass,
-)
+from wattwise.passes._base import Pass, PassContext, register_handler, register_pass
 from wattwise.passes._fields import choice, integer, names, number, store
+from wattwise.passes._model import count_macs, model_device
 
 if TYPE_CHECKING:
     import torch

@@ -29,14 +29,9 @@ import dataclasses
 from typing import TYPE_CHECKING, ClassVar
 
 from wattwise.errors import InputError
-from wattwise.passes._base import (
-    Pass,
-    PassContext,
-    register_handler,
-    register_pass,
-    resolve_modules,
-)
+from wattwise.passes._base import Pass, PassContext, register_handler, register_pass
 from wattwise.passes._fields import choice, flag, integer, names, number
+from wattwise.passes._model import resolve_modules
 from wattwise.passes._sensitivity import allocate_ratios, layer_sensitivity
 from wattwise.passes._torch_pruning import (
     build_pruner,

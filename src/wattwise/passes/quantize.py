@@ -40,15 +40,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from wattwise._core import first_line
 from wattwise.errors import InputError, UnavailableError
-from wattwise.passes._base import (
-    Pass,
-    PassContext,
-    model_device,
-    register_handler,
-    register_pass,
-    resolve_modules,
-)
+from wattwise.passes._base import Pass, PassContext, register_handler, register_pass
 from wattwise.passes._fields import choice, integer, names, number
+from wattwise.passes._model import model_device, resolve_modules
 
 if TYPE_CHECKING:
     import torch

@@ -240,7 +240,7 @@ def _job(ctx: JobContext, *, threads: int | None = None) -> Iterator[tuple[Task,
         with ledger.phase("setup"):
             task = ctx.task.load()
             _quiet_torch()
-            for name in ("wattwise.measure", "wattwise.passes._base"):
+            for name in ("wattwise.measure", "wattwise.passes._model"):
                 importlib.import_module(name)  # now, so that their cost is metered as setup
         yield task, ledger
     finally:
@@ -517,7 +517,7 @@ def _finite(value: float, what: str) -> float:
 
 def _figures(m: Any, accuracy: float, macs: float, model: nn.Module, size_bytes: int) -> Figures:
     """A measured candidate's figures: its measurement's, its accuracy, MACs and size."""
-    from wattwise.passes._base import count_params
+    from wattwise.passes._model import count_params
 
     return Figures.measured(
         m, accuracy=accuracy, macs_per_item=macs, params=count_params(model), size_bytes=size_bytes
@@ -531,7 +531,7 @@ def baseline_job(ctx: JobContext, batch_size: int, max_time_s: float) -> dict[st
     the study keeps this dict as its baseline (``Figures.from_dict`` reads it back).
     """
     with _job(ctx) as (task, ledger):
-        from wattwise.passes._base import count_macs, state_dict_bytes
+        from wattwise.passes._model import count_macs, state_dict_bytes
 
         model, _info = _get_model(ctx, task, (), ledger)
         with ledger.phase("evaluate"):
@@ -648,7 +648,7 @@ def trial_job(ctx: JobContext, cand: Candidate, max_time_s: float) -> dict[str, 
     whether or not the trial succeeded).
     """
     with _job(ctx, threads=cand.threads) as (task, ledger):
-        from wattwise.passes._base import count_macs, state_dict_bytes
+        from wattwise.passes._model import count_macs, state_dict_bytes
 
         try:
             deployed, float_model, model = _prepare(ctx, task, cand, ledger)
