@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, TypeVar
 
 from wattwise.errors import InputError, UnknownNameError
@@ -38,12 +38,7 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
-        try:
-            return self._items[name]
-        except KeyError:
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; choose from: {', '.join(self.names())}"
-            ) from None
+        return lookup(self._items, name, self.kind)
 
     def names(self) -> list[str]:
         return sorted(self._items)
@@ -59,6 +54,17 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def lookup(table: Mapping[str, T], name: str, kind: str) -> T:
+    """``table[name]``, or :class:`UnknownNameError` naming the ``kind`` and listing the choices
+    (``unknown meter 'x'; choose from: estimate, nvml, rapl``): a registry's, or a table's."""
+    try:
+        return table[name]
+    except KeyError:
+        raise UnknownNameError(
+            f"unknown {kind} {name!r}; choose from: {', '.join(sorted(table))}"
+        ) from None
 
 
 def check_name(kind: str, name: object) -> str:

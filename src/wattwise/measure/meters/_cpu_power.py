@@ -19,7 +19,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from wattwise.errors import UnknownNameError
+from wattwise._registry import lookup
 
 _CCF = "ccf-coefficients @b0032d9, SPECpower 2026-03-09"
 
@@ -186,13 +186,9 @@ _ARM_PARTS: dict[int, str] = {
 
 
 def row(family: str) -> CpuPowerRow:
-    """The row for ``family``; :class:`UnknownNameError` lists the choices otherwise."""
-    try:
-        return CPU_POWER[family]
-    except KeyError:
-        raise UnknownNameError(
-            f"unknown cpu_family {family!r}; choose from: {', '.join(sorted(CPU_POWER))}"
-        ) from None
+    """The row for ``family``; :class:`~wattwise.errors.UnknownNameError` lists the choices
+    otherwise."""
+    return lookup(CPU_POWER, family, "cpu_family")
 
 
 def read_cpuinfo(path: str | Path = "/proc/cpuinfo") -> dict[str, str]:
