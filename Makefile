@@ -42,8 +42,15 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/python tools/mypy_tests.py
 
+# Two phases: most tests on two xdist workers, then the `quiet` ones (they compare figures
+# measured side by side) alone, so a neighbouring test cannot distort them.
+define run_tests
+	$(1)/python -m pytest -q -n 2 -m "not gpu and not quiet"
+	$(1)/python -m pytest -q -m "quiet and not gpu"
+endef
+
 test: lint sysdeps
-	$(BIN)/python -m pytest -q
+	$(call run_tests,$(BIN))
 
 # docs/BENCHMARKS.md: wattwise vs peers, measured side by side (about an hour on 2 cores).
 bench: venv
@@ -59,7 +66,7 @@ lower-bounds: sysdeps
 	$(PYTHON) tools/lower_bounds.py > $(LOWER)/constraints.txt
 	$(LOWER)/bin/python -m pip install -q -c $(LOWER)/constraints.txt "$(TORCH)" -e ".[dev]"
 	$(LOWER)/bin/python -m pip freeze > $(LOWER)/installed.txt
-	$(LOWER)/bin/python -m pytest -q
+	$(call run_tests,$(LOWER)/bin)
 
 clean:
 	rm -rf $(VENV) $(LOWER) .pytest_cache .mypy_cache .ruff_cache

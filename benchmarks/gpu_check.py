@@ -6,7 +6,7 @@ What it records (JSON to ``--out``):
    power over the same window (they should agree within a few percent);
 2. J/image with the NVML meter through ``wattwise.measure`` (each in its own child process)
    for our MobileNetV3-Large, EfficientNet-Lite0 and ResNet-50 (v1.5) — fp32 at batch 1 and
-   256, bf16 at batch 256, bf16 + compile at 256 — beside the DESIGN.md anchors measured on an
+   256, bf16 at batch 256, bf16 + compile at 256 — beside the project's H200 anchors measured on an
    H200;
 3. wattwise's chosen deployment for each: ``wattwise.deploy.select_deployment`` measures the
    CUDA candidates (eager and compile × fp32, bf16, fp16 at batch 256) side by side and picks the

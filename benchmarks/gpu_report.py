@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-# DESIGN.md anchors, measured by this project on an H200 (NVML counter), mJ per image. Its
+# The project's H200 anchors, measured by this project on an H200 (NVML counter), mJ per image. Its
 # ResNet-50 was torchvision's, the same v1.5 network as ours; rows of either name match.
 ANCHORS_H200_MJ = {
     ("ResNet-50 (torchvision)", "float32", 1, False): 713,
@@ -19,7 +19,7 @@ ANCHORS_H200_MJ = {
     ("MobileNetV3-Large (ours)", "float32", 256, False): 25.5,
     ("MobileNetV3-Large (ours)", "bfloat16", 256, False): 14.7,
     ("MobileNetV3-Large (ours)", "bfloat16", 256, True): 11.4,
-    # DESIGN.md's EfficientNet row is B0 (squeeze-excite, swish), not Lite0: no anchor for Lite0.
+    # The anchors' EfficientNet row is B0 (squeeze-excite, swish), not Lite0: no anchor for Lite0.
 }
 
 
@@ -52,7 +52,7 @@ def main(path: str) -> None:
         "Random weights, 224×224, `measured:nvml` (±5%). `above idle` subtracts the idle power the"
     )
     print(
-        "harness measured just before the windows. The H200 column is DESIGN.md's anchor (another"
+        "harness measured just before the windows. The H200 column is the project's H200 anchor (another"
     )
     print("card and harness: compare shapes, not absolute values).\n")
     print(
@@ -92,7 +92,7 @@ NOTES = """
   against ~75–80 W on a cold board (the counter probe above, and the meter's own tests). The
   harness measures idle at the moment it measures the work, which is the honest baseline for
   "above idle", but it is higher than a datasheet idle.
-- **Against the DESIGN.md anchors (H200)**: our H100 figures run 1.2–1.7x higher. Part is the
+- **Against the project's H200 anchors (H200)**: our H100 figures run 1.2–1.7x higher. Part is the
   card (the H100 has 30% less memory bandwidth), part is the harness: it synchronises after
   every call to time each one (latency percentiles), which idles the GPU between launches at
   small batch. The ranking of configurations matches the anchors throughout.

@@ -1,7 +1,9 @@
 """Settings for the whole suite."""
 
 import os
+from pathlib import Path
 
+import pytest
 from hypothesis import settings
 
 # CI must be reproducible: property tests draw the same examples on every run (set
@@ -15,3 +17,36 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # confirmation set WATTWISE_CONFIRM_ROUNDS (or confirm_rounds=) themselves. Set before any test
 # starts, so CLI subprocesses inherit it.
 os.environ.setdefault("WATTWISE_CONFIRM_ROUNDS", "0")
+
+# Folders whose tests run searches: they check what a search does with its figures, not the
+# figures' precision, so each measurement there takes 0.1 s windows instead of 0.5 s (about
+# 1.5 s less for every trial, baseline and confirmation child; see measure/_harness.py).
+_SHORT_WINDOWS = ("search", "robustness", "report")
+
+# Tests whose figures another process's load would distort (they compare energies measured
+# side by side, or check that a quiet measurement is not flagged): `make test` runs them
+# after the rest, alone, instead of beside a second xdist worker.
+_QUIET = (
+    "measure/",
+    "deploy/test_deploy_scenario.py",
+    "deploy/test_scenario_steps.py",
+    "archs/test_student.py",
+)
+
+_TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        where = item.path.resolve().relative_to(_TESTS).as_posix()
+        if where.startswith(_QUIET):
+            item.add_marker(pytest.mark.quiet)
+
+
+@pytest.fixture(autouse=True)
+def _short_windows_for_searches(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    where = request.node.path.resolve().relative_to(_TESTS).parts
+    if where and where[0] in _SHORT_WINDOWS:
+        monkeypatch.setenv("WATTWISE_MIN_WINDOW_S", "0.1")

@@ -273,3 +273,20 @@ def test_summary_notes_a_ci_short_of_the_target_and_energy_lost_in_idle_noise() 
 def test_summary_of_a_single_window_reports_a_full_ci() -> None:
     m = summarise(windows([1.0], [0.5]))
     assert m.ci95_rel == 1.0 and not m.converged  # an infinite CI is stored as 100%
+
+
+def test_the_default_window_can_be_set_for_a_process_and_a_bad_value_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from wattwise.measure._harness import MIN_WINDOW_ENV, default_min_window_s
+
+    monkeypatch.delenv(MIN_WINDOW_ENV, raising=False)
+    assert default_min_window_s() == DEFAULT_MIN_WINDOW_S
+    monkeypatch.setenv(MIN_WINDOW_ENV, "0.1")
+    assert _window_plan(None, 0.01, 0.001) == (0.1, 100)
+    assert _window_plan(0.3, 0.01, 0.001) == (0.3, 300)  # the caller's window wins
+    assert _window_plan(None, 0.5, 0.001) == (0.5, 500)  # and so does the meter's minimum
+    for bad in ("0", "-1", "fast", "nan", "1e9"):
+        monkeypatch.setenv(MIN_WINDOW_ENV, bad)
+        with pytest.raises(InputError, match=MIN_WINDOW_ENV):
+            default_min_window_s()

@@ -62,6 +62,7 @@ def test_runner_up_wins_only_when_lower_side_by_side() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a search, report --confirm's 12 children, then a publishing rerun
 def test_headline_is_published_only_from_side_by_side_rounds(tmp_path: Path) -> None:
     """optimize without the stage publishes no ratio; ``report --confirm`` measures the rounds
     and stores them in the study; optimize run again publishes those same rounds (one set of

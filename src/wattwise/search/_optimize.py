@@ -1,6 +1,6 @@
 """``optimize``: the energy-aware search, end to end, and the results it writes.
 
-The loop (see DESIGN.md): train and measure the baseline (fp32 eager) → run trials (each a
+The loop (see docs/architecture.md): train and measure the baseline (fp32 eager) → run trials (each a
 candidate = recipe × optional student × deployment, built, evaluated, deployed with its
 equivalence check and measured, in a child process) → the Pareto front and the best feasible
 candidate (lowest J/item within the accuracy and latency bounds) → export the best as an
