@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -16,6 +18,7 @@ from torch.utils.data import TensorDataset
 import wattwise
 from wattwise.errors import InputError, UnknownNameError, WorkloadError
 from wattwise.tasks import DigitsCNN, Task, digits, get, load_task, names
+from wattwise.tasks.digits import _load_arrays, stratified_split
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +38,32 @@ def test_digits_data_is_scaled_split_and_stratified(task: Task) -> None:
     # Stratified 80/20: each of the ten classes has ~36 of the 360 validation images.
     assert sorted(val_counts) == list(range(10))
     assert all(35 <= n <= 37 for n in val_counts.values())
+
+
+def test_digits_reads_sklearns_file_as_load_digits_does_without_importing_sklearn() -> None:
+    # Every trial and confirmation child builds this task: importing scikit-learn there cost
+    # about 1.2 s a child, so the task reads the bundled file itself. Same pixels, same labels.
+    code = (
+        "import sys; from wattwise.tasks.digits import _load_arrays; _load_arrays(); "
+        "print(any(m == 'sklearn' or m.startswith('sklearn.') for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    from sklearn.datasets import load_digits
+
+    pixels, labels = _load_arrays()
+    reference = load_digits()
+    assert np.array_equal(pixels, reference.images) and np.array_equal(labels, reference.target)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_stratified_split_partitions_every_class_in_proportion(seed: int) -> None:
+    _, labels = _load_arrays()
+    train, val = stratified_split(labels, 0.2, seed)
+    assert len(val) == 360 and len(train) == 1437
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(len(labels)))
+    for cls, n in zip(*np.unique(labels, return_counts=True), strict=True):
+        assert abs(int((labels[val] == cls).sum()) - 0.2 * n) < 1.0
 
 
 def test_split_depends_on_seed(task: Task) -> None:
