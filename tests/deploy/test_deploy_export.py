@@ -82,11 +82,14 @@ def test_exported_artifacts_reload_in_a_fresh_process(tmp_path, task, trained, p
         "precision": "int8",
         "runtime": "torch.export",
     }
+    # Reloaded, each artifact computes what its deployment computed here. (Against fp32 the
+    # check is the int8 cosine bound, which one item of the fixed example can miss by chance.)
+    x8 = x.repeat(8, 1, 1, 1)
     with torch.no_grad():
-        reference = trained(x.repeat(8, 1, 1, 1))
-    for path in (a, b):
-        fresh = torch.from_numpy(np.load(f"{path}.fresh.npy"))
-        assert wd.compare_outputs([reference], [fresh], "int8").passed
+        for path, dep in ((a, ort), (b, compiled)):
+            fresh = torch.from_numpy(np.load(f"{path}.fresh.npy"))
+            assert torch.allclose(fresh, dep.module(x8), atol=1e-3, rtol=1e-3), path
+            assert wd.compare_outputs([trained(x8)], [fresh], "int8").value > 0.9
 
 
 def test_manifest_and_model_card_carry_energy_with_its_source(tmp_path, random_model):

@@ -4,6 +4,7 @@ on a real SQLite study, with Optuna running it; test_isolation runs whole trials
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -202,3 +203,24 @@ def test_runner_fails_a_trial_whose_candidate_fails_with_the_reason(tmp_path: Pa
     reason = trial.user_attrs["fail_reason"]
     assert "no_such_task" in reason and not reason.startswith("interrupted"), reason
     assert trial.user_attrs["duration_s"] > 0 and "figures" not in trial.user_attrs
+
+
+def test_model_macs_are_counted_once_per_model_choice_and_a_spoiled_record_recounted(
+    tmp_path: Path,
+) -> None:
+    import torch
+
+    from wattwise.search._objective import model_key, model_macs
+    from wattwise.tasks import digits
+
+    task = digits()
+    ctx = JobContext(task=TaskRef("digits"), task_id="digits", cache_dir=str(tmp_path))
+    model = task.model_factory().eval()
+    counted = model_macs(ctx, task, (), model)
+    record = tmp_path / "models" / f"{model_key(ctx, ())}.macs.json"
+    assert counted > 0 and json.loads(record.read_text()) == {"macs_per_item": counted}
+    # The record is what later trials read: another model under the same key gets its number.
+    assert model_macs(ctx, task, (), torch.nn.Flatten()) == counted
+    record.write_text('{"macs_per_item": "NaN"}')
+    assert model_macs(ctx, task, (), model) == counted
+    assert json.loads(record.read_text()) == {"macs_per_item": counted}

@@ -73,6 +73,7 @@ class _Workload:
     warmup_max_s: float
     grid_g_per_kwh: float
     isolated: bool
+    count_macs: bool = True
 
 
 def measure(
@@ -92,6 +93,7 @@ def measure(
     warmup_max_s: float | None = None,
     isolate: bool = True,
     grid_intensity_g_per_kwh: float | None = None,
+    count_macs: bool = True,
 ) -> Measurement:
     """Measure energy per item, latency and size of ``model`` on ``device``.
 
@@ -114,6 +116,9 @@ def measure(
         target_ci95_rel: stop once the 95% CI half-width of J/item is within this fraction.
         isolate: measure in a spawned child process (recommended; needs a picklable model).
         grid_intensity_g_per_kwh: for the CO2e figure; default see ``_carbon``.
+        count_macs: count the MACs of one call (``macs_per_item``). Counting goes through
+            torch's dispatch, which loads dynamo (about 1.5 s in a fresh child); a caller that
+            has the count already, or publishes none, passes False and gets 0.
 
     Returns:
         A :class:`Measurement`; its ``energy_source`` says whether the joules were measured
@@ -152,6 +157,7 @@ def measure(
         warmup_max_s=float(warmup_max_s if warmup_max_s is not None else min(5.0, max_time_s / 2)),
         grid_g_per_kwh=g_per_kwh,
         isolated=isolate,
+        count_macs=bool(count_macs),
     )
     with device_lock(device):
         if isolate:
@@ -608,11 +614,12 @@ def _run(work: _Workload) -> dict[str, Any]:
         raise WorkloadError(
             f"the model's {'loss' if work.mode == 'train' else 'output'} contains NaN or inf"
         )
-    try:
-        macs = _count_macs(step, work.batch_size)
-    except Exception:  # some callables (ONNX Runtime, compiled graphs) hide their ops
-        macs = 0.0
-        notes.append("MACs not counted: the callable hides its operations from torch")
+    macs = 0.0
+    if work.count_macs:
+        try:
+            macs = _count_macs(step, work.batch_size)
+        except Exception:  # some callables (ONNX Runtime, compiled graphs) hide their ops
+            notes.append("MACs not counted: the callable hides its operations from torch")
 
     meter = create_meter(work.meter, device)
     try:

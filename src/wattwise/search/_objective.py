@@ -345,6 +345,31 @@ def _paths(ctx: JobContext, key: str) -> tuple[Path, Path, Path]:
     return root / f"{key}.pt", root / f"{key}.uncacheable", root / f"{key}.lock"
 
 
+def model_macs(
+    ctx: JobContext, task: Task, passes: Sequence[Mapping[str, Any]], model: Any
+) -> float:
+    """MACs per item of the float model of ``passes`` on the task's example input, counted once
+    and kept beside its cache entry (``KEY.macs.json``).
+
+    Counting loads dynamo (about 1.5 s in a fresh child, see ``measure/_macs.py``), and every
+    trial of a model choice would pay it for the same number. A record that cannot be read, or
+    holds no finite count, is counted again and rewritten.
+    """
+    from wattwise._fs import atomic_write_text
+    from wattwise.passes._model import count_macs
+
+    path = Path(ctx.cache_dir) / "models" / f"{model_key(ctx, passes)}.macs.json"
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        value = json.loads(path.read_text(encoding="utf-8"))["macs_per_item"]
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    macs = count_macs(model, task.example_input)
+    with contextlib.suppress(OSError):  # a read-only cache still gives the count
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"macs_per_item": macs}) + "\n")
+    return macs
+
+
 def _same_outputs(a: nn.Module, b: nn.Module, example: Any) -> bool:
     import torch
 
@@ -619,7 +644,9 @@ def measure_in_job(
 ) -> Any:
     """Measure ``target`` on the task's example input on ``ctx.device`` at ``at``'s batch size
     and threads, in this (already isolated) job, metered as the job's ``measure`` phase: one
-    protocol for the baseline, the trials and the confirmation rounds."""
+    protocol for the baseline, the trials and the confirmation rounds. MACs are not counted
+    here: the jobs count them on the float model (the deployed callable often hides its
+    operations), and the confirmation publishes none."""
     from wattwise.measure import measure
 
     with ledger.phase("measure"):
@@ -632,6 +659,7 @@ def measure_in_job(
             max_time_s=max_time_s,
             isolate=False,
             meter=ctx.meter,
+            count_macs=False,
         )
 
 
@@ -648,7 +676,7 @@ def trial_job(ctx: JobContext, cand: Candidate, max_time_s: float) -> dict[str, 
     whether or not the trial succeeded).
     """
     with _job(ctx, threads=cand.threads) as (task, ledger):
-        from wattwise.passes._model import count_macs, state_dict_bytes
+        from wattwise.passes._model import state_dict_bytes
 
         try:
             deployed, float_model, model = _prepare(ctx, task, cand, ledger)
@@ -658,7 +686,7 @@ def trial_job(ctx: JobContext, cand: Candidate, max_time_s: float) -> dict[str, 
                     float(task.metric(judged, task.val_loader(max(256, cand.batch_size)))),
                     "the candidate's metric",
                 )
-                macs = count_macs(float_model, task.example_input)
+                macs = model_macs(ctx, task, cand.model.passes, float_model)
             m = measure_in_job(deployed.module, task, ctx, ledger, cand, max_time_s)
         except (Exception, MemoryError) as exc:
             return _failed(exc, ledger)
