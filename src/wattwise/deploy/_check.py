@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from wattwise._core import check_choice
+from wattwise._inputs import take_rows
 from wattwise.deploy._base import Batch
 from wattwise.deploy._deployment import PRECISIONS
-from wattwise.deploy._inputs import take_rows
 from wattwise.errors import WorkloadError
 
 if TYPE_CHECKING:

@@ -27,8 +27,9 @@ from typing import Any
 
 from wattwise._core import first_line
 from wattwise._fs import temp_dir_beside
+from wattwise._inputs import take_rows
 from wattwise._units import format_energy as _fmt_j
-from wattwise.deploy._inputs import as_batch, run_batches, take_rows
+from wattwise.deploy._inputs import as_batch, run_batches
 from wattwise.deploy._prepare import Deployed
 from wattwise.deploy._program import export_program
 from wattwise.deploy._safe_load import MANIFEST, SCHEMA, LoadedArtifact, first_rows, load_artifact

@@ -23,9 +23,9 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 from wattwise._core import Availability, first_line
+from wattwise._inputs import take_rows
 from wattwise.deploy._backends import is_pt2e_quantized
 from wattwise.deploy._base import BACKENDS, Backend, Batch, Prepared, cuda_probe
-from wattwise.deploy._inputs import take_rows
 from wattwise.deploy._program import quiet
 from wattwise.errors import InputError, UnavailableError, WorkloadError
 

@@ -27,10 +27,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from wattwise._inputs import take_rows
 from wattwise.deploy._base import ready_backend
 from wattwise.deploy._check import DeploymentMismatch, compare_outputs
 from wattwise.deploy._deployment import Deployment
-from wattwise.deploy._inputs import as_batch, run_batches, take_rows
+from wattwise.deploy._inputs import as_batch, run_batches
 from wattwise.deploy._program import quiet, register_quantized_ops
 from wattwise.errors import InputError, UnavailableError
 
