@@ -37,6 +37,7 @@ from wattwise._inputs import (
     primary_tensor,
     take_rows,
     to_device,
+    tokens_per_item,
 )
 from wattwise.errors import InputError, UnavailableError, WorkloadError
 from wattwise.measure import _carbon, _stats
@@ -900,6 +901,7 @@ def _summarise(
         "throughput_items_per_s": windows.items / busy_s,
         "peak_memory_bytes": peak_memory_bytes,
         "macs_per_item": macs,
+        "tokens_per_item": tokens_per_item(take_rows(work.example_input, work.batch_size)),
         "params": params,
         "co2e_g_per_million_items": _carbon.co2e_g_per_million_items(energy, work.grid_g_per_kwh),
         "grid_intensity_g_per_kwh": work.grid_g_per_kwh,
