@@ -113,7 +113,9 @@ def test_task_example_inputs_are_checked_and_cut_to_one_row(text_task) -> None:
 def test_compress_passes_take_dict_inputs_or_say_why_not(text_task) -> None:
     model = sm.factory()
     _, log = ww.compress(model, [ww.Quantize("dynamic-int8")], task=text_task)
-    assert log.initial.macs == text_macs(sm.SEQ)
+    # The task's example sentence, not the model's own 20 positions: 7 tokens, no padding.
+    length = text_task.example_input["input_ids"].shape[1]
+    assert length == 7 and log.initial.macs == text_macs(length) == 121_056
     assert 0 <= log.final.accuracy <= 1
     with pytest.raises(
         InputError, match="one tensor input for now; this task's input is input_ids"

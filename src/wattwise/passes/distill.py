@@ -42,6 +42,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from wattwise._core import first_line
 from wattwise._inputs import call, describe, primary_tensor, take_rows, to_device
 from wattwise.errors import InputError
 from wattwise.passes._base import Pass, PassContext, register_handler, register_pass
@@ -321,8 +322,15 @@ def _distill(model: nn.Module, cfg: Distill, ctx: PassContext) -> nn.Module:
         return loss
 
     if cfg.precision == "auto" and cfg.epochs > 0:
-        ctx.metrics["bf16_step_speedup"] = _bf16_speedup(wrapper, kd_loss, task)
-        speedup = ctx.metrics["bf16_step_speedup"]
+        try:
+            speedup = _bf16_speedup(wrapper, kd_loss, task)
+        except RuntimeError as exc:
+            # Some models cannot run under bf16 autocast: the teacher's fused transformer path
+            # (eval, a padding mask) fails with "expected scalar type Float but found
+            # BFloat16". "auto" then means fp32.
+            speedup, bf16 = 0.0, False
+            ctx.note(f"bf16 autocast fails on this model ({first_line(exc)}); trained in fp32")
+        ctx.metrics["bf16_step_speedup"] = speedup
         if bf16 and speedup < 1.0:
             ctx.note(
                 f"bf16 autocast was slower here (×{speedup:.2f} per step); try precision='fp32'"
