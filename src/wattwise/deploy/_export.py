@@ -3,7 +3,8 @@
 The directory::
 
     model.onnx | model.pt2     the model (ONNX for onnxruntime, torch.export for torch backends)
-    example_input.npy          one input batch (``example_input_<i>.npy`` for several inputs)
+    example_input.npy          one input batch (``example_input_<i>.npy`` for several inputs;
+                               each entry in deployment.json has its ``name`` for dict inputs)
     expected_output_<i>.npy    what the deployment answered to it, for checking a reload
     deployment.json            schema 1: deployment, input, expected energy with its source, ...
     MODEL_CARD.md              the same for people
@@ -151,7 +152,8 @@ def _write(
 
     dep = deployed.deployment
     notes = list(deployed.notes)
-    example = as_batch(deployed.example_input, "example_input")
+    example = as_batch(deployed.positional_example(), "example_input")
+    names = deployed.input_names
     runtime: str
     runner = deployed.module  # what answers the example: the artifact reloads as the same
     if dep.backend == "onnxruntime":
@@ -185,6 +187,10 @@ def _write(
         inputs = [_save_npy(tmp / "example_input.npy", example[0][:1])]
     else:
         inputs = [_save_npy(tmp / f"example_input_{i}.npy", t[:1]) for i, t in enumerate(example)]
+    if names is not None:
+        # A dict-input model: the loader gives the reloaded model its inputs by these names.
+        for entry, name in zip(inputs, names, strict=True):
+            entry["name"] = name
     # The deployment's answer to the example, at its own batch size (static shapes), first row.
     batch = take_rows(example, deployed.deployment.batch_size)
     answer = first_rows(run_batches(runner, [batch])[0])
