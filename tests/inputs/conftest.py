@@ -1,5 +1,4 @@
-"""Shared by the input tests: a private device lock, and the stranger models importable by
-name (``stranger_models``) as the CLI's measuring child imports them."""
+"""Shared by the input tests: a private device lock and short measuring windows."""
 
 from __future__ import annotations
 
@@ -14,3 +13,6 @@ def _private_device_lock(
     # these tests would otherwise queue behind other people's long measurements. Subprocesses
     # inherit the variable.
     monkeypatch.setenv("WATTWISE_LOCK_DIR", str(tmp_path_factory.mktemp("locks")))
+    # These tests check what flows where (dtypes, names, MACs, token counts), not the figures'
+    # precision: the CLI's measurements take 0.1 s windows (see measure/_harness.py).
+    monkeypatch.setenv("WATTWISE_MIN_WINDOW_S", "0.1")

@@ -128,3 +128,17 @@ def test_a_deployed_dict_model_measures_in_a_child_by_name() -> None:
     m = dep.measure(min_window_s=0.05, max_time_s=0.3, warmup_max_s=0.2)
     assert m.batch_size == 2 and m.tokens_per_item == 4.0  # the example's 4 real tokens
     assert m.macs_per_item == 16 * 3  # the head; an embedding look-up is no multiply
+
+
+def test_padded_batches_of_different_lengths_check_a_deployment() -> None:
+    task = sm.text_task()
+    calibration = task.calibration_batches(n_items=48, batch_size=4)
+    lengths = {b["input_ids"].shape[1] for b in calibration}
+    assert len(lengths) > 1  # each batch is padded to its own longest sentence
+    dep = ww.deploy(
+        task.model_factory().eval(),
+        example_input=task.example_input,
+        calibration=calibration,
+        batch_size=8,
+    )
+    assert dep.check is not None and dep.check.passed and dep.check.items > 8
