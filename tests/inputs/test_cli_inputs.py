@@ -144,3 +144,25 @@ def test_a_task_gives_the_input_and_without_target_the_model() -> None:
 def test_measure_needs_a_target_or_a_task() -> None:
     result = runner.invoke(app, ["measure"])
     assert result.exit_code == EXIT_ERROR and "--task" in result.stderr
+
+
+def test_compress_refuses_a_dict_input_task_in_one_line(tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("- type: prune\n  ratio: 0.3\n")
+    result = runner.invoke(
+        app,
+        [
+            "compress",
+            "stranger_models:factory",
+            "--recipe",
+            str(recipe),
+            "--task",
+            "stranger_models:text_task",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
+    assert result.exit_code == EXIT_ERROR
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert "one tensor input for now" in lines[0] and "input_ids (1, 7) int64" in lines[0]
