@@ -108,7 +108,13 @@ def test_measure_json_is_one_document_on_stdout() -> None:
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)  # the whole of stdout is the document
     assert doc["schema"] == 1
-    assert doc["target"] == {"name": "digits_cnn", "kind": "builtin", "input_shape": [1, 1, 8, 8]}
+    assert doc["target"] == {
+        "name": "digits_cnn",
+        "kind": "builtin",
+        "input_shape": [1, 1, 8, 8],
+        "input": "(1, 1, 8, 8) float32",
+        "input_source": "shape",
+    }
     assert doc["hardware"]["cpus_allowed"] >= 1 and doc["hardware"]["torch"] == torch.__version__
     assert [m["batch_size"] for m in doc["measurements"]] == [1, 4]
     for m, size in zip(doc["measurements"], (1, 4), strict=True):
@@ -250,7 +256,13 @@ def test_real_process_user_factory_from_cwd_with_prints(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     doc = json.loads(out.stdout)
-    assert doc["target"] == {"name": "noisy_model:build", "kind": "factory", "input_shape": [1, 4]}
+    assert doc["target"] == {
+        "name": "noisy_model:build",
+        "kind": "factory",
+        "input_shape": [1, 4],
+        "input": "(1, 4) float32",
+        "input_source": "shape",
+    }
     _check_measurement(doc["measurements"][0], 1)
     assert "forward" in out.stderr and "importing" in out.stderr
 

@@ -106,7 +106,7 @@ ARGS: _Args = {
         ({"threads": 0}, "threads must be an integer >= 1"),
         ({"device": "tpu"}, "device must be 'cpu', 'cuda' or 'cuda:N'"),
         ({"mode": "train"}, "needs target="),
-        ({"mode": "train", "target": [3]}, "target must be a tensor"),
+        ({"mode": "train", "target": [3]}, "target[0] must be a tensor"),
     ],
 )
 def test_bad_arguments_are_refused_by_name_before_any_child(changes, fragment) -> None:

@@ -139,7 +139,11 @@ def compress(
     """Apply a compression recipe to a model; write the model, recipe and log to --out."""
     import sys
 
+    import torch
+
+    from wattwise._inputs import describe
     from wattwise.cli._targets import resolve_target
+    from wattwise.errors import InputError
     from wattwise.passes import compress as run_compress
     from wattwise.passes import load_recipe
     from wattwise.tasks import load_task
@@ -147,6 +151,12 @@ def compress(
     check_out_dir(out)
     passes = load_recipe(recipe)
     the_task = load_task(task)
+    if not isinstance(the_task.example_input, torch.Tensor):
+        # Its result is saved as a torch.export program of one tensor argument (write_compressed).
+        raise InputError(
+            f"wattwise compress takes tasks with one tensor input for now; {the_task.name}'s "
+            f"input is {describe(the_task.example_input)} (use wattwise.compress from Python)"
+        )
     resolved = resolve_target(target, input_shape=tuple(the_task.example_input.shape))
     model = resolved.factory()
     _check_traceable(model, the_task.example_input, resolved.name)

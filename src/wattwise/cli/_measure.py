@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
@@ -26,18 +27,36 @@ __all__ = ["disturbed_cell"]
 @handled
 def measure(
     target: Annotated[
-        str,
+        str | None,
         typer.Argument(
             help="A built-in model (digits_cnn, mobilenetv3_small, ...), "
-            "package.module:factory (runs your code), or a .pt2 file (torch.export.save).",
+            "package.module:factory (runs your code), or a .pt2 file (torch.export.save); "
+            "optional with --task (the task's own model).",
             show_default=False,
         ),
-    ],
+    ] = None,
     input_shape: Annotated[
         str | None,
         typer.Option(
             "--input-shape",
-            help="Input shape with batch 1 first, e.g. 1,3,224,224 (default: the model's own).",
+            help="Input shape with batch 1 first, e.g. 1,3,224,224 (default: the model's own "
+            "example_input, as given).",
+        ),
+    ] = None,
+    input_dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--input-dtype",
+            help="dtype of an input made from a shape: float32 (default), int64 for token ids "
+            "(drawn below the model's smallest nn.Embedding vocabulary), ...",
+        ),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            help="Measure on a task's example input (built-in name or package.module:factory); "
+            "without TARGET, the task's own (untrained) model.",
         ),
     ] = None,
     batch_size: Annotated[
@@ -72,18 +91,19 @@ def measure(
     from rich.console import Console
 
     from wattwise._core import MODES, check_choice
-    from wattwise.cli._targets import parse_batch_sizes, parse_shape, resolve_target
+    from wattwise.cli._targets import parse_batch_sizes, parse_dtype, parse_shape
     from wattwise.measure import check_device
     from wattwise.measure import measure as run_measure
 
     check_choice(mode, MODES, what="--mode")
     shape = parse_shape(input_shape) if input_shape is not None else None
+    dtype = parse_dtype(input_dtype) if input_dtype is not None else None
     sizes = parse_batch_sizes(batch_size) if batch_size is not None else None
     device = check_device(device)  # no GPU → fail before building anything
     err = Console(stderr=True)
     results: list[Measurement] = []
     with stdout_to_stderr():  # the user's code runs in here; its prints must not reach stdout
-        resolved = resolve_target(target, input_shape=shape)
+        resolved = _resolve(target, task, shape, dtype)
         if resolved.fixed_batch_size is not None:
             sizes = _fixed_batch_sizes(resolved, sizes)
         sizes = sizes or [1]
@@ -114,7 +134,10 @@ def measure(
             "target": {
                 "name": resolved.name,
                 "kind": resolved.kind,
-                "input_shape": list(resolved.input_shape),
+                # A single tensor's shape; None for a tuple or dict input ("input" names all).
+                "input_shape": list(shape) if (shape := resolved.input_shape) else None,
+                "input": resolved.input_text,
+                "input_source": resolved.input_source,
             },
             "hardware": hardware,
             "measurements": [m.to_dict() for m in results],
@@ -125,6 +148,39 @@ def measure(
         with console.capture() as table:  # rendered as this console would, then written whole
             _print_measurements(console, resolved, results, hardware)
         write_stdout(table.get())
+
+
+def _resolve(
+    target: str | None, task: str | None, shape: tuple[int, ...] | None, dtype: str | None
+) -> ResolvedTarget:
+    """TARGET, measured on its own input, one made from --input-shape/--input-dtype, or the
+    task's example input; without TARGET, the task's own model."""
+    import functools
+
+    from wattwise.cli._targets import ResolvedTarget, build_task_model, resolve_target
+    from wattwise.errors import InputError
+
+    if task is None:
+        if target is None:
+            raise InputError("measure needs a TARGET (a model), or --task NAME|module:factory")
+        return resolve_target(target, input_shape=shape, input_dtype=dtype)
+    from wattwise.tasks import load_task
+
+    the_task = load_task(task)
+    if target is not None:
+        return resolve_target(target, example_input=the_task.example_input)
+    if shape is not None or dtype is not None:
+        raise InputError(
+            "--input-shape and --input-dtype make an input from a shape; with --task the "
+            "task's example input is used as given"
+        )
+    return ResolvedTarget(
+        name=f"{task} (task model)",
+        factory=functools.partial(build_task_model, task),
+        example_input=the_task.example_input,
+        kind="factory",
+        input_source="task",
+    )
 
 
 def _fixed_batch_sizes(resolved: ResolvedTarget, sizes: list[int] | None) -> list[int]:
@@ -146,23 +202,26 @@ def _preflight(resolved: ResolvedTarget, mode: str) -> Any:
     import torch
 
     from wattwise._core import one_line
+    from wattwise._inputs import call, describe, primary_tensor, take_rows
     from wattwise.errors import InputError, WorkloadError
 
     model = resolved.factory()
     x = resolved.example_input
     if resolved.fixed_batch_size is not None:
-        x = x.repeat(resolved.fixed_batch_size, *([1] * (x.dim() - 1)))
+        x = take_rows(x, resolved.fixed_batch_size)
     try:
         model.eval()
         with torch.no_grad():
-            out = model(x)
+            out = call(model, x)
     except Exception as exc:
         raise WorkloadError(
-            f"{resolved.name} failed on an input of shape {tuple(x.shape)} (check --input-shape): "
-            f"{one_line(exc)}"
+            f"{resolved.name} failed on {_input_words(resolved)} [{describe(x)}]"
+            f"{_input_hint(model, x, resolved)}: {one_line(exc)}"
         ) from None
     if mode != "train":
         return None
+    with contextlib.suppress(InputError):  # refused just below, naming what it returned
+        out = primary_tensor(out)
     if not (isinstance(out, torch.Tensor) and out.dim() == 2 and out.is_floating_point()):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InputError(
@@ -172,6 +231,31 @@ def _preflight(resolved: ResolvedTarget, mode: str) -> Any:
     classes = int(out.shape[1])
     # Random labels: energy does not depend on which class is right, only on the shapes.
     return torch.randint(0, classes, (1,), generator=torch.Generator().manual_seed(0))
+
+
+def _input_words(resolved: ResolvedTarget) -> str:
+    return {
+        "shape": "an input made from a shape",
+        "model": "its own example_input",
+        "task": "the task's example input",
+        "artifact": "the deployment's stored input",
+    }[resolved.input_source]
+
+
+def _input_hint(model: Any, x: Any, resolved: ResolvedTarget) -> str:
+    """What to change, where we can tell: float input into an embedding wants token ids; an
+    input made from a shape may have the wrong one."""
+    from torch import nn
+
+    from wattwise._inputs import is_token_input
+
+    embeds = isinstance(model, nn.Module) and any(
+        isinstance(m, nn.Embedding) for m in model.modules()
+    )
+    if embeds and not is_token_input(x):
+        fix = "pass --input-dtype int64" if resolved.input_source == "shape" else "give it ids"
+        return f" (its nn.Embedding takes integer token ids: {fix})"
+    return " (check --input-shape)" if resolved.input_source == "shape" else ""
 
 
 def _si(value: float, unit: str = "") -> str:
@@ -217,7 +301,7 @@ def _print_measurements(
         else f"{cpu}, {hardware.get('cpus_allowed')} vCPUs"
     )
     table = Table(
-        title=f"{resolved.name} {tuple(resolved.input_shape)}, {results[0].mode}, {where}: {machine}",
+        title=f"{resolved.name} [{resolved.input_text}], {results[0].mode}, {where}: {machine}",
         title_justify="left",
     )
     table.add_column("", style="bold")
@@ -236,6 +320,11 @@ def _print_measurements(
     row("latency p90 (ms)", lambda m: _ms(m.latency_ms_p90))
     row("latency p99 (ms)", lambda m: _ms(m.latency_ms_p99))
     row("items / s", lambda m: _si(m.throughput_items_per_s))
+    if any(m.tokens_per_item is not None for m in results):
+        # Token inputs: J/token compares models across sequence lengths (padding excluded).
+        row("tokens / item", lambda m: _maybe(m.tokens_per_item, lambda v: f"{v:.3g}"))
+        row("energy / token", lambda m: _maybe(m.energy_j_per_token, format_energy))
+        row("tokens / s", lambda m: _maybe(m.throughput_tokens_per_s, _si))
     row("MACs / item", lambda m: _si(m.macs_per_item) if m.macs_per_item > 0 else "n/a")
     row("params", lambda m: _si(m.params))
     row("CO2e g / M items", lambda m: f"{m.co2e_g_per_million_items:.3g}")
@@ -256,6 +345,10 @@ def _print_measurements(
     )
     for note in dict.fromkeys(n for m in results for n in m.notes):
         console.print(f"note: {note}", highlight=False, markup=False)
+
+
+def _maybe(value: float | None, fmt: Callable[[float], str]) -> str:
+    return "n/a" if value is None else fmt(value)
 
 
 def disturbed_cell(m: Measurement) -> str:

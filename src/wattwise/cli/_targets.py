@@ -1,7 +1,10 @@
 """TARGET, as the CLI takes it: a built-in model name, ``package.module:factory``, or a file.
 
 :func:`resolve_target` turns the string into a picklable zero-argument model factory (the
-harness sends it to its measuring child process) and an example input of batch size 1.
+harness sends it to its measuring child process) and an example input of batch size 1: the
+model's own ``example_input`` as given (a tensor, tuple or dict, dtypes and values kept), else
+one made from a shape: random floats, or with ``--input-dtype int64`` token ids below the
+model's smallest ``nn.Embedding`` vocabulary.
 
 Files are loaded without running code from them: ``.pt2`` programs and exported deployment
 directories go through ``wattwise.deploy._safe_load`` (see ``docs/artifacts.md``), and
@@ -23,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wattwise._inputs import batch_size_of, check_input, describe, detach_cpu, take_rows
 from wattwise.errors import InputError
 
 if TYPE_CHECKING:
@@ -30,15 +34,34 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
+    "INPUT_SOURCES",
     "KINDS",
     "ResolvedTarget",
+    "build_task_model",
     "builtin_names",
     "parse_batch_sizes",
+    "parse_dtype",
     "parse_shape",
     "resolve_target",
 ]
 
 KINDS = ("builtin", "factory", "file")
+# Where a target's example input came from: made from a shape (--input-shape, or the model's
+# default_input_size, or a program's signature), the model's own example_input, a task's, or
+# the one an exported deployment stored.
+INPUT_SOURCES = ("shape", "model", "task", "artifact")
+DTYPES = {
+    "float32": "float32",
+    "float": "float32",
+    "float16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "float64": "float64",
+    "int64": "int64",
+    "long": "int64",
+    "int32": "int32",
+    "int": "int32",
+}
 DIGITS_NAMES = ("digits_cnn", "digits")  # "digits" is an alias: the task's own model
 FILE_SUFFIXES = (".pt2", ".pt", ".pth")
 IMAGENET_CLASSES = 1000  # built-in architectures are measured at their ImageNet size
@@ -61,30 +84,37 @@ class ResolvedTarget:
     Attributes:
         name: what the user typed, normalised (``"digits_cnn"``, ``"pkg.mod:build"``, a path).
         factory: a picklable zero-argument callable that builds a fresh ``nn.Module``.
-        example_input: one input of batch size 1, on the CPU.
+        example_input: one input of batch size 1, on the CPU: a tensor, a tuple of tensors
+            or a dict of named tensors (see :mod:`wattwise._inputs`).
         kind: ``"builtin"``, ``"factory"`` or ``"file"``.
         fixed_batch_size: set for exported programs whose batch dimension is static: only
             that batch size runs (``example_input`` still has batch 1).
+        input_source: where ``example_input`` came from, one of :data:`INPUT_SOURCES`; error
+            messages say which option would change it.
     """
 
     name: str
     factory: Callable[[], nn.Module]
-    example_input: torch.Tensor
+    example_input: Any
     kind: str
     fixed_batch_size: int | None = None
+    input_source: str = "shape"
 
     def __post_init__(self) -> None:
-        import torch
-
         if not isinstance(self.name, str) or not self.name:
             raise InputError("ResolvedTarget.name must be a non-empty string")
         if not callable(self.factory):
             raise InputError("ResolvedTarget.factory must be a zero-argument callable")
-        if not isinstance(self.example_input, torch.Tensor) or self.example_input.dim() < 1:
-            raise InputError("ResolvedTarget.example_input must be a tensor with a batch dimension")
-        if self.example_input.shape[0] != 1:
+        check_input(self.example_input, "ResolvedTarget.example_input")
+        if batch_size_of(self.example_input) != 1:
             raise InputError(
-                f"ResolvedTarget.example_input must have batch size 1, got {tuple(self.example_input.shape)}"
+                "ResolvedTarget.example_input must have batch size 1, got "
+                f"{describe(self.example_input)}"
+            )
+        if self.input_source not in INPUT_SOURCES:
+            raise InputError(
+                f"ResolvedTarget.input_source must be one of {', '.join(INPUT_SOURCES)}, "
+                f"got {self.input_source!r}"
             )
         if self.kind not in KINDS:
             raise InputError(
@@ -96,9 +126,18 @@ class ResolvedTarget:
             )
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        """Shape of :attr:`example_input` (batch size 1 first)."""
+    def input_shape(self) -> tuple[int, ...] | None:
+        """Shape of :attr:`example_input` (batch size 1 first); None for a tuple or a dict."""
+        import torch
+
+        if not isinstance(self.example_input, torch.Tensor):
+            return None
         return tuple(int(d) for d in self.example_input.shape)
+
+    @property
+    def input_text(self) -> str:
+        """:attr:`example_input` on one line: names, shapes and dtypes."""
+        return describe(self.example_input)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -146,6 +185,23 @@ def check_shape(shape: tuple[int, ...], *, what: str = "input_shape") -> tuple[i
     return shape
 
 
+def parse_dtype(text: str) -> str:
+    """Read ``--input-dtype``: ``int64`` (token ids), ``float32``, ... as torch names them.
+
+    Raises:
+        InputError: not one of :data:`DTYPES`.
+
+    Example:
+        >>> parse_dtype("long")
+        'int64'
+    """
+    name = str(text).strip().lower().removeprefix("torch.")
+    if name not in DTYPES:
+        choices = ", ".join(dict.fromkeys(DTYPES.values()))
+        raise InputError(f"--input-dtype {text!r}: expected one of {choices}")
+    return DTYPES[name]
+
+
 def parse_batch_sizes(text: str) -> list[int]:
     """Read ``"1,32"`` into ``[1, 32]`` (order kept, duplicates dropped).
 
@@ -167,7 +223,13 @@ def builtin_names() -> list[str]:
     return [*DIGITS_NAMES, *_arch_names()]
 
 
-def resolve_target(target: str, *, input_shape: tuple[int, ...] | None = None) -> ResolvedTarget:
+def resolve_target(
+    target: str,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    input_dtype: str | None = None,
+    example_input: Any = None,
+) -> ResolvedTarget:
     """Resolve a TARGET string to a model factory and an example input.
 
     Args:
@@ -175,8 +237,13 @@ def resolve_target(target: str, *, input_shape: tuple[int, ...] | None = None) -
             zero-argument callable returning an ``nn.Module``; this runs the user's code), or
             a path to a ``.pt2`` file written by ``torch.export.save``.
         input_shape: the example input's shape, batch 1 first; needed for a factory whose
-            model has neither ``default_input_size`` nor ``example_input``; for other targets
-            it overrides their own shape.
+            model has neither ``example_input`` nor ``default_input_size``; for other targets
+            it overrides their own input.
+        input_dtype: the dtype of an input made from a shape (:func:`parse_dtype`); an
+            integer dtype draws token ids in ``[0, vocab)``, ``vocab`` the smallest
+            ``nn.Embedding.num_embeddings`` in the model. Refused where the target brings its
+            own example input (it is used as given).
+        example_input: an input to use as given instead (a task's); its first row is kept.
 
     Raises:
         InputError: an unknown name, a factory or file that cannot be used (the message says
@@ -188,22 +255,45 @@ def resolve_target(target: str, *, input_shape: tuple[int, ...] | None = None) -
         >>> t.input_shape, t.kind
         ((1, 1, 8, 8), 'builtin')
     """
-    from wattwise.tasks._builtin import is_spec
-
     if not isinstance(target, str) or not target.strip():
         raise InputError(f"TARGET must be a non-empty string, got {target!r}")
     target = target.strip()
     shape = check_shape(tuple(input_shape)) if input_shape is not None else None
+    dtype = parse_dtype(input_dtype) if input_dtype is not None else None
+    if example_input is not None:
+        if shape is not None or dtype is not None:
+            raise InputError(
+                "--input-shape and --input-dtype make an input from a shape; a task's example "
+                "input is used as given"
+            )
+        check_input(example_input, "the task's example_input")
+        given: Any = take_rows(detach_cpu(example_input), 1)
+        resolved = _resolve(target, None, None, given_input=True)
+        return dataclasses.replace(resolved, example_input=given, input_source="task")
+    return _resolve(target, shape, dtype)
+
+
+def _resolve(
+    target: str, shape: tuple[int, ...] | None, dtype: str | None, *, given_input: bool = False
+) -> ResolvedTarget:
+    """:func:`resolve_target` on a checked string; ``given_input``: the caller brings the
+    input, so a factory without one of its own is fine (a placeholder stands in)."""
+    from wattwise.tasks._builtin import is_spec
+
     if target in DIGITS_NAMES:
-        return _digits_target(shape)
+        return _digits_target(shape, dtype)
     arch_names = _arch_names()
     if target in arch_names:
-        return _arch_target(target, shape)
+        return _arch_target(target, shape, dtype)
     path = Path(target)
     if is_spec(target) and not path.exists():
-        return _factory_target(target, shape)
+        return _factory_target(target, shape, dtype, given_input=given_input)
+    if dtype is not None and path.suffix.lower() != ".pt2":
+        raise InputError(
+            f"--input-dtype applies to inputs made from a shape; TARGET '{path}' brings its own"
+        )
     if path.suffix.lower() in (*FILE_SUFFIXES, ".onnx") or path.exists() or "/" in target:
-        return _file_target(path, shape)
+        return _file_target(path, shape, dtype)
     close = difflib.get_close_matches(target, builtin_names(), n=3, cutoff=0.5)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise InputError(
@@ -212,23 +302,49 @@ def resolve_target(target: str, *, input_shape: tuple[int, ...] | None = None) -
     )
 
 
-def _example(shape: tuple[int, ...]) -> torch.Tensor:
+def _example(
+    shape: tuple[int, ...], dtype: str | None = None, model: Callable[[], Any] | None = None
+) -> torch.Tensor:
+    """An input made from a shape: random floats, or for an integer ``dtype`` token ids that
+    every ``nn.Embedding`` of the model (built by ``model`` only then) can look up."""
     import torch
 
     # Fixed seed: the same TARGET measures the same input every time.
-    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    torch_dtype = getattr(torch, dtype or "float32")
+    if torch_dtype.is_floating_point:
+        return torch.randn(shape, generator=gen).to(torch_dtype)
+    vocab = _smallest_vocab(model() if model is not None else None)
+    if vocab is None:
+        raise InputError(
+            f"--input-dtype {dtype}: the model has no nn.Embedding to bound the token ids; "
+            "give the model an example_input attribute instead"
+        )
+    return torch.randint(0, vocab, shape, generator=gen, dtype=torch_dtype)
+
+
+def _smallest_vocab(model: Any) -> int | None:
+    """The smallest ``num_embeddings`` of the model's ``nn.Embedding`` layers: ids below it
+    are valid for all of them."""
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        return None
+    sizes = [m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)]
+    return min(sizes) if sizes else None
 
 
 # --- built-in models ---------------------------------------------------------------------
 
 
-def _digits_target(shape: tuple[int, ...] | None) -> ResolvedTarget:
+def _digits_target(shape: tuple[int, ...] | None, dtype: str | None) -> ResolvedTarget:
     from wattwise.tasks.digits import DigitsCNN
 
+    factory = functools.partial(DigitsCNN)
     return ResolvedTarget(
         name="digits_cnn",
-        factory=functools.partial(DigitsCNN),
-        example_input=_example(shape or (1, 1, 8, 8)),
+        factory=factory,
+        example_input=_example(shape or (1, 1, 8, 8), dtype, factory),
         kind="builtin",
     )
 
@@ -242,14 +358,16 @@ def _arch_names() -> list[str]:
         return []
 
 
-def _arch_target(name: str, shape: tuple[int, ...] | None) -> ResolvedTarget:
+def _arch_target(name: str, shape: tuple[int, ...] | None, dtype: str | None) -> ResolvedTarget:
     from wattwise import archs
 
     factory = functools.partial(archs.create, name, num_classes=IMAGENET_CLASSES)
     if shape is None:
         size = _arch_input_size(name)
         shape = (1, *size) if size is not None else _model_input_shape(factory(), name)
-    return ResolvedTarget(name=name, factory=factory, example_input=_example(shape), kind="builtin")
+    return ResolvedTarget(
+        name=name, factory=factory, example_input=_example(shape, dtype, factory), kind="builtin"
+    )
 
 
 def _arch_input_size(name: str) -> tuple[int, ...] | None:
@@ -268,19 +386,24 @@ def _arch_input_size(name: str) -> tuple[int, ...] | None:
 
 
 def _model_input_shape(model: Any, name: str) -> tuple[int, ...]:
-    """Input shape from a built model's ``default_input_size`` or ``example_input``."""
-    import torch
-
+    """Input shape from a built model's ``default_input_size``."""
     size = getattr(model, "default_input_size", None)
     if isinstance(size, tuple | list) and size and all(isinstance(d, int) for d in size):
         return check_shape((1, *size), what=f"{name}: default_input_size")
-    example = getattr(model, "example_input", None)
-    if isinstance(example, torch.Tensor) and example.dim() >= 1:
-        return check_shape((1, *example.shape[1:]), what=f"{name}: example_input")
     raise InputError(
-        f"TARGET {name!r}: the model has no default_input_size or example_input; "
-        "pass --input-shape for TARGET (e.g. --input-shape 1,3,224,224)"
+        f"TARGET {name!r}: the model has no example_input or default_input_size; "
+        "pass --input-shape for TARGET (e.g. --input-shape 1,3,224,224, and --input-dtype "
+        "int64 for token ids)"
     )
+
+
+def _own_example(model: Any, name: str) -> Any:
+    """The model's ``example_input`` attribute, first row, on the CPU; None if it has none."""
+    example = getattr(model, "example_input", None)
+    if example is None:
+        return None
+    check_input(example, f"TARGET {name!r}: example_input")
+    return take_rows(detach_cpu(example), 1)
 
 
 # --- package.module:factory --------------------------------------------------------------
@@ -302,12 +425,38 @@ def build_from_spec(spec: str) -> nn.Module:
     return call_factory(obj, spec, what="TARGET", returns=nn.Module, expected="a torch nn.Module")
 
 
-def _factory_target(spec: str, shape: tuple[int, ...] | None) -> ResolvedTarget:
+def _factory_target(
+    spec: str, shape: tuple[int, ...] | None, dtype: str | None, *, given_input: bool = False
+) -> ResolvedTarget:
+    """The user's model, measured on (in this order): an input made from ``--input-shape``,
+    the caller's (``given_input``: a placeholder here), the model's own ``example_input`` as
+    given, or an input made from its ``default_input_size``."""
     factory = functools.partial(build_from_spec, spec)
     model = factory()  # build once here: a bad factory fails now, in one line, not in the child
-    if shape is None:
-        shape = _model_input_shape(model, spec)
-    return ResolvedTarget(name=spec, factory=factory, example_input=_example(shape), kind="factory")
+    own = None if shape is not None or given_input else _own_example(model, spec)
+    if given_input:
+        example, source = _example((1, 1)), "task"  # replaced by the caller
+    elif own is not None:
+        if dtype is not None:
+            raise InputError(
+                f"--input-dtype applies to inputs made from a shape; {spec} has its own "
+                f"example_input ({describe(own)}), used as given (or pass --input-shape too)"
+            )
+        example, source = own, "model"
+    else:
+        shape = shape or _model_input_shape(model, spec)
+        example, source = _example(shape, dtype, lambda: model), "shape"
+    return ResolvedTarget(
+        name=spec, factory=factory, example_input=example, kind="factory", input_source=source
+    )
+
+
+def build_task_model(spec: str) -> nn.Module:
+    """A fresh, untrained model from a task's factory (picklable by the task's spec, for
+    ``wattwise measure --task`` without a TARGET: the child loads the task itself)."""
+    from wattwise.tasks import load_task
+
+    return load_task(spec).model_factory()
 
 
 # --- files -------------------------------------------------------------------------------
@@ -345,7 +494,9 @@ def _load_program(path: Path) -> Any:
     return load_program(path, where=f"TARGET '{path}'")
 
 
-def _file_target(path: Path, shape: tuple[int, ...] | None) -> ResolvedTarget:
+def _file_target(
+    path: Path, shape: tuple[int, ...] | None, dtype: str | None = None
+) -> ResolvedTarget:
     suffix = path.suffix.lower()
     if not path.exists():
         raise InputError(f"TARGET '{path}': no such file")
@@ -362,7 +513,7 @@ def _file_target(path: Path, shape: tuple[int, ...] | None) -> ResolvedTarget:
     except OSError as exc:
         raise InputError(f"TARGET '{path}': cannot read it ({exc.strerror or exc})") from None
     if suffix == ".pt2":
-        return _pt2_target(path, shape)
+        return _pt2_target(path, shape, dtype)
     _refuse_checkpoint(path)
     raise AssertionError("unreachable")  # _refuse_checkpoint always raises
 
@@ -387,21 +538,32 @@ def _artifact_target(path: Path, shape: tuple[int, ...] | None) -> ResolvedTarge
         )
     artifact = load_artifact(path)  # checksums, hostile content and stored outputs checked
     example = artifact.example_input
+    factory = functools.partial(load_artifact_callable, str(path.resolve()))
+    if shape is None or (
+        isinstance(example, torch.Tensor) and tuple(shape) == (1, *example.shape[1:])
+    ):
+        # The stored input, as given (a tuple or a dict of named inputs too).
+        return ResolvedTarget(
+            name=str(path),
+            factory=factory,
+            example_input=take_rows(detach_cpu(example), 1),
+            kind="file",
+            input_source="artifact",
+        )
     if not isinstance(example, torch.Tensor):
-        raise InputError(f"TARGET '{path}': the deployment takes several inputs; measure takes one")
-    if shape is None:
-        shape = (1, *example.shape[1:])
+        raise InputError(
+            f"TARGET '{path}': --input-shape sets one tensor, and the deployment takes "
+            f"{describe(example)}"
+        )
     return ResolvedTarget(
         name=str(path),
-        factory=functools.partial(load_artifact_callable, str(path.resolve())),
-        example_input=torch.zeros(shape, dtype=example.dtype)
-        if tuple(shape) != (1, *example.shape[1:])
-        else example[:1].clone(),
+        factory=factory,
+        example_input=torch.zeros(shape, dtype=example.dtype),
         kind="file",
     )
 
 
-def _pt2_target(path: Path, shape: tuple[int, ...] | None) -> ResolvedTarget:
+def _pt2_target(path: Path, shape: tuple[int, ...] | None, dtype: str | None) -> ResolvedTarget:
     import torch
 
     program = _load_program(path)
@@ -430,10 +592,11 @@ def _pt2_target(path: Path, shape: tuple[int, ...] | None) -> ResolvedTarget:
         if example_shape is None:
             raise InputError(f"pass --input-shape for TARGET '{path}' (its input shape is dynamic)")
         shape = check_shape(tuple(int(d) for d in example_shape), what=f"TARGET '{path}'")
+    factory = functools.partial(load_exported, str(path.resolve()))
     return ResolvedTarget(
         name=str(path),
-        factory=functools.partial(load_exported, str(path.resolve())),
-        example_input=_example(shape),
+        factory=factory,
+        example_input=_example(shape, dtype, factory),
         kind="file",
         fixed_batch_size=fixed,
     )

@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from wattwise._core import check_choice
+from wattwise._inputs import take_rows
 from wattwise.deploy._base import Batch
 from wattwise.deploy._deployment import PRECISIONS
-from wattwise.deploy._inputs import take_rows
 from wattwise.errors import WorkloadError
 
 if TYPE_CHECKING:
@@ -196,16 +196,35 @@ def compare_outputs(
 
 def check_batches(example: Batch, calibration: list[Batch], batch_size: int) -> list[Batch]:
     """The batches a deployment is checked on, all of ``batch_size`` rows (static shapes):
-    the example input, then up to :data:`CHECK_MAX_CALIBRATION_ITEMS` calibration items."""
+    the example input, then up to :data:`CHECK_MAX_CALIBRATION_ITEMS` calibration items.
+
+    Calibration batches are joined only while their shapes past the batch dimension agree:
+    text batches are padded to their own longest item, so their sequence lengths differ
+    (joining them all failed with "Sizes of tensors must match"). Image batches all agree, so
+    they are pooled as one.
+    """
     import torch
 
     batches = [take_rows(example, batch_size)]
-    if calibration:
-        pool = tuple(torch.cat([b[i] for b in calibration]) for i in range(len(calibration[0])))
-        total = min(pool[0].shape[0], max(CHECK_MAX_CALIBRATION_ITEMS, batch_size))
+    groups: list[list[Batch]] = []
+    for batch in calibration:
+        if groups and all(
+            t.shape[1:] == u.shape[1:] for t, u in zip(batch, groups[-1][0], strict=True)
+        ):
+            groups[-1].append(batch)
+        else:
+            groups.append([batch])
+    budget = max(CHECK_MAX_CALIBRATION_ITEMS, batch_size)
+    for group in groups:
+        if budget < batch_size:
+            break
+        pool = tuple(torch.cat(parts) for parts in zip(*group, strict=True))
+        total = min(pool[0].shape[0], budget)
         if total >= batch_size:
             for start in range(0, total - batch_size + 1, batch_size):
                 batches.append(tuple(t[start : start + batch_size] for t in pool))
+                budget -= batch_size
         else:
             batches.append(take_rows(pool, batch_size))
+            budget -= batch_size
     return batches

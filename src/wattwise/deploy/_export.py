@@ -3,7 +3,8 @@
 The directory::
 
     model.onnx | model.pt2     the model (ONNX for onnxruntime, torch.export for torch backends)
-    example_input.npy          one input batch (``example_input_<i>.npy`` for several inputs)
+    example_input.npy          one input batch (``example_input_<i>.npy`` for several inputs;
+                               each entry in deployment.json has its ``name`` for dict inputs)
     expected_output_<i>.npy    what the deployment answered to it, for checking a reload
     deployment.json            schema 1: deployment, input, expected energy with its source, ...
     MODEL_CARD.md              the same for people
@@ -27,8 +28,9 @@ from typing import Any
 
 from wattwise._core import first_line
 from wattwise._fs import temp_dir_beside
+from wattwise._inputs import take_rows
 from wattwise._units import format_energy as _fmt_j
-from wattwise.deploy._inputs import as_batch, run_batches, take_rows
+from wattwise.deploy._inputs import as_batch, run_batches
 from wattwise.deploy._prepare import Deployed
 from wattwise.deploy._program import export_program
 from wattwise.deploy._safe_load import MANIFEST, SCHEMA, LoadedArtifact, first_rows, load_artifact
@@ -150,7 +152,8 @@ def _write(
 
     dep = deployed.deployment
     notes = list(deployed.notes)
-    example = as_batch(deployed.example_input, "example_input")
+    example = as_batch(deployed.positional_example(), "example_input")
+    names = deployed.input_names
     runtime: str
     runner = deployed.module  # what answers the example: the artifact reloads as the same
     if dep.backend == "onnxruntime":
@@ -184,6 +187,10 @@ def _write(
         inputs = [_save_npy(tmp / "example_input.npy", example[0][:1])]
     else:
         inputs = [_save_npy(tmp / f"example_input_{i}.npy", t[:1]) for i, t in enumerate(example)]
+    if names is not None:
+        # A dict-input model: the loader gives the reloaded model its inputs by these names.
+        for entry, name in zip(inputs, names, strict=True):
+            entry["name"] = name
     # The deployment's answer to the example, at its own batch size (static shapes), first row.
     batch = take_rows(example, deployed.deployment.batch_size)
     answer = first_rows(run_batches(runner, [batch])[0])

@@ -1,46 +1,36 @@
 """Input batches as the deploy layer handles them: checked into a tuple of CPU tensors
-(:func:`as_batch`), cut or repeated to a batch size (:func:`take_rows`), and run through a
-callable with the outputs brought back as CPU floats (:func:`run_batches`)."""
+(:func:`as_batch`; backends take positional inputs) and run through a callable with the
+outputs brought back as CPU floats (:func:`run_batches`). Batches of a size are cut with
+:func:`wattwise._inputs.take_rows`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from wattwise._inputs import check_input, describe, detach_cpu
 from wattwise.deploy._base import Batch
 from wattwise.errors import InputError
 
-__all__ = ["as_batch", "run_batches", "take_rows"]
+__all__ = ["as_batch", "run_batches"]
 
 
 def as_batch(value: Any, what: str) -> Batch:
     """``value`` (a tensor, or a tuple/list of tensors with one batch size) as a tuple of
-    detached CPU tensors.
+    detached CPU tensors: the positional arguments a backend runs.
 
     Raises:
         InputError: not tensors, no batch dimension, or tensors that disagree on its size;
-            the message starts with ``what``.
+            the message starts with ``what`` (see :func:`wattwise._inputs.check_input`).
     """
-    import torch
-
-    items = tuple(value) if isinstance(value, tuple | list) else (value,)
-    if not items or not all(isinstance(t, torch.Tensor) for t in items):
-        raise InputError(f"{what} must be a tensor or a tuple of tensors")
-    for t in items:
-        if t.dim() < 1 or t.shape[0] < 1:
-            raise InputError(f"{what} needs a batch dimension, got shape {tuple(t.shape)}")
-    n = items[0].shape[0]
-    if any(t.shape[0] != n for t in items):
-        raise InputError(f"{what}: tensors disagree on the batch size")
-    return tuple(t.detach().cpu() for t in items)
-
-
-def take_rows(batch: Batch, n: int) -> Batch:
-    """``n`` rows of ``batch``, cycling through its rows if it has fewer."""
-    import torch
-
-    have = batch[0].shape[0]
-    index = torch.arange(n) % have
-    return tuple(t[index].contiguous() for t in batch)
+    check_input(value, what)
+    if isinstance(value, Mapping):
+        raise InputError(
+            f"{what} is a dict ({describe(value)}); backends take positional inputs "
+            "(wattwise.deploy.deploy wraps a dict-input model for them)"
+        )
+    batch = detach_cpu(value)
+    return batch if isinstance(batch, tuple) else (batch,)
 
 
 def run_batches(fn: Any, batches: list[Batch]) -> list[Any]:

@@ -23,9 +23,9 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 from wattwise._core import Availability, first_line
+from wattwise._inputs import take_rows
 from wattwise.deploy._backends import is_pt2e_quantized
 from wattwise.deploy._base import BACKENDS, Backend, Batch, Prepared, cuda_probe
-from wattwise.deploy._inputs import take_rows
 from wattwise.deploy._program import quiet
 from wattwise.errors import InputError, UnavailableError, WorkloadError
 
@@ -119,9 +119,17 @@ def quantize_int8(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    names = [i.name for i in onnx.load_from_string(onnx_bytes).graph.input]
+    graph_inputs = onnx.load_from_string(onnx_bytes).graph.input
+    # Each input in the dtype the graph declares: token ids stay int64 (casting every input to
+    # float32 failed every int8 trial of a token model with "expected tensor(int64)").
+    dtypes = [
+        onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in graph_inputs
+    ]
     feeds = [
-        {name: t.numpy().astype("float32") for name, t in zip(names, batch, strict=True)}
+        {
+            i.name: t.detach().cpu().numpy().astype(dtype, copy=False)
+            for i, dtype, t in zip(graph_inputs, dtypes, batch, strict=True)
+        }
         for batch in calibration
     ]
 

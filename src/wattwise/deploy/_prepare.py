@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from wattwise._core import first_line
+from wattwise._inputs import check_input
 from wattwise.deploy._base import Backend, Batch, Prepared, ready_backend
 from wattwise.deploy._check import CheckResult, DeploymentMismatch, check_batches, compare_outputs
 from wattwise.deploy._deployment import Deployment
@@ -44,6 +45,9 @@ class Deployed:
         source_model: the eager model it was made from (a private copy, on CPU), for export.
         onnx_bytes: the ONNX model the ``onnxruntime`` backend runs (quantized for int8).
         notes: what a user should know (e.g. "bf16 is emulated on this CPU").
+        input_names: for a model that takes a dict of named inputs, the names in the order
+            the backend takes them positionally; ``module`` and ``example_input`` take and are
+            the dict again, ``source_model`` takes them by position (see ``_named``).
     """
 
     module: Any
@@ -53,9 +57,17 @@ class Deployed:
     source_model: Any
     onnx_bytes: bytes | None = None
     notes: tuple[str, ...] = ()
+    input_names: tuple[str, ...] | None = None
 
-    def __call__(self, *args: Any) -> Any:
-        return self.module(*args)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    def positional_example(self) -> Any:
+        """:attr:`example_input` as the backend takes it: positional, in :attr:`input_names`
+        order for a dict-input model."""
+        if self.input_names is None:
+            return self.example_input
+        return tuple(self.example_input[name] for name in self.input_names)
 
     def factory(self) -> Callable[[], Any]:
         """A picklable zero-argument callable that rebuilds :attr:`module` in another process.
@@ -65,8 +77,13 @@ class Deployed:
         prepare it again in the child (a compiled graph recompiles there, from inductor's cache).
         """
         if self.deployment.backend == "onnxruntime":
-            return self.module  # OrtModule pickles as its ONNX bytes
-        return Rebuild(self.deployment, self.source_model, self.example_input)
+            return self.module  # OrtModule pickles as its ONNX bytes (inside ByName too)
+        rebuild = Rebuild(self.deployment, self.source_model, self.positional_example())
+        if self.input_names is None:
+            return rebuild
+        from wattwise.deploy._named import NamedFactory
+
+        return NamedFactory(rebuild, self.input_names)
 
     def measure(self, *, isolate: bool = True, **kwargs: Any) -> Measurement:
         """:func:`wattwise.measure` this deployment with its own batch size, threads and device."""
@@ -98,8 +115,12 @@ def deploy(
             quantized with ``wattwise.Quantize(method="pt2e-int8")``).
         backend: ``eager``, ``eager_cl`` (channels_last), ``compile`` (inductor) or ``onnxruntime``.
         precision: ``fp32``, ``bf16``, ``fp16`` or ``int8``.
-        example_input: one input batch (its first row is repeated to ``batch_size`` for the check).
-        calibration: input batches for ``onnxruntime`` int8 calibration; also checked against.
+        example_input: one input batch (its rows are cycled to ``batch_size`` for the check): a
+            tensor, a tuple of tensors, or a dict of named tensors (the model then takes
+            keyword arguments; the backend gets them by position, and the deployed module
+            takes the dict again by name).
+        calibration: input batches for ``onnxruntime`` int8 calibration, in the form of
+            ``example_input`` (dtypes kept: token ids stay int64); also checked against.
         device, threads, batch_size, calibration_method: see :class:`Deployment`.
 
     Returns:
@@ -141,6 +162,8 @@ def deploy_with(
     """
     if not isinstance(deployment, Deployment):
         raise InputError(f"deployment must be a Deployment, got {type(deployment).__name__}")
+    if isinstance(example_input, Mapping):
+        return _deploy_by_name(model, deployment, example_input, calibration, check=check)
     example, calib = checked_inputs(model, example_input, calibration)
     backend, notes = backend_for(model, deployment, example)
     source = _private_copy(model)
@@ -156,6 +179,53 @@ def deploy_with(
         source_model=source,
         onnx_bytes=prepared.onnx_bytes,
         notes=(*notes, *prepared.notes),
+    )
+
+
+def _deploy_by_name(
+    model: Any,
+    deployment: Deployment,
+    example_input: Mapping[str, Any],
+    calibration: Sequence[Any] | None,
+    *,
+    check: bool,
+) -> Deployed:
+    """:func:`deploy_with` for a model taking a dict of named inputs: backends take inputs by
+    position, so the model goes in behind :class:`ByPosition` (names in the example's order)
+    and the prepared module comes back behind :class:`ByName`."""
+    import torch
+
+    from wattwise.deploy._named import ByName, ByPosition, check_names
+
+    check_input(example_input, "example_input")
+    names = check_names(list(example_input), "example_input")
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"model must be an nn.Module, got {type(model).__name__}")
+    if calibration is not None and (
+        isinstance(calibration, Mapping) or not isinstance(calibration, Sequence)
+    ):
+        raise InputError("calibration must be a list of input batches (dicts like example_input)")
+    calib = []
+    for i, batch in enumerate(calibration or []):
+        if not isinstance(batch, Mapping) or set(batch) != set(names):
+            raise InputError(
+                f"calibration[{i}] must be a dict with example_input's names ({', '.join(names)})"
+            )
+        calib.append(tuple(batch[name] for name in names))
+    inner = deploy_with(
+        ByPosition(model, names),
+        deployment,
+        example_input=tuple(example_input[name] for name in names),
+        calibration=calib,
+        check=check,
+    )
+    rows = inner.example_input  # one tensor when there is one name, else a tuple
+    rows = rows if isinstance(rows, tuple) else (rows,)
+    return dataclasses.replace(
+        inner,
+        module=ByName(inner.module, names),
+        example_input=dict(zip(names, rows, strict=True)),
+        input_names=names,
     )
 
 

@@ -11,7 +11,8 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from wattwise.deploy._inputs import as_batch, take_rows
+from wattwise._inputs import take_rows
+from wattwise.deploy._inputs import as_batch
 
 __all__ = ["export_program", "export_program_bytes", "quiet", "register_quantized_ops"]
 

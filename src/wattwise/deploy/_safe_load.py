@@ -23,14 +23,15 @@ import re
 import stat
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from wattwise._inputs import take_rows
 from wattwise.deploy._base import ready_backend
 from wattwise.deploy._check import DeploymentMismatch, compare_outputs
 from wattwise.deploy._deployment import Deployment
-from wattwise.deploy._inputs import as_batch, run_batches, take_rows
+from wattwise.deploy._inputs import as_batch, run_batches
 from wattwise.deploy._program import quiet, register_quantized_ops
 from wattwise.errors import InputError, UnavailableError
 
@@ -906,7 +907,8 @@ class LoadedArtifact:
     Attributes:
         callable: the model, prepared for :attr:`deployment` (call it like the model).
         deployment: the :class:`Deployment` it was exported with (device possibly overridden).
-        example_input: the stored input batch (a tensor, or a tuple for several inputs).
+        example_input: the stored input batch (a tensor, a tuple for several inputs, or a
+            dict for a model exported with named inputs, which ``callable`` takes by name).
         manifest: the parsed ``deployment.json``.
         path: the directory.
         expected_outputs: what the deployment answered to ``example_input`` when exported.
@@ -919,8 +921,8 @@ class LoadedArtifact:
     path: Path
     expected_outputs: tuple[Any, ...] = ()
 
-    def __call__(self, *args: Any) -> Any:
-        return self.callable(*args)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.callable(*args, **kwargs)
 
     def verify(self) -> Any:
         """Run the example input and compare with the stored outputs (the precision's tolerance).
@@ -931,8 +933,11 @@ class LoadedArtifact:
         Raises:
             DeploymentMismatch: the reloaded model answers differently.
         """
+        example = self.example_input
+        if isinstance(example, Mapping):  # by position, in the stored order (ByName takes it)
+            example = tuple(example.values())
         return _compare_with_stored(
-            self.callable, self.example_input, self.expected_outputs, self.deployment, self.path
+            self.callable, example, self.expected_outputs, self.deployment, self.path
         )
 
 
@@ -1006,7 +1011,28 @@ def _read_manifest(root: Path) -> _Manifest:
         raise _refuse(where, f"invalid or missing field: {_short(exc)}") from None
     if not parsed.inputs:
         raise _refuse(where, "lists no inputs")
+    _input_names(parsed, where)  # refused here, before any file is read
     return parsed
+
+
+def _input_names(manifest: _Manifest, where: Path) -> tuple[str, ...] | None:
+    """The inputs' names for a dict-input model (every entry has one), else None.
+
+    Raises:
+        ArtifactRefused: some entries are named and some not, or a name is not a Python
+            identifier (the reloaded model is called with them as keyword arguments).
+    """
+    from wattwise.deploy._named import check_names
+
+    named = [isinstance(e, dict) and "name" in e for e in manifest.inputs]
+    if not any(named):
+        return None
+    if not all(named):
+        raise _refuse(where, "names some inputs and not others")
+    try:
+        return check_names([e["name"] for e in manifest.inputs], "inputs")
+    except InputError as exc:
+        raise _refuse(where, str(exc)) from None
 
 
 def _checked_file(root: Path, manifest: _Manifest, name: Any, limit: int) -> bytes:
@@ -1104,6 +1130,18 @@ def load_artifact(path: str | os.PathLike[str], *, device: str | None = None) ->
         )
     else:
         raise _refuse(root / MANIFEST, f"unknown runtime {manifest.runtime[:40]!r}")
+    names = _input_names(manifest, root / MANIFEST)
+    if names is not None:
+        from wattwise.deploy._named import ByName
+
+        return LoadedArtifact(
+            callable=ByName(module, names),
+            deployment=deployment,
+            example_input=dict(zip(names, example, strict=True)),
+            manifest=manifest.raw,
+            path=root,
+            expected_outputs=expected,
+        )
     return LoadedArtifact(
         callable=module,
         deployment=deployment,

@@ -29,6 +29,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wattwise._core import MODES, check_choice, first_line
+from wattwise._inputs import (
+    call,
+    check_input,
+    describe,
+    detach_cpu,
+    primary_tensor,
+    take_rows,
+    to_device,
+    tokens_per_item,
+)
 from wattwise.errors import InputError, UnavailableError, WorkloadError
 from wattwise.measure import _carbon, _stats
 from wattwise.measure._isolate import pin_threads, run_isolated
@@ -59,7 +69,7 @@ PROC_STAT = Path("/proc/stat")
 @dataclasses.dataclass(frozen=True)
 class _Workload:
     model: Any  # nn.Module, zero-arg factory, or a plain callable taking the batch
-    example_input: Any  # Tensor or tuple of Tensors, batch of 1
+    example_input: Any  # a tensor, tuple or dict of tensors (wattwise._inputs), on the CPU
     device: str
     batch_size: int
     mode: str
@@ -101,13 +111,16 @@ def measure(
         model: an ``nn.Module``; a zero-argument factory returning one (cheaper to send to
             the child process); or any callable taking the batch (e.g. an ONNX Runtime
             session wrapper).
-        example_input: one input with batch size 1 (a tensor or a tuple of tensors); it is
-            repeated along dimension 0 to ``batch_size``.
+        example_input: real input rows: a tensor, a tuple of tensors (positional arguments)
+            or a dict of named tensors (keyword arguments, e.g. ``input_ids`` and
+            ``attention_mask``), dtypes as the model takes them; the measured batch of
+            ``batch_size`` rows cycles through its rows. For token inputs (integer tensors),
+            the :class:`Measurement` also counts ``tokens_per_item``.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         mode: ``"inference"`` (no grad, eval mode) or ``"train"`` (forward, loss, backward
             and an SGD step per call; energy is per sample trained). Training runs on a copy:
             the caller's module keeps its weights, buffers, gradients and flags.
-        target: labels for ``mode="train"``, batch size 1 like ``example_input``.
+        target: labels for ``mode="train"``, one row per row of ``example_input``.
         loss_fn: training loss; default cross-entropy for integer targets, else MSE.
         meter: ``"auto"`` or a meter name (``nvml``, ``rapl``, ``estimate``).
         threads: intra-op threads (CPU cores are pinned to match); default all allowed cores.
@@ -143,11 +156,11 @@ def measure(
     g_per_kwh, _ = _carbon.grid_intensity(grid_intensity_g_per_kwh)
     work = _Workload(
         model=model,
-        example_input=_to_cpu(example_input),
+        example_input=detach_cpu(example_input),
         device=device,
         batch_size=batch_size,
         mode=mode,
-        target=_to_cpu(target),
+        target=detach_cpu(target) if target is not None else None,
         loss_fn=loss_fn,
         meter=meter,
         threads=threads,
@@ -200,11 +213,11 @@ def _check_arguments(
         raise InputError(f"threads must be an integer >= 1, got {threads!r}")
     default_min_window_s()  # a bad WATTWISE_MIN_WINDOW_S fails here, not in the child
     device = check_device(device)
-    _check_inputs(example_input, "example_input")
+    check_input(example_input, "example_input")
     if mode == "train":
         if target is None:
             raise InputError("mode='train' needs target= (labels for one item)")
-        _check_inputs(target, "target")
+        check_input(target, "target")
     return device
 
 
@@ -238,36 +251,6 @@ def _parse_index(device: str) -> int:
     if index < 0:
         raise InputError(f"bad device {device!r}; use 'cuda:N'")
     return index
-
-
-def _check_inputs(value: Any, name: str) -> None:
-    import torch
-
-    items = value if isinstance(value, tuple | list) else (value,)
-    if not items or not all(isinstance(t, torch.Tensor) for t in items):
-        raise InputError(f"{name} must be a tensor or a tuple of tensors")
-    for t in items:
-        if t.dim() < 1 or t.shape[0] < 1:
-            raise InputError(f"{name} needs a batch dimension, got shape {tuple(t.shape)}")
-
-
-def _to_cpu(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, tuple | list):
-        return tuple(t.detach().cpu() for t in value)
-    return value.detach().cpu()
-
-
-def _batch(value: Any, batch_size: int, device: str) -> Any:
-    def one(t: Any) -> Any:
-        first = t[:1]
-        reps = (batch_size,) + (1,) * (first.dim() - 1)
-        return first.repeat(*reps).to(device).contiguous()
-
-    if isinstance(value, tuple):
-        return tuple(one(t) for t in value)
-    return one(value)
 
 
 def _resolve_model(obj: Any) -> Any:
@@ -333,24 +316,17 @@ def _has_nan(value: Any) -> bool:
     return False
 
 
-def _shape(value: Any) -> str:
-    if isinstance(value, tuple):
-        return ", ".join(str(tuple(t.shape)) for t in value)
-    return str(tuple(value.shape))
-
-
 def _make_step(work: _Workload, model: Any, batch: Any, target: Any) -> Callable[[], Any]:
     import torch
     from torch import nn
 
-    args = batch if isinstance(batch, tuple) else (batch,)
     if work.mode == "inference":
         if isinstance(model, nn.Module):
             model.eval()
 
         def infer() -> Any:
             with torch.inference_mode():
-                return model(*args)
+                return call(model, batch)
 
         return infer
 
@@ -371,7 +347,10 @@ def _make_step(work: _Workload, model: Any, batch: Any, target: Any) -> Callable
 
     def train_step() -> Any:
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(*args), target)
+        out = call(model, batch)
+        # A custom loss takes the output as the model gives it; the defaults score its
+        # primary tensor (a classifier's logits, also inside a tuple or a ModelOutput).
+        loss = loss_fn(out if work.loss_fn is not None else primary_tensor(out), target)
         loss.backward()
         opt.step()
         return loss.detach()
@@ -595,8 +574,12 @@ def _run(work: _Workload) -> dict[str, Any]:
         params = sum(p.numel() for p in model.parameters())
     else:
         params = 0
-    batch = _batch(work.example_input, work.batch_size, device)
-    target = _batch(work.target, work.batch_size, device) if work.target is not None else None
+    batch = to_device(take_rows(work.example_input, work.batch_size), device)
+    target = (
+        to_device(take_rows(work.target, work.batch_size), device)
+        if work.target is not None
+        else None
+    )
     step = _make_step(work, model, batch, target)
 
     # First call: does it run at all, and are its outputs finite?
@@ -607,8 +590,7 @@ def _run(work: _Workload) -> dict[str, Any]:
         raise
     except Exception as exc:
         raise WorkloadError(
-            f"the model raised {type(exc).__name__} on input of shape {_shape(batch)}: "
-            f"{first_line(exc)}"
+            f"the model raised {type(exc).__name__} on input [{describe(batch)}]: {first_line(exc)}"
         ) from None
     if _has_nan(out):
         raise WorkloadError(
@@ -926,6 +908,7 @@ def _summarise(
         "throughput_items_per_s": windows.items / busy_s,
         "peak_memory_bytes": peak_memory_bytes,
         "macs_per_item": macs,
+        "tokens_per_item": tokens_per_item(take_rows(work.example_input, work.batch_size)),
         "params": params,
         "co2e_g_per_million_items": _carbon.co2e_g_per_million_items(energy, work.grid_g_per_kwh),
         "grid_intensity_g_per_kwh": work.grid_g_per_kwh,

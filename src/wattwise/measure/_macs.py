@@ -26,11 +26,15 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from wattwise._inputs import call
+
 __all__ = ["count_macs", "count_step_macs"]
 
 
 def count_macs(model: Any, example_input: Any) -> float:
-    """MACs of one forward call ``model(example_input)``, in eval mode and without autograd.
+    """MACs of one forward call of ``model`` on ``example_input``, in eval mode and without
+    autograd. The input is a tensor, a tuple (positional arguments) or a dict (keyword
+    arguments, e.g. ``input_ids`` and ``attention_mask``); see :func:`wattwise._inputs.call`.
 
     The model's train/eval mode is put back afterwards. A batch of one cannot go through
     BatchNorm in training mode, and eval is what a deployment runs.
@@ -49,7 +53,7 @@ def count_macs(model: Any, example_input: Any) -> float:
             module.eval()
     try:
         with torch.no_grad():
-            return count_step_macs(lambda: model(example_input))
+            return count_step_macs(lambda: call(model, example_input))
     finally:
         if module is not None and was_training:
             with contextlib.suppress(NotImplementedError):

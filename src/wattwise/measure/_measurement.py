@@ -29,6 +29,10 @@ class Measurement:
         repeated_windows: disturbed windows dropped and measured again (not in ``windows``).
         foreign_cpu_cores: the CPU cores other processes used on average during the reported
             windows; None where it was not checked (a GPU, or no ``/proc/stat``).
+        tokens_per_item: for token inputs (integer ids), the real tokens in one item of the
+            measured batch (an ``attention_mask``'s ones, else the ids' sequence length, see
+            :func:`wattwise._inputs.tokens_per_item`); None for other inputs. It gives
+            :attr:`energy_j_per_token` and :attr:`throughput_tokens_per_s`.
     """
 
     mode: str  # "inference" | "train"
@@ -60,12 +64,18 @@ class Measurement:
     disturbed_windows: int = 0
     repeated_windows: int = 0
     foreign_cpu_cores: float | None = None
+    tokens_per_item: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("energy_j_per_item", "latency_ms_p50", "throughput_items_per_s"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"Measurement.{name} must be finite and > 0, got {value!r}")
+        tokens = self.tokens_per_item
+        if tokens is not None and not (
+            isinstance(tokens, int | float) and math.isfinite(tokens) and tokens > 0
+        ):
+            raise ValueError(f"Measurement.tokens_per_item must be None or > 0, got {tokens!r}")
         if not self.energy_source.startswith(("measured:", "estimated:")):
             raise ValueError(
                 f"energy_source {self.energy_source!r} must say measured: or estimated:"
@@ -80,9 +90,26 @@ class Measurement:
         """Whether other processes' CPU load ran through some of the reported windows."""
         return self.disturbed_windows > 0
 
+    @property
+    def energy_j_per_token(self) -> float | None:
+        """Energy per real token (padding excluded); None for inputs without tokens."""
+        if self.tokens_per_item is None:
+            return None
+        return self.energy_j_per_item / self.tokens_per_item
+
+    @property
+    def throughput_tokens_per_s(self) -> float | None:
+        """Real tokens processed per second; None for inputs without tokens."""
+        if self.tokens_per_item is None:
+            return None
+        return self.throughput_items_per_s * self.tokens_per_item
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["notes"] = list(self.notes)
+        # Derived, for readers of the JSON (None without tokens); from_dict ignores them.
+        out["energy_j_per_token"] = self.energy_j_per_token
+        out["throughput_tokens_per_s"] = self.throughput_tokens_per_s
         out["schema"] = SCHEMA_VERSION
         return out
 

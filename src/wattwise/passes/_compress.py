@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wattwise._inputs import call, primary_tensor, to_device
 from wattwise.errors import InputError, WorkloadError
 from wattwise.passes._base import PASSES, CompressionLog, ModelStats, Pass, PassContext, PassRecord
 from wattwise.passes._model import count_macs, count_params, model_device, state_dict_bytes
@@ -177,8 +178,13 @@ class _OnDevice:
     def __getitem__(self, index: int) -> Any:
         item = self.data[index]
         if isinstance(item, tuple | list):
-            return type(item)(v.to(self.device) if hasattr(v, "to") else v for v in item)
-        return item.to(self.device) if hasattr(item, "to") else item
+            return type(item)(self._move(v) for v in item)
+        return self._move(item)
+
+    def _move(self, value: Any) -> Any:
+        if isinstance(value, Mapping):  # a dict input: its named tensors
+            return to_device(value, self.device)
+        return value.to(self.device) if hasattr(value, "to") else value
 
 
 def _task_on(task: Task, device: Any) -> Task:
@@ -191,7 +197,7 @@ def _task_on(task: Task, device: Any) -> Task:
         task,
         train_data=_OnDevice(task.train_data, device),  # type: ignore[arg-type]
         val_data=_OnDevice(task.val_data, device),  # type: ignore[arg-type]
-        example_input=task.example_input.to(device),
+        example_input=to_device(task.example_input, device),
     )
 
 
@@ -209,13 +215,17 @@ def _output_shape(model: nn.Module, example: Any, who: str) -> tuple[int, ...]:
 
     try:
         with torch.no_grad():
-            out = model(example)
+            out = call(model, example)
     except Exception as exc:
         raise WorkloadError(
             f"{who} fails on the task's example input: {type(exc).__name__}: {exc}"
         ) from None
-    if not isinstance(out, torch.Tensor):
-        raise WorkloadError(f"{who} returned {type(out).__name__}; compress needs a tensor output")
+    try:
+        out = primary_tensor(out)
+    except InputError:
+        raise WorkloadError(
+            f"{who} returned {type(out).__name__}; compress needs a tensor output (or logits)"
+        ) from None
     if not torch.isfinite(out.float()).all():
         raise WorkloadError(f"{who} outputs NaN or inf on the task's example input")
     return tuple(out.shape)

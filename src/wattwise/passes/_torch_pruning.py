@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from wattwise._inputs import call, primary_tensor
 from wattwise.errors import InputError
 from wattwise.passes._model import resolve_modules
 
@@ -95,7 +96,7 @@ def recurrent_swapped(
             setattr(parent, attr, module)
 
 
-def find_classifier(model: nn.Module, example: torch.Tensor) -> tuple[str, nn.Module] | None:
+def find_classifier(model: nn.Module, example: Any) -> tuple[str, nn.Module] | None:
     """The last Conv/Linear module to run in a forward pass: it makes the model's outputs."""
     import torch
     from torch import nn
@@ -108,7 +109,7 @@ def find_classifier(model: nn.Module, example: torch.Tensor) -> tuple[str, nn.Mo
     ]
     try:
         with torch.no_grad():
-            model(example)
+            call(model, example)
     finally:
         for h in hooks:
             h.remove()
@@ -200,7 +201,7 @@ class PrunerSetup:
 
 def build_pruner(
     model: nn.Module,
-    example: torch.Tensor,
+    example: Any,
     *,
     ratio: float,
     scope: str = "uniform",
@@ -255,6 +256,9 @@ def build_pruner(
                 return tp.pruner.BasePruner(
                     model,
                     example,
+                    # Our calling convention (a dict is keyword arguments); left to itself,
+                    # Torch-Pruning first tries model(*x), which unpacks a lone tensor.
+                    forward_fn=call,
                     importance=guard,
                     global_pruning=global_pruning,
                     pruning_ratio=ratio,
@@ -334,7 +338,7 @@ def taylor_gradients(model: nn.Module, task: Task) -> None:
     for i, (x, y) in enumerate(task.train_loader(seed=task.seed + 7)):
         if i >= TAYLOR_BATCHES:
             break
-        task.loss_fn(model(x), y).backward()
+        task.loss_fn(primary_tensor(call(model, x)), y).backward()
 
 
 def channels(module: Any) -> int | None:

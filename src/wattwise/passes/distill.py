@@ -42,6 +42,8 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from wattwise._core import first_line
+from wattwise._inputs import call, describe, primary_tensor, take_rows, to_device
 from wattwise.errors import InputError
 from wattwise.passes._base import Pass, PassContext, register_handler, register_pass
 from wattwise.passes._fields import choice, integer, names, number, store
@@ -257,6 +259,12 @@ def _distill(model: nn.Module, cfg: Distill, ctx: PassContext) -> nn.Module:
     ctx.metrics["teacher_accuracy"] = ctx.accuracy_before if known else task.evaluate(teacher)
 
     pairs = [tuple(item.split("=")) if "=" in item else (item, item) for item in cfg.feature_layers]
+    if pairs and not isinstance(task.example_input, torch.Tensor):
+        # The adapters match CNN feature maps, probed with a lone image batch.
+        raise InputError(
+            "Distill.feature_layers takes models with one tensor input for now; this task's "
+            f"input is {describe(task.example_input)}; distil the logits alone (no feature_layers)"
+        )
     s_store, s_handles = _features(student, [p[0] for p in pairs], "student")
     t_store, t_handles = _features(teacher, [p[1] for p in pairs], "teacher")
 
@@ -268,16 +276,16 @@ def _distill(model: nn.Module, cfg: Distill, ctx: PassContext) -> nn.Module:
             self.student = student
             self.adapters = nn.ModuleList()
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.student(x)
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            return self.student(*args, **kwargs)
 
     wrapper = Distiller()
-    example = task.example_input.to(device)
+    example = to_device(task.example_input, device)
     if pairs:
         with torch.no_grad():
             student.eval()
-            student(torch.cat([example, example]))  # batch of 2: BatchNorm in train mode later
-            teacher(torch.cat([example, example]))
+            student(take_rows(example, 2))  # batch of 2: BatchNorm in train mode later
+            teacher(take_rows(example, 2))
         for s_name, t_name in pairs:
             wrapper.adapters.append(
                 _adapter(s_store[s_name], t_store[t_name], f"{s_name}={t_name}").to(device)
@@ -290,13 +298,11 @@ def _distill(model: nn.Module, cfg: Distill, ctx: PassContext) -> nn.Module:
         bf16 = step_macs >= _BF16_MIN_MACS_PER_STEP
     T, alpha = cfg.temperature, cfg.alpha
 
-    def kd_loss(
-        m: nn.Module, x: torch.Tensor, y: torch.Tensor, use_bf16: bool = bf16
-    ) -> torch.Tensor:
+    def kd_loss(m: nn.Module, x: Any, y: torch.Tensor, use_bf16: bool = bf16) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             with torch.no_grad():
-                t_logits = teacher(x)
-            s_logits = m(x)
+                t_logits = primary_tensor(call(teacher, x))
+            s_logits = primary_tensor(call(m, x))
         s_logits, t_logits = s_logits.float(), t_logits.float()
         soft = F.kl_div(
             F.log_softmax(s_logits / T, dim=-1),
@@ -316,8 +322,15 @@ def _distill(model: nn.Module, cfg: Distill, ctx: PassContext) -> nn.Module:
         return loss
 
     if cfg.precision == "auto" and cfg.epochs > 0:
-        ctx.metrics["bf16_step_speedup"] = _bf16_speedup(wrapper, kd_loss, task)
-        speedup = ctx.metrics["bf16_step_speedup"]
+        try:
+            speedup = _bf16_speedup(wrapper, kd_loss, task)
+        except RuntimeError as exc:
+            # Some models cannot run under bf16 autocast: the teacher's fused transformer path
+            # (eval, a padding mask) fails with "expected scalar type Float but found
+            # BFloat16". "auto" then means fp32.
+            speedup, bf16 = 0.0, False
+            ctx.note(f"bf16 autocast fails on this model ({first_line(exc)}); trained in fp32")
+        ctx.metrics["bf16_step_speedup"] = speedup
         if bf16 and speedup < 1.0:
             ctx.note(
                 f"bf16 autocast was slower here (×{speedup:.2f} per step); try precision='fp32'"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, ClassVar
 
+from wattwise._inputs import call
 from wattwise.errors import InputError
 from wattwise.passes._base import Pass, PassContext, register_handler, register_pass
 from wattwise.passes._fields import choice, flag, integer, names, number
@@ -185,8 +186,8 @@ def _check_runs(model: nn.Module, task: Task) -> None:
     x = task.calibration_batches(n_items=8, batch_size=8)[0]
     try:
         with torch.no_grad():
-            model(task.example_input)
-            model(x)
+            call(model, task.example_input)
+            call(model, x)
     except Exception as exc:
         raise InputError(
             f"Prune: the pruned {type(model).__name__} no longer runs ({type(exc).__name__}: "

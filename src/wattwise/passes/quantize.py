@@ -39,6 +39,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from wattwise._core import first_line
+from wattwise._inputs import call, describe, to_device
 from wattwise.errors import InputError, UnavailableError
 from wattwise.passes._base import Pass, PassContext, register_handler, register_pass
 from wattwise.passes._fields import choice, integer, names, number
@@ -110,6 +111,12 @@ def _export(model: nn.Module, batch: torch.Tensor, method: str) -> nn.Module:
     """``torch.export`` with a dynamic batch dimension, errors as one line naming the model."""
     import torch
 
+    if not isinstance(batch, torch.Tensor):
+        # The graph is captured with one dynamic batch dimension for one tensor argument.
+        raise InputError(
+            f"Quantize({method}) takes models with one tensor input for now; this task's "
+            f"input is {describe(batch)} (use method='dynamic-int8', or deploy with onnxruntime int8)"
+        )
     if batch.shape[0] < 2:  # export specialises a batch of 1; two makes the dimension symbolic
         batch = torch.cat([batch, batch])
     try:
@@ -375,7 +382,7 @@ def _cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return CastModel(model, dtype)
 
 
-def _latency_s(model: nn.Module, x: torch.Tensor, calls: int = 10) -> float:
+def _latency_s(model: nn.Module, x: Any, calls: int = 10) -> float:
     """Median wall time of a forward call: a quick check, not the measurement harness."""
     import statistics
 
@@ -383,10 +390,10 @@ def _latency_s(model: nn.Module, x: torch.Tensor, calls: int = 10) -> float:
 
     times = []
     with torch.no_grad():
-        model(x)
+        call(model, x)
         for _ in range(calls):
             t0 = time.perf_counter()
-            model(x)
+            call(model, x)
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -401,7 +408,7 @@ def _cast(model: nn.Module, cfg: Quantize, ctx: PassContext) -> nn.Module:
             f"Quantize.skip is not supported with {cfg.method}: the whole model is cast"
         )
     device = model_device(model)
-    x = ctx.task.calibration_batches(n_items=32, batch_size=32)[0].to(device)
+    x = to_device(ctx.task.calibration_batches(n_items=32, batch_size=32)[0], device)
     before = _latency_s(model, x)
     cast = _cast_model(model, dtype)
     ratio = _latency_s(cast, x) / before

@@ -166,7 +166,7 @@ def _sparsify(model: nn.Module, cfg: Sparsify, ctx: PassContext) -> nn.Module:
     )
     what = "unstructured sparsity" if cfg.pattern == "unstructured" else "2:4 sparsity"
     verdict = "saves nothing" if latency > 0.95 else "is faster"
-    where = "dense CPU kernels" if task.example_input.device.type == "cpu" else "dense kernels"
+    where = "dense CPU kernels" if model_device(model).type == "cpu" else "dense kernels"
     ctx.note(
         f"{what} {verdict} on {where}: latency ratio {latency:.2f}, energy ratio {energy:.2f} "
         f"({after.energy_source} ±{after.energy_uncertainty:.0%}, batch {_MEASURE_BATCH})"

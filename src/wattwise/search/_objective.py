@@ -31,6 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from wattwise._inputs import call, describe, primary_tensor, take_rows
 from wattwise.errors import InputError, UnavailableError, WattwiseError, WorkloadError
 from wattwise.results import Figures
 from wattwise.search._space import Candidate, ModelChoice
@@ -112,7 +113,7 @@ def task_id(task: Task, spec: str | None) -> str:
         "spec": spec,
         "train": len(task.train_data),  # type: ignore[arg-type]
         "val": len(task.val_data),  # type: ignore[arg-type]
-        "input": list(task.example_input.shape),
+        "input": _input_id(task.example_input),
         "classes": task.num_classes,
         "epochs": task.epochs,
         "lr": task.lr,
@@ -120,6 +121,14 @@ def task_id(task: Task, spec: str | None) -> str:
         "seed": task.seed,
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _input_id(example: Any) -> Any:
+    """A tensor input by its shape (as studies before dict inputs were keyed, so they
+    resume); a tuple or dict by its shapes, dtypes and names."""
+    import torch
+
+    return list(example.shape) if isinstance(example, torch.Tensor) else describe(example)
 
 
 def model_key(ctx: JobContext, passes: Sequence[Mapping[str, Any]]) -> str:
@@ -374,8 +383,13 @@ def _same_outputs(a: nn.Module, b: nn.Module, example: Any) -> bool:
     import torch
 
     with torch.no_grad():
-        x = torch.cat([example, example])
-        ya, yb = a(x), b(x)
+        x = take_rows(example, 2)
+        ya, yb = call(a, x), call(b, x)
+    if not isinstance(ya, torch.Tensor):  # a tuple or a ModelOutput: compare what is scored
+        try:
+            ya, yb = primary_tensor(ya), primary_tensor(yb)
+        except InputError:
+            return False
     return (
         isinstance(ya, torch.Tensor)
         and isinstance(yb, torch.Tensor)

@@ -330,7 +330,7 @@ def default_space(task: Task, scenario: str = "offline", device: str = "cpu") ->
 
     available = probe_backends(device)
     cuda = device.startswith("cuda")
-    wanted = (
+    wanted: tuple[str, ...] = (
         ("eager/fp32", "eager/bf16", "compile/fp32", "compile/bf16", "compile/fp16")
         if cuda
         else (
@@ -341,6 +341,9 @@ def default_space(task: Task, scenario: str = "offline", device: str = "cpu") ->
             "onnxruntime/int8",
         )
     )
+    if not _is_one_tensor(task.example_input):
+        # PT2E int8 captures one tensor argument; a tuple or dict input cannot go through it.
+        wanted = tuple(d for d in wanted if d != "compile/int8")
     deployments = tuple(d for d in wanted if available.get(d.split("/")[0]))
     if not deployments:
         deployments = ("eager/fp32",)
@@ -348,6 +351,17 @@ def default_space(task: Task, scenario: str = "offline", device: str = "cpu") ->
     cpus = _allowed_cpus()
     threads = (0,) if cuda or cpus == 1 else (1, 0)
     return SearchSpace(tuple(models), deployments, batch_sizes, threads)
+
+
+def _is_one_tensor(example: Any) -> bool:
+    import torch
+
+    return isinstance(example, torch.Tensor)
+
+
+def _is_image_batch(example: Any) -> bool:
+    """Whether ``example`` is one image batch (N, C, H, W), which a CNN student takes."""
+    return _is_one_tensor(example) and example.dim() == 4
 
 
 def _current_width(factory: Any) -> float:
@@ -372,7 +386,7 @@ def _student_pass(task: Task, epochs: int) -> dict[str, Any] | None:
             "epochs": epochs,
         }
     example = task.example_input
-    if example.dim() == 4 and task.num_classes:
+    if _is_image_batch(example) and task.num_classes:
         return {
             "type": "distill",
             "student": "mobilenetv3_small",
