@@ -219,10 +219,12 @@ def minilm_topics(seed: int = 0) -> Task:
     """MiniLM fine-tuned to tell which CPython help topic a sentence comes from.
 
     The recipe (:data:`TOPICS_EPOCHS`, :data:`TOPICS_LR`, :data:`TOPICS_BATCH_SIZE`): Adam at
-    2e-4 for one epoch of 24 batches of 16, every weight trained. Measured with Task.fit's loop
-    on 2 CPU cores shared with other work (load average ~3), seed 0, held-out accuracy: 1 epoch
-    0.823 in 72 s; 2 epochs 0.885 in 155 s; 1 epoch at 1e-4, 0.781. Untrained: 0.115. On less
-    loaded cores a step took ~0.95 s, so the one epoch ~25 s.
+    2e-4 for one epoch of 24 batches of 16, every weight trained. Measured on 2 CPU cores
+    shared with other work, seed 0, held-out accuracy (chance 0.125, untrained 0.115):
+
+    * this recipe, ``Task.fit`` with issue 13 §1's dict inputs (load average ~2): 0.823 in 40 s;
+    * the same loop at load ~3: 0.823 in 72 s (the result is deterministic, the time is not);
+    * 2 epochs at 2e-4: 0.885 in 155 s (load ~3); 1 epoch at 1e-4: 0.781.
 
     Args:
         seed: seeds the split, the head's initialisation and the training order.
