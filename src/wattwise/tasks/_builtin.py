@@ -16,6 +16,7 @@ from wattwise.errors import InputError, UnknownNameError, WorkloadError
 from wattwise.tasks._task import Task
 from wattwise.tasks.digits import digits
 from wattwise.tasks.photos import lite0_photos
+from wattwise.tasks.text import minilm_embed, minilm_topics
 
 __all__ = ["TASKS", "get", "load_task", "names"]
 
@@ -23,6 +24,8 @@ TASKS: Registry[Callable[[], Task]] = Registry("task")
 TASKS.register("digits")(functools.partial(digits, size=8))
 TASKS.register("digits32")(functools.partial(digits, size=32))
 TASKS.register("lite0-photos")(lite0_photos)
+TASKS.register("minilm-topics")(minilm_topics)
+TASKS.register("minilm-embed")(minilm_embed)
 
 _T = TypeVar("_T")
 

@@ -238,14 +238,14 @@ def minilm_topics(seed: int = 0) -> Task:
     """
     _check_seed("minilm_topics", seed)
     data = topics_task_data(seed)
-    return Task(  # type: ignore[call-arg]  # collate_fn: Task gains it with issue 13 §1
+    return Task(
         name="minilm-topics",
         model_factory=functools.partial(
             _seeded_classifier, num_classes=len(data.corpus.topics), seed=seed
         ),
         train_data=data.train,
         val_data=data.held_out,
-        example_input=data.example_input,  # type: ignore[arg-type]  # issue 13 §1
+        example_input=data.example_input,
         collate_fn=data.collate_fn,
         num_classes=len(data.corpus.topics),
         epochs=TOPICS_EPOCHS,
@@ -270,12 +270,12 @@ def minilm_embed(seed: int = 0) -> Task:
     """
     _check_seed("minilm_embed", seed)
     data = embedding_task_data(seed)
-    return Task(  # type: ignore[call-arg]  # collate_fn: Task gains it with issue 13 §1
+    return Task(
         name="minilm-embed",
         model_factory=MiniLMEmbedder,
         train_data=data.train,
         val_data=data.held_out,
-        example_input=data.example_input,  # type: ignore[arg-type]  # issue 13 §1
+        example_input=data.example_input,
         collate_fn=data.collate_fn,
         metric=embedding_fidelity,
         loss_fn=cosine_distance,
