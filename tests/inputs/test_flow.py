@@ -4,6 +4,8 @@ in one line."""
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import pytest
 import stranger_models as sm
 import torch
@@ -13,7 +15,16 @@ import wattwise as ww
 from wattwise.errors import InputError
 from wattwise.measure._macs import count_macs
 
-FAST = {"min_window_s": 0.05, "max_time_s": 0.3, "warmup_max_s": 0.2}
+
+class _Fast(TypedDict):
+    """``measure``'s keywords for a short measurement, typed so that ``**FAST`` type-checks."""
+
+    min_window_s: float
+    max_time_s: float
+    warmup_max_s: float
+
+
+FAST: _Fast = {"min_window_s": 0.05, "max_time_s": 0.3, "warmup_max_s": 0.2}
 
 
 def text_macs(seq: int) -> int:
@@ -132,5 +143,6 @@ def test_compress_passes_take_dict_inputs_or_say_why_not(text_task) -> None:
 def test_distilling_logits_of_a_dict_input_model_trains(text_task) -> None:
     model = sm.factory()
     student, log = ww.compress(model, [ww.Distill(teacher=model, epochs=1)], task=text_task)
-    assert log.records[0].method.endswith("teacher=module")
+    method = log.records[0].method
+    assert method is not None and method.endswith("teacher=module")
     assert isinstance(student(**text_task.example_input), torch.Tensor)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import pytest
 import torch
@@ -224,12 +225,13 @@ def test_the_classifier_takes_the_dict_and_trains(minilm: object) -> None:
     assert logits.shape == (4, 8)
     torch.nn.functional.cross_entropy(logits, labels).backward()
     assert model.head.weight.grad is not None
-    assert model.bert.embeddings.word_embeddings.weight.grad is not None
+    bert: Any = model.bert  # a transformers BertModel: typed as Tensor | Module by nn
+    assert bert.embeddings.word_embeddings.weight.grad is not None
     with pytest.raises(InputError, match="num_classes must be an int >= 2"):
         MiniLMClassifier(1, bert=model.bert)
 
 
-def test_task_data_is_length_sorted_with_a_median_example(embed_data: object) -> None:
+def test_task_data_is_length_sorted_with_a_median_example(embed_data: Any) -> None:
     from wattwise.tasks.text import TextData
 
     assert isinstance(embed_data, TextData)
@@ -244,7 +246,7 @@ def test_task_data_is_length_sorted_with_a_median_example(embed_data: object) ->
 
 
 def test_reference_embeddings_are_each_sentences_own(
-    embedder: torch.nn.Module, embed_data: object
+    embedder: torch.nn.Module, embed_data: Any
 ) -> None:
     """Computed in length order, the targets are put back beside their own sentences."""
     for data in (embed_data.train, embed_data.held_out):
@@ -256,7 +258,7 @@ def test_reference_embeddings_are_each_sentences_own(
 
 
 def test_fidelity_and_retrieval_are_one_for_fp32_and_fall_when_damaged(
-    embedder: torch.nn.Module, embed_data: object
+    embedder: torch.nn.Module, embed_data: Any
 ) -> None:
     import copy
 
@@ -268,7 +270,9 @@ def test_fidelity_and_retrieval_are_one_for_fp32_and_fall_when_damaged(
     damaged = copy.deepcopy(embedder)
     torch.manual_seed(0)
     with torch.no_grad():  # noise of ~1/3 of a typical weight's size in the last layer
-        for p in damaged.bert.encoder.layer[-1].parameters():
+        damaged_bert: Any = damaged.bert
+        layers = damaged_bert.encoder.layer
+        for p in layers[-1].parameters():
             p.add_(torch.randn_like(p) * 0.02)
     fidelity = embedding_fidelity(damaged, loader)
     agreement = retrieval_agreement(damaged, loader)
