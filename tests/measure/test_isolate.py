@@ -1,8 +1,10 @@
-"""run_isolated's child output and exit: real spawned children, real pipes, real semaphores.
+"""run_isolated's children: real forked and spawned children, real pipes, real semaphores.
 
 * With ``log_path``, everything the child writes (print, sys.stderr, fd-level and C-library
   writes, warnings, even at import time of its modules) lands in the log, none of it in the
   caller's stdout or stderr; the log is capped, keeping its start and its end.
+* A child forked from the fork server gets what a spawned one would: the caller's environment,
+  path and directory at the call, its stdout and stderr; and dies with its caller.
 * A child that has answered is left to exit by itself, so the semaphores its libraries made
   are unlinked and the resource tracker has no "leaked semaphore" to warn about.
 """
@@ -15,13 +17,21 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 from pathlib import Path
 
 import pytest
 
+from wattwise.errors import InputError
 from wattwise.measure import IsolationError, run_isolated
-from wattwise.measure._isolate import LOG_MAX_BYTES, LOG_TAIL_BYTES, log_tail, output_is_logged
+from wattwise.measure._isolate import (
+    LOG_MAX_BYTES,
+    LOG_TAIL_BYTES,
+    TAME_MALLOC,
+    log_tail,
+    output_is_logged,
+)
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -150,3 +160,114 @@ def test_children_leave_no_leaked_semaphores(tmp_path: Path) -> None:
     # Left to exit, they clean up after themselves.
     stderr = _run_leak_script(tmp_path, 10.0)
     assert "leaked semaphore" not in stderr and "resource_tracker" not in stderr, stderr
+
+
+# ------------------------------------------------------------------ the fork server's children
+
+
+def environment(*names: str) -> dict[str, str | None]:
+    return {name: os.environ.get(name) for name in names}
+
+
+def where_am_i() -> tuple[str, list[str]]:
+    return os.getcwd(), list(sys.path)
+
+
+def test_each_child_gets_the_callers_environment_path_and_directory_at_the_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fork server started long before these calls (or with the first): what it had then
+    must not leak into a child, as a spawned child would not see it either."""
+    assert run_isolated(environment, "HOME")["HOME"] == os.environ.get("HOME")  # server up
+    monkeypatch.setenv("WATTWISE_ISOLATE_PROBE", "set after the server started")
+    monkeypatch.delenv("HOME", raising=False)
+    got = run_isolated(environment, "WATTWISE_ISOLATE_PROBE", "HOME", "GLIBC_TUNABLES", threads=1)
+    assert got["WATTWISE_ISOLATE_PROBE"] == "set after the server started"
+    assert got["HOME"] is None
+    assert got["GLIBC_TUNABLES"] == os.environ.get("WATTWISE_GLIBC_TUNABLES", TAME_MALLOC)
+    assert "OMP_NUM_THREADS" not in os.environ  # set for the child only
+    assert run_isolated(environment, "OMP_NUM_THREADS", threads=1)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path / "added"))
+    cwd, path = run_isolated(where_am_i)
+    assert cwd == str(tmp_path)
+    assert str(tmp_path / "added") in path
+
+
+def test_other_allocator_tunables_get_a_child_started_with_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """GLIBC_TUNABLES act when a process starts: a child that needs others than the fork
+    server's is spawned afresh with them."""
+    run_isolated(environment, "HOME")  # the server is up with the default tunables
+    other = "glibc.malloc.trim_threshold=1048576"
+    monkeypatch.setenv("WATTWISE_GLIBC_TUNABLES", other)
+    assert run_isolated(environment, "GLIBC_TUNABLES")["GLIBC_TUNABLES"] == other
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_start_method_can_be_chosen(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATTWISE_START_METHOD", method)
+    assert run_isolated(environment, "WATTWISE_START_METHOD") == {"WATTWISE_START_METHOD": method}
+
+
+def test_an_unknown_start_method_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATTWISE_START_METHOD", "fork")
+    with pytest.raises(InputError, match=r"WATTWISE_START_METHOD='fork' is not a start method"):
+        run_isolated(environment, "HOME")
+
+
+ORPHAN_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+from wattwise.measure import run_isolated
+
+def held(pid_file):
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    run_isolated(held, sys.argv[1], timeout_s=300)
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_child_dies_with_its_caller_killed_with_sigkill(
+    method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller's kill -9 takes its child with it, and the fork server: nothing is left
+    holding the caller's stdout open (a pipe reader waiting for EOF would wait for ever)."""
+    script = tmp_path / "orphan.py"
+    script.write_text(ORPHAN_SCRIPT)
+    pid_file = tmp_path / "child.pid"
+    env = dict(os.environ, PYTHONPATH=str(SRC), WATTWISE_START_METHOD=method)
+    caller = subprocess.Popen(
+        [sys.executable, str(script), str(pid_file)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        for _ in range(600):
+            if pid_file.exists() and pid_file.read_text():
+                break
+            assert caller.poll() is None, caller.communicate()
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        caller.kill()
+        caller.communicate(timeout=30)  # EOF: no child or server holds the pipes
+        for _ in range(100):
+            if not _alive(child):
+                break
+            time.sleep(0.1)
+        assert not _alive(child)
+    finally:
+        caller.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

@@ -84,7 +84,7 @@ def reaper() -> Iterator[list[subprocess.Popen[Any]]]:
 
 def _space(batch_sizes: tuple[int, ...]) -> SearchSpace:
     """The smallest useful space: the trained model, eager fp32, one thread, a few batch sizes
-    (each trial is then mostly its child process starting: ~5 s on 2 cores)."""
+    (a trial of 0.3 s measurement then takes about 1 s: its child starts from the fork server)."""
     return SearchSpace(
         models=(ModelChoice("base"),),
         deployments=("eager/fp32",),
@@ -209,7 +209,11 @@ KILL_SPACE = {
 }
 # About how long each part of a run takes on an idle 2-core machine: a kill moment is a random
 # fraction of (about) the life the next run would have, so kills land in every part of it.
-STARTUP_S, BASELINE_S, TRIAL_S, FINISH_S = 4.0, 7.0, 5.5, 4.0
+# Every other kill instead waits for the run to start a trial and strikes a random moment into
+# it: trials are short beside the rest of a run (children start in 0.05 s from the fork
+# server), and the point is trials in flight at a kill.
+KILL_MAX_TIME_S = 0.3
+STARTUP_S, BASELINE_S, TRIAL_S, FINISH_S = 4.0, 7.0, 1.0, 3.0
 
 
 @dataclasses.dataclass
@@ -307,7 +311,10 @@ class _KillCampaign:
     def cycle(self, log: Path) -> None:
         """Start a run and kill it at a random moment of the life it would have (unless it ends
         first, which only a run with the budget done may)."""
+        mid_trial = len(self.kills) % 2 == 1
         delay = self.rng.uniform(0.05, 1.0) * self.study.window_s(self.baseline_s)
+        if mid_trial:
+            delay = self.rng.uniform(0.1, 0.9) * TRIAL_S  # after the run's first trial starts
         with log.open("w") as err:
             proc = subprocess.Popen(
                 self.cmd,
@@ -317,10 +324,17 @@ class _KillCampaign:
                 start_new_session=True,
             )
             self.spawned.append(proc)
+            started = time.monotonic()
+            while mid_trial and proc.poll() is None and time.monotonic() - started < 120:
+                if any(line.startswith("[") for line in log.read_text().splitlines()):
+                    break
+                time.sleep(0.02)
             try:
                 code = proc.wait(timeout=delay)
             except subprocess.TimeoutExpired:
                 code = None
+            if mid_trial:
+                delay = time.monotonic() - started  # the kill's moment in the run's life
             if code is not None:
                 assert code == 0, f"a run exited {code}: {log.read_text()}; {self.story()}"
                 return
@@ -379,7 +393,7 @@ def test_kill_9_at_ten_random_moments_then_rerun_loses_nothing(
         "--timeout-per-trial-s",
         "200",
         "--max-time-s",
-        "0.3",
+        str(KILL_MAX_TIME_S),
     )
     runs = _KillCampaign(cmd, out, random.Random(KILL_SEED), reaper)
     clock = _Clock()
@@ -490,7 +504,12 @@ def postgres() -> Iterator[Postgres]:
 
 
 def _new_study(
-    url: str, name: str, trials: int, batch_sizes: tuple[int, ...], spec: str = "search_tasks:tiny"
+    url: str,
+    name: str,
+    trials: int,
+    batch_sizes: tuple[int, ...],
+    spec: str = "search_tasks:tiny",
+    max_time_s: float = 0.3,
 ) -> None:
     """Create a study the way ``wattwise optimize --storage URL`` does, for workers to join."""
     task = load_task(spec)
@@ -503,7 +522,7 @@ def _new_study(
         latency_p90_ms=None,
         trials=trials,
         space=_space(batch_sizes),
-        max_time_s=0.3,
+        max_time_s=max_time_s,
         timeout_per_trial_s=200,
     )
     open_study(open_storage(url), name, settings, url=url)
@@ -713,8 +732,12 @@ def test_trial_never_signed_is_failed_after_the_grace_period(
 
 # --------------------------------------------------------------------------- 3. server restart
 
-RESTART_TRIALS = 4
+RESTART_TRIALS = 5
 DOWN_S = 10.0
+# Trials long enough (about 2.5 s) that the second worker, which starts once the first has
+# measured the baseline, finds trials left to run beside it: its own start (torch, its fork
+# server) takes longer than four trials of 0.3 s each did.
+RESTART_MAX_TIME_S = 2.0
 
 
 def _worker_outcome(proc: subprocess.Popen[str], out: tuple[str, str], postgres: Postgres) -> str:
@@ -745,7 +768,7 @@ def test_postgresql_restart_under_two_workers_then_rerun_completes(
     # period stays well above the outage, so no live trial is taken for lost.
     monkeypatch.setenv(GRACE_PERIOD_ENV, "30")
     url, name = postgres.url, "restart"
-    _new_study(url, name, RESTART_TRIALS, (1, 2, 4, 16, 64))
+    _new_study(url, name, RESTART_TRIALS, (1, 2, 4, 16, 64), max_time_s=RESTART_MAX_TIME_S)
     storage = open_storage(url)
     clock = _Clock()
     # The second worker starts once the first has measured the baseline (else both would).

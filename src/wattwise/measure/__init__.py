@@ -3,7 +3,7 @@ energy meters (:mod:`wattwise.measure.meters`). Knows nothing of compression or 
 
 from wattwise._callable import make_callable
 from wattwise.measure._harness import check_device, measure
-from wattwise.measure._isolate import IsolationError, run_isolated
+from wattwise.measure._isolate import IsolationError, preload, run_isolated
 from wattwise.measure._lock import device_lock
 from wattwise.measure._measurement import Measurement
 
@@ -13,6 +13,7 @@ __all__ = [
     "check_device",
     "device_lock",
     "measure",
+    "preload",
     "run_isolated",
 ]
 

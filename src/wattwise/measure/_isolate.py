@@ -4,10 +4,18 @@ Every measurement (and later every search trial) runs through :func:`run_isolate
 
 * a segfault, an out-of-memory kill or a hang in the child fails that one call with a
   one-line reason instead of taking the caller down;
-* the child starts (``spawn``, never ``fork``) with ``GLIBC_TUNABLES`` set so glibc malloc
-  neither returns memory to the OS nor serves big blocks with ``mmap``. On our 2-core VM the
-  default allocator made one forward pass take 2652 ms in one run and 466 ms in the next
-  (page faults); with these tunables the swings went away;
+* the child runs with ``GLIBC_TUNABLES`` set so glibc malloc neither returns memory to the
+  OS nor serves big blocks with ``mmap``. On our 2-core VM the default allocator made one
+  forward pass take 2652 ms in one run and 466 ms in the next (page faults); with these
+  tunables the swings went away;
+* the child is forked from a *fork server* that was itself started with those tunables and
+  has imported torch (and what :func:`preload` names) once, never forked from the caller,
+  whose threads and state a fork would copy. A spawned child spent about 2.5 s of a 3 s
+  confirmation run importing torch; forked from the server it starts in 0.05 s. The child
+  gets what a spawned one would: the caller's environment, ``sys.path``, working directory
+  and file descriptors 1 and 2 as they are at the call, not as they were when the server
+  started. ``WATTWISE_START_METHOD=spawn`` (or a platform without ``forkserver``) spawns
+  every child afresh instead;
 * threads are pinned: ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` and CPU affinity;
 * with ``log_path``, whatever the child writes to its stdout and stderr (the user's prints,
   C libraries writing to fd 1 and 2, warnings) goes to that file instead of the caller's
@@ -57,6 +65,33 @@ class IsolationError(errors.WorkloadError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+# Imported once by the fork server, so that no child pays for them. torch._dynamo is there
+# because counting MACs (FlopCounterMode) and torch.export import it in most children.
+_PRELOAD = ["torch", "torch._dynamo", "wattwise.measure._harness"]
+_server_tunables: str | None = None  # GLIBC_TUNABLES the fork server was started with
+
+
+def preload(*modules: str) -> None:
+    """Ask the fork server to import ``modules`` when it starts (no effect once it has).
+
+    A module that fails to import there is skipped; the child imports it itself.
+    """
+    for name in modules:
+        if name not in _PRELOAD:
+            _PRELOAD.append(name)
+
+
+def _start_method() -> str:
+    wanted = os.environ.get("WATTWISE_START_METHOD", "forkserver")
+    if wanted not in ("forkserver", "spawn"):
+        raise errors.InputError(
+            f"WATTWISE_START_METHOD={wanted!r} is not a start method: use forkserver or spawn"
+        )
+    if wanted == "forkserver" and "forkserver" in mp.get_all_start_methods():
+        return "forkserver"
+    return "spawn"
 
 
 def child_env(threads: int | None) -> dict[str, str]:
@@ -116,8 +151,67 @@ def _send_output_to(out: Connection) -> None:
     _logged = True
 
 
-def _child_main(conn: Connection, out: Connection | None, payload: bytes) -> None:
+class _Fds:
+    """File descriptors of the caller's that the child gets when it starts, whatever the start
+    method (multiprocessing sends them with the child, duplicated)."""
+
+    def __init__(self, *fds: int) -> None:
+        self.fds = fds
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from multiprocessing import reduction
+
+        return (_received_fds, tuple(reduction.DupFd(fd) for fd in self.fds))
+
+
+def _received_fds(*dups: Any) -> list[int]:
+    return [dup.detach() for dup in dups]
+
+
+def _hold_lifeline(fd: int) -> None:
+    """Kill this child when its caller dies: the caller holds the pipe's other end, and the
+    kernel closes it when the caller exits, however it exits (kill -9 included). An orphaned
+    trial would otherwise run, and hold the device's measurement lock, for minutes. The caller
+    closes its end only once this child has exited."""
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(fd, 1):
+                pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="wattwise-lifeline", daemon=True).start()
+
+
+def _point_std_fds(out: int, err: int) -> None:
+    """Write where the caller's fd 1 and 2 point now (a forked child would otherwise write
+    where the fork server's did when it started)."""
+    for fd, target in ((out, 1), (err, 2)):
+        os.dup2(fd, target)
+        os.close(fd)
+
+
+def _adopt(env: dict[str, str]) -> None:
+    """Make this (forked) child's environment the caller's, as a spawned child's would be."""
+    os.environ.clear()
+    os.environ.update(env)
+
+
+def _child_main(
+    conn: Connection,
+    out: Connection | None,
+    payload: bytes,
+    fds: list[int],
+    env: dict[str, str] | None = None,
+) -> None:
     try:
+        _hold_lifeline(fds[0])
+        if env is not None:  # forked from the server
+            if os.environ.get("GLIBC_TUNABLES") != env.get("GLIBC_TUNABLES"):
+                conn.send(("respawn",))  # a server started with other tunables: not ours
+                return
+            _adopt(env)
+            _point_std_fds(fds[1], fds[2])
         if out is not None:
             _send_output_to(out)
         # Unpickled only now, with the output redirected: unpickling imports the user's
@@ -162,34 +256,9 @@ def run_isolated(
         payload = pickle.dumps((func, args), protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise _unpicklable(what, exc) from None
-    ctx = mp.get_context("spawn")
-    recv, send = ctx.Pipe(duplex=False)
-    log = _LogWriter(Path(log_path), ctx) if log_path is not None else None
-    proc = ctx.Process(
-        target=_child_main, args=(send, log.child_end if log else None, payload), daemon=True
-    )
-    try:
-        with _environ(child_env(threads)):
-            proc.start()
-    except Exception as exc:
-        recv.close()
-        send.close()
-        if log is not None:
-            log.close()
-        raise _unpicklable(what, exc) from None
-    send.close()
-    if log is not None:
-        log.start()
-    try:
-        message = _receive(recv, proc, timeout_s, what)
-        proc.join(EXIT_GRACE_S)  # let it exit by itself: see the module's docstring
-    finally:
-        recv.close()
-        if proc.is_alive():
-            proc.kill()
-        proc.join(5)
-        if log is not None:
-            log.close()
+    message = _run_child(_start_method(), payload, threads, timeout_s, what, log_path)
+    if message[0] == "respawn":
+        message = _run_child("spawn", payload, threads, timeout_s, what, log_path)
     status = message[0]
     if status == "ok":
         return message[1]
@@ -210,6 +279,66 @@ def run_isolated(
     if hasattr(error, "add_note"):  # Python >= 3.11
         error.add_note(f"in the child process:\n{tb}")
     raise error
+
+
+def _run_child(
+    method: str,
+    payload: bytes,
+    threads: int | None,
+    timeout_s: float,
+    what: str,
+    log_path: str | os.PathLike[str] | None,
+) -> tuple[Any, ...]:
+    """Start one child by ``method``, wait for its message and for it to exit."""
+    global _server_tunables
+    ctx: Any = mp.get_context(method)  # Spawn or ForkServer context: both make Processes
+    env = child_env(threads)
+    args: tuple[Any, ...] = ()
+    if method == "forkserver":
+        if _server_tunables is None:
+            ctx.set_forkserver_preload(list(_PRELOAD))
+            _server_tunables = env["GLIBC_TUNABLES"]
+        elif _server_tunables != env["GLIBC_TUNABLES"]:
+            return ("respawn",)
+    life_read, life_write = os.pipe()
+    fds = _Fds(life_read, 1, 2) if method == "forkserver" else _Fds(life_read)
+    if method == "forkserver":
+        args = (dict(os.environ, **env),)
+    recv, send = ctx.Pipe(duplex=False)
+    log = _LogWriter(Path(log_path), ctx) if log_path is not None else None
+    proc = ctx.Process(
+        target=_child_main,
+        args=(send, log.child_end if log else None, payload, fds, *args),
+        daemon=True,
+    )
+    try:
+        # The environment a spawned child (or the fork server, at its start) copies.
+        with _environ(env):
+            proc.start()
+    except Exception as exc:
+        recv.close()
+        send.close()
+        os.close(life_read)
+        os.close(life_write)
+        if log is not None:
+            log.close()
+        raise _unpicklable(what, exc) from None
+    send.close()
+    os.close(life_read)
+    if log is not None:
+        log.start()
+    try:
+        message = _receive(recv, proc, timeout_s, what)
+        proc.join(EXIT_GRACE_S)  # let it exit by itself: see the module's docstring
+    finally:
+        recv.close()
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5)
+        os.close(life_write)  # the child has exited (or is beyond help): see _hold_lifeline
+        if log is not None:
+            log.close()
+    return message
 
 
 def _unpicklable(what: str, exc: Exception) -> errors.InputError:

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 CACHE_FORMAT = 1
 
 __all__ = [
+    "JOB_IMPORTS",
     "JobContext",
     "TaskRef",
     "baseline_job",
@@ -52,6 +53,20 @@ __all__ = [
     "export_job",
     "trial_job",
 ]
+
+# What a search's children import (trials export to ONNX and run ONNX Runtime, prune with
+# Torch-Pruning): the fork server imports it once instead (see measure/_isolate.py). torchao
+# is left out: its import prints warnings, which from the server would reach the terminal.
+JOB_IMPORTS = (
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "torch_pruning",
+    "wattwise.search._objective",
+    "wattwise.deploy",
+    "wattwise.passes",
+    "wattwise.tasks",
+)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -150,8 +165,10 @@ def model_key(ctx: JobContext, passes: Sequence[Mapping[str, Any]]) -> str:
 def _die_with_parent() -> None:
     """Set up a job's child process.
 
-    Ask Linux to kill this child when its parent dies (kill -9 of a worker): an orphaned trial
-    would otherwise keep running, and keep the device's measurement lock, for minutes. And,
+    Ask Linux to kill this child when its parent dies, as a second guard beside
+    ``run_isolated``'s lifeline (which a child stuck in C code holding the GIL could not act
+    on): an orphaned trial would otherwise keep running, and keep the device's measurement
+    lock, for minutes. Its parent is the fork server, which exits when its caller does. And,
     unless its output goes to a log file, silence library warnings and log lines (torch,
     torchao, onnx): the child then shares the parent's terminal, where they would tear the
     progress bar; a trial's failure is reported with its reason instead. In a log they help

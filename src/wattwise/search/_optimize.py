@@ -43,7 +43,14 @@ from wattwise.results import (
 )
 from wattwise.search._confirm import DEFAULT_ROUNDS, confirm, confirm_plan
 from wattwise.search._liveness import count_trials, counts_for_budget
-from wattwise.search._objective import JobContext, TaskRef, baseline_job, export_job, task_id
+from wattwise.search._objective import (
+    JOB_IMPORTS,
+    JobContext,
+    TaskRef,
+    baseline_job,
+    export_job,
+    task_id,
+)
 from wattwise.search._outdir import check_out_dir
 from wattwise.search._progress import SearchProgress, describe_figures
 from wattwise.search._rows import trial_rows
@@ -423,7 +430,9 @@ def _ensure_baseline(
     the_study: optuna.Study, settings: SearchSettings, ctx: JobContext, progress: SearchProgress
 ) -> dict[str, Any]:
     """The study's baseline: measured once (stored in the study), reused by every run."""
-    from wattwise.measure import run_isolated
+    from wattwise.measure import preload, run_isolated
+
+    preload(*JOB_IMPORTS)  # the first child of a search starts the fork server
 
     stored = the_study.user_attrs.get(BASELINE_ATTR)
     cache = Path(ctx.cache_dir) / "models"
