@@ -142,3 +142,51 @@ def test_padded_batches_of_different_lengths_check_a_deployment() -> None:
         batch_size=8,
     )
     assert dep.check is not None and dep.check.passed and dep.check.items > 8
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8-dynamic"])
+def test_onnxruntime_serves_every_sequence_length_from_one_export(precision: str) -> None:
+    """A text task pads each batch to its own longest sentence: the exported model must take
+    any length, not only the example's (before, ONNX Runtime refused "index: 1 Got: 7
+    Expected: 20"). int8-dynamic needs no calibration: each call quantizes its own ranges."""
+    model = sm.factory().eval()
+    dep = ww.deploy(
+        model, backend="onnxruntime", precision=precision, example_input=model.example_input
+    )
+    assert dep.check is not None and dep.check.passed, dep.check
+    assert not any("sequence length" in note for note in dep.notes), dep.notes
+    for length in (3, 7, 33):
+        x = {
+            "input_ids": torch.randint(
+                1, sm.VOCAB, (5, length), generator=torch.Generator().manual_seed(length)
+            ),
+            "attention_mask": torch.ones(5, length, dtype=torch.long),
+        }
+        with torch.inference_mode():
+            got, want = dep(**x), model(**x)
+        assert got.shape == want.shape == (5, sm.CLASSES)
+        # int8 on a random-weight model's three small logits: a few tenths of error at most
+        # (a wrong length or a broken graph gives errors of order one).
+        rel = float((got - want).norm() / want.norm())
+        assert rel < (1e-4 if precision == "fp32" else 0.3), (length, rel)
+
+
+def test_int8_dynamic_quantizes_the_linear_layers_at_run_time() -> None:
+    import onnx
+
+    model = sm.factory().eval()
+    dep = ww.deploy(
+        model, backend="onnxruntime", precision="int8-dynamic", example_input=model.example_input
+    )
+    ops = {node.op_type for node in onnx.load_from_string(dep.onnx_bytes).graph.node}
+    assert "DynamicQuantizeLinear" in ops or "DynamicQuantizeMatMul" in ops, ops
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops, ops
+    assert "QuantizeLinear" not in ops  # no calibrated (static) activation ranges
+
+
+def test_a_torch_backend_names_what_it_runs_for_int8_dynamic() -> None:
+    model = sm.factory().eval()
+    with pytest.raises(InputError, match="int8-dynamic"):
+        ww.deploy(
+            model, backend="eager", precision="int8-dynamic", example_input=model.example_input
+        )

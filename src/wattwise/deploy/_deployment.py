@@ -18,7 +18,7 @@ from wattwise.errors import InputError
 
 __all__ = ["CALIBRATION_METHODS", "PRECISIONS", "Deployment"]
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-dynamic")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 _DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 
@@ -30,9 +30,12 @@ class Deployment(Config):
 
     Attributes:
         backend: a name in :data:`BACKENDS` (``eager``, ``eager_cl``, ``compile``, ``onnxruntime``).
-        precision: ``fp32``, ``bf16``, ``fp16`` or ``int8``; which ones a backend runs is checked
-            when the deployment is prepared (:func:`deploy`), because ``int8`` on the torch
-            backends depends on the model (it must already be PT2E-quantized).
+        precision: ``fp32``, ``bf16``, ``fp16``, ``int8`` (int8 activations with ranges
+            calibrated beforehand) or ``int8-dynamic`` (int8 weights; each activation
+            quantized at run time from its range in that call, so no calibration); which ones
+            a backend runs is checked when the deployment is prepared (:func:`deploy`),
+            because ``int8`` on the torch backends depends on the model (it must already be
+            PT2E-quantized).
         batch_size: items per call.
         threads: intra-op threads; ``None`` lets the runtime choose (all allowed cores).
         device: ``cpu``, ``cuda`` or ``cuda:N``.

@@ -1,4 +1,5 @@
-"""The ``onnxruntime`` backend: ONNX export, static QDQ int8 quantization, and the session.
+"""The ``onnxruntime`` backend: ONNX export, int8 quantization (static QDQ, or dynamic), and
+the session.
 
 Export uses the dynamo exporter (``torch.onnx.export(..., dynamo=True)``, which needs
 onnxscript) and falls back to the TorchScript exporter when onnxscript is missing or the dynamo
@@ -12,6 +13,10 @@ MinMax, Entropy and Percentile all kept 1.000, and MinMax is deterministic and t
 (``tests/deploy/test_deploy_ort.py`` holds the 1-point bound for MinMax). Entropy and
 Percentile are selectable through ``Deployment.calibration_method`` for models whose
 activations have outliers.
+
+Precision ``int8-dynamic`` quantizes activations at run time instead (Optimum's CPU
+recipe for transformers, :func:`quantize_dynamic_int8`): no calibration data, and each call's
+own ranges, which suits activations whose range changes with the sentence.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ OPSET = 18  # the dynamo exporter's native opset; QDQ per-channel needs >= 13
 
 
 def export_onnx(model: Any, example_input: Batch) -> tuple[bytes, list[str]]:
-    """Export ``model`` to ONNX bytes with a dynamic batch dimension on every input and output.
+    """Export ``model`` to ONNX bytes with a dynamic batch dimension on every input and output,
+    and a dynamic sequence dimension on token inputs where the model allows it.
 
     Args:
         model: an ``nn.Module`` in eval mode, on CPU.
@@ -56,23 +62,33 @@ def export_onnx(model: Any, example_input: Batch) -> tuple[bytes, list[str]]:
     notes: list[str] = []
     errors: list[str] = []
     if importlib.util.find_spec("onnxscript") is not None:
-        try:
-            batch = torch.export.Dim("batch")
-            with quiet():
-                program = torch.onnx.export(
-                    model,
-                    args,
-                    dynamo=True,
-                    dynamic_shapes=tuple({0: batch} for _ in args),
-                    input_names=input_names,
-                    opset_version=OPSET,
-                    optimize=True,
-                    verbose=False,
-                )
-            assert program is not None
-            return program.model_proto.SerializeToString(), notes
-        except Exception as exc:
-            errors.append(f"dynamo exporter: {type(exc).__name__}: {first_line(exc)}")
+        # Token inputs first with their sequence dimension dynamic too, so one model serves
+        # every length a text task batches (its batches are padded to their longest item
+        # only); a model that fixes its length is exported again with the batch alone dynamic.
+        shapes = [_dynamic_dims(args, sequence=True), _dynamic_dims(args, sequence=False)]
+        for dynamic_shapes in dict.fromkeys(shapes):  # once when there is no token input
+            try:
+                with quiet():
+                    program = torch.onnx.export(
+                        model,
+                        args,
+                        dynamo=True,
+                        dynamic_shapes=_as_dims(model, dynamic_shapes),
+                        input_names=input_names,
+                        opset_version=OPSET,
+                        optimize=True,
+                        verbose=False,
+                    )
+                assert program is not None
+                if dynamic_shapes != shapes[0]:
+                    notes.append(
+                        f"exported for sequence length {_lengths(args)} only: with it dynamic "
+                        f"the export failed ({errors[-1]})"
+                    )
+                    errors.clear()
+                return program.model_proto.SerializeToString(), notes
+            except Exception as exc:
+                errors.append(f"dynamo exporter: {type(exc).__name__}: {first_line(exc)}")
     else:
         errors.append("dynamo exporter: onnxscript is not installed")
     # The TorchScript exporter: deprecated, but it still covers models dynamo can't trace.
@@ -94,6 +110,42 @@ def export_onnx(model: Any, example_input: Batch) -> tuple[bytes, list[str]]:
         raise WorkloadError("cannot export the model to ONNX; " + "; ".join(errors)) from None
     notes.append("exported with the TorchScript exporter (" + "; ".join(errors) + ")")
     return buf.getvalue(), notes
+
+
+def _dynamic_dims(args: Batch, *, sequence: bool) -> tuple[tuple[int, ...], ...]:
+    """Each input's dynamic dimensions: the batch (dim 0) always; with ``sequence``, dim 1 of
+    integer inputs of two or more dimensions too (token ids and their masks)."""
+    return tuple(
+        (0, 1)
+        if sequence and t.dim() >= 2 and not t.is_floating_point() and not t.is_complex()
+        else (0,)
+        for t in args
+    )
+
+
+def _as_dims(model: Any, spec: tuple[tuple[int, ...], ...]) -> tuple[Any, ...]:
+    """``spec`` as ``torch.export``'s ``dynamic_shapes`` for ``model``'s forward. ``Dim.DYNAMIC``
+    lets the export find each size's range (BERT's positions stop at 512) and which inputs
+    share one (ids and mask); a forward taking ``*args`` (a dict-input model behind
+    :class:`~wattwise.deploy._named.ByPosition`) gets them as its one argument."""
+    import inspect
+
+    import torch
+
+    dims = tuple({d: torch.export.Dim.DYNAMIC for d in each} for each in spec)
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return dims
+    if len(params) == 1 and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
+        return (dims,)
+    return dims
+
+
+def _lengths(args: Batch) -> str:
+    return "/".join(
+        str(int(t.shape[1])) for t in args if t.dim() >= 2 and not t.is_floating_point()
+    )
 
 
 def quantize_int8(
@@ -182,12 +234,54 @@ def quantize_int8(
             return result.read(), notes
 
 
+def quantize_dynamic_int8(onnx_bytes: bytes) -> tuple[bytes, list[str]]:
+    """Dynamic int8 quantization, the recipe Hugging Face Optimum applies for CPUs: int8
+    weights (per output channel), and each activation quantized at run time from the range it
+    has in that call (``DynamicQuantizeLinear`` feeding ``MatMulInteger``), so nothing is
+    calibrated. Linear layers (``MatMul``/``Gemm``) and attention's matmuls are quantized; for
+    transformers that is nearly all of the arithmetic.
+
+    Returns:
+        The quantized model and notes.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="wattwise-quant-") as tmp:
+        fp32 = os.path.join(tmp, "fp32.onnx")
+        pre = os.path.join(tmp, "pre.onnx")
+        out = os.path.join(tmp, "int8.onnx")
+        with open(fp32, "wb") as fh:
+            fh.write(onnx_bytes)
+        source = fp32
+        try:
+            with quiet():
+                quant_pre_process(fp32, pre, skip_symbolic_shape=False)
+            source = pre
+        except Exception as exc:
+            notes.append(
+                f"quantization pre-processing skipped ({type(exc).__name__}: {first_line(exc)})"
+            )
+        with quiet():
+            quantize_dynamic(
+                source,
+                out,
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul", "Gemm"],
+            )
+        with open(out, "rb") as result:
+            return result.read(), notes
+
+
 @BACKENDS.register("onnxruntime")
 class OrtBackend(Backend):
-    """Export to ONNX and run with ONNX Runtime; int8 by static QDQ quantization."""
+    """Export to ONNX and run with ONNX Runtime; int8 by static QDQ quantization, int8-dynamic
+    by dynamic quantization."""
 
     name = "onnxruntime"
-    precisions = ("fp32", "fp16", "int8")
+    precisions = ("fp32", "fp16", "int8", "int8-dynamic")
 
     @classmethod
     def probe(cls, device: str = "cpu") -> Availability:
@@ -219,6 +313,8 @@ class OrtBackend(Backend):
             return "its CPU provider lacks fp16 kernels for most operators; use fp32 or int8 on CPU, fp16 on CUDA"
         if precision == "int8" and device != "cpu":
             return "static QDQ int8 runs through its CPU kernels; on CUDA only TensorRT would make it pay"
+        if precision == "int8-dynamic" and device != "cpu":
+            return "its dynamic int8 kernels (MatMulInteger) are CPU kernels; use fp16 on CUDA"
         return super().unsupported(precision, device, model)
 
     def precision_notes(self, precision: str, device: str) -> list[str]:
@@ -242,7 +338,10 @@ class OrtBackend(Backend):
             example_input = tuple(t.half() if t.is_floating_point() else t for t in example_input)
         onnx_bytes, export_notes = export_onnx(model, example_input)
         notes.extend(export_notes)
-        if deployment.precision == "int8":
+        if deployment.precision == "int8-dynamic":
+            onnx_bytes, quant_notes = quantize_dynamic_int8(onnx_bytes)
+            notes.extend(quant_notes)
+        elif deployment.precision == "int8":
             onnx_bytes, quant_notes = quantize_int8(
                 onnx_bytes, calibration, method=deployment.calibration_method
             )
