@@ -178,6 +178,7 @@ def test_int8_dynamic_quantizes_the_linear_layers_at_run_time() -> None:
     dep = ww.deploy(
         model, backend="onnxruntime", precision="int8-dynamic", example_input=model.example_input
     )
+    assert dep.onnx_bytes is not None
     ops = {node.op_type for node in onnx.load_from_string(dep.onnx_bytes).graph.node}
     assert "DynamicQuantizeLinear" in ops or "DynamicQuantizeMatMul" in ops, ops
     assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops, ops

@@ -81,3 +81,62 @@ def resolve_modules(
             )
         out[name] = table[name]
     return out
+
+
+# -- the stack of repeated layers -------------------------------------------------------------
+
+
+def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """The model's stack of repeated layers (a transformer's encoder blocks): the
+    ``nn.ModuleList`` of two or more modules of one class that holds the most parameters, with
+    its name; ``None`` if the model has none."""
+    from torch import nn
+
+    best: tuple[int, str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) < 2:
+            continue
+        if len({type(child) for child in module}) != 1:
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if size and (best is None or size > best[0]):
+            best = (size, name, module)
+    return None if best is None else (best[1], best[2])
+
+
+def keep_layers(model: nn.Module, keep: float) -> tuple[str, int, list[int]]:
+    """Cut ``model``'s :func:`layer_stack` to ``keep`` of its layers, in place: every other
+    layer for 0.5 (DistilBERT's initialisation of a student from its teacher), evenly spaced
+    from the first. Counts the model keeps of its layers (``num_layers`` of
+    ``nn.TransformerEncoder``, ``config.num_hidden_layers`` of Hugging Face models) follow.
+
+    Returns:
+        The stack's name, how many layers it had, and the indices kept.
+
+    Raises:
+        InputError: the model has no stack of repeated layers, or too few to drop any.
+    """
+    from torch import nn
+
+    found = layer_stack(model)
+    if found is None:
+        raise InputError(
+            f"{type(model).__name__} has no stack of repeated layers (an nn.ModuleList of "
+            "blocks of one class) to drop layers from"
+        )
+    name, stack = found
+    n = len(stack)
+    k = max(1, round(n * keep))
+    if k >= n:
+        raise InputError(f"keeping {keep:g} of the {n} layers of {name} keeps them all")
+    kept = [i * n // k for i in range(k)]
+    layers = [stack[i] for i in kept]
+    owner = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(owner, name.rpartition(".")[2], nn.ModuleList(layers))
+    for module in model.modules():
+        if getattr(module, "num_layers", None) == n:
+            setattr(module, "num_layers", k)  # noqa: B010  (an nn.Module attribute mypy can't see)
+        config = getattr(module, "config", None)
+        if getattr(config, "num_hidden_layers", None) == n:
+            config.num_hidden_layers = k  # type: ignore[union-attr]
+    return name, n, kept

@@ -15,6 +15,11 @@ Two uses:
 
 * **after pruning or quantization**, recover accuracy: ``Distill()`` trains the model entering
   the pass against the model *before compression* (``teacher=None`` → ``"original"``);
+* **a shallower student from the teacher's own layers** (DistilBERT, Sanh et al. 2019):
+  ``Distill(student="layers", student_kwargs={"keep": 0.5})`` copies the model entering the
+  pass, keeps every other block of its stack of repeated layers (a transformer's encoder
+  layers), and trains that against the model entering the pass; any model with such a stack
+  gets a student, whether or not its factory takes ``width``;
 * **train an efficient student**: ``Distill(student="mobilenetv3_small",
   student_kwargs={"width": 0.5, "num_classes": 10, "in_chans": 1})`` replaces the model with a
   new network from :func:`wattwise.archs.create` (or ``student="task"``: the task's own model
@@ -47,7 +52,7 @@ from wattwise._inputs import call, describe, primary_tensor, take_rows, to_devic
 from wattwise.errors import InputError
 from wattwise.passes._base import Pass, PassContext, register_handler, register_pass
 from wattwise.passes._fields import choice, integer, names, number, store
-from wattwise.passes._model import count_macs, model_device
+from wattwise.passes._model import count_macs, keep_layers, model_device
 
 if TYPE_CHECKING:
     import torch
@@ -85,8 +90,12 @@ class Distill(Pass):
             in both networks) or ``"student_name=teacher_name"``.
         feature_weight: weight of the feature term.
         student: ``None`` (train the model entering the pass), an architecture name from
-            :mod:`wattwise.archs`, or ``"task"`` (the task's model factory).
-        student_kwargs: keyword arguments for the student's factory.
+            :mod:`wattwise.archs`, ``"task"`` (the task's model factory), or ``"layers"``: the
+            model entering the pass with part of its stack of repeated layers dropped, the rest
+            keeping the teacher's weights (DistilBERT's recipe; for models whose factory takes
+            no ``width``).
+        student_kwargs: keyword arguments for the student's factory; for ``"layers"``,
+            ``{"keep": 0.5}`` (the fraction of layers kept, evenly spaced from the first).
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (autocast) for the training.
 
     Example:
@@ -139,6 +148,16 @@ class Distill(Pass):
             )
         if self.student_kwargs and self.student is None:
             raise InputError("Distill.student_kwargs is set but Distill.student is not")
+        if self.student == "layers":
+            extra = set(self.student_kwargs) - {"keep"}
+            keep = self.student_kwargs.get("keep", 0.5)
+            if extra or isinstance(keep, bool) or not isinstance(keep, int | float):
+                raise InputError(
+                    "Distill.student 'layers' takes student_kwargs {'keep': a fraction}, got "
+                    f"{self.student_kwargs!r}"
+                )
+            if not 0 < keep < 1:
+                raise InputError(f"Distill.student_kwargs keep must be in (0, 1), got {keep!r}")
         store(self, "student_kwargs", dict(self.student_kwargs))
         choice(self, "precision", PRECISIONS)
 
@@ -176,10 +195,15 @@ def _bf16_native(device: torch.device) -> bool:
     return any(bool(getattr(torch.cpu, c, lambda: False)()) for c in checks)
 
 
-def _make_student(cfg: Distill, task: Task) -> nn.Module:
+def _make_student(cfg: Distill, task: Task, model: nn.Module, ctx: PassContext) -> nn.Module:
     from torch import nn
 
     kwargs = dict(cfg.student_kwargs)
+    if cfg.student == "layers":
+        student = copy.deepcopy(model)
+        name, had, kept = keep_layers(student, float(kwargs.get("keep", 0.5)))
+        ctx.note(f"student: {len(kept)} of the {had} layers of {name} (kept {kept})")
+        return student
     try:
         if cfg.student == "task":
             student = task.model_factory(**kwargs)  # type: ignore[call-arg]
@@ -248,7 +272,7 @@ def _distill(model: nn.Module, cfg: Distill, ctx: PassContext) -> nn.Module:
         teacher = ctx.original_model()
     else:
         teacher = model
-    student = _make_student(cfg, task) if cfg.student is not None else model
+    student = _make_student(cfg, task, model, ctx) if cfg.student is not None else model
     if teacher is student:  # self-distillation: learn from a frozen snapshot, not a moving target
         teacher = copy.deepcopy(model)
     teacher.eval()

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from wattwise._core import SCENARIOS
+from wattwise._inputs import is_token_input
 from wattwise.errors import InputError
 from wattwise.results import DEPLOYMENT_KEYS
 
@@ -301,10 +302,13 @@ def _allowed_cpus() -> int:
 def default_space(task: Task, scenario: str = "offline", device: str = "cpu") -> SearchSpace:
     """The space the default search explores for ``task``.
 
-    Models: the baseline, 30% and 50% channel pruning with fine-tuning, and (when the task's
-    model factory takes ``width``, or the task is an image classification with known classes)
-    a distilled student of half the task model's width. Deployments: what the backends can run on ``device`` here
-    (``wattwise doctor`` lists why one cannot). Offline batches 1 to 256; online batch 1.
+    Models: the baseline, 30% and 50% channel pruning with fine-tuning, and a distilled
+    student: half the task model's width when its factory takes ``width`` (or a MobileNetV3
+    for an image classification with known classes), else, for a model with a stack of
+    repeated layers (a transformer), half its layers initialised from the teacher's.
+    Deployments: what the backends can run on ``device`` here (``wattwise doctor`` lists why
+    one cannot), with ONNX Runtime's dynamic int8 for token inputs. Offline batches 1 to 256;
+    online batch 1.
     """
     from wattwise.deploy import probe_backends
 
@@ -326,7 +330,8 @@ def default_space(task: Task, scenario: str = "offline", device: str = "cpu") ->
     ]
     student = _student_pass(task, epochs)
     if student is not None:
-        models.append(ModelChoice("distill-w0.5", (student,)))
+        name = "distill-layers0.5" if student["student"] == "layers" else "distill-w0.5"
+        models.append(ModelChoice(name, (student,)))
 
     available = probe_backends(device)
     cuda = device.startswith("cuda")
@@ -344,6 +349,9 @@ def default_space(task: Task, scenario: str = "offline", device: str = "cpu") ->
     if not _is_one_tensor(task.example_input):
         # PT2E int8 captures one tensor argument; a tuple or dict input cannot go through it.
         wanted = tuple(d for d in wanted if d != "compile/int8")
+    if not cuda and is_token_input(task.example_input):
+        # A transformer's activations change range with each sentence: quantized per call.
+        wanted = (*wanted, "onnxruntime/int8-dynamic")
     deployments = tuple(d for d in wanted if available.get(d.split("/")[0]))
     if not deployments:
         deployments = ("eager/fp32",)
@@ -397,13 +405,32 @@ def _student_pass(task: Task, epochs: int) -> dict[str, Any] | None:
             },
             "epochs": epochs,
         }
+    if _has_layer_stack(task):
+        return {
+            "type": "distill",
+            "student": "layers",
+            "student_kwargs": {"keep": 0.5},
+            "epochs": epochs,
+        }
     return None
+
+
+def _has_layer_stack(task: Task) -> bool:
+    """Whether the task's model has a stack of repeated layers to halve (built once to see)."""
+    from wattwise.passes._model import layer_stack
+
+    try:
+        found = layer_stack(task.model_factory())
+    except Exception:  # a factory that fails here fails the baseline too, with its reason
+        return False
+    return found is not None and len(found[1]) >= 2
 
 
 def seed_params(space: SearchSpace) -> list[dict[str, Any]]:
     """Known-good starting points, enqueued before the sampler takes over.
 
-    int8 with ONNX Runtime at the largest batch for the baseline, the pruned models and the
+    For token inputs, ONNX Runtime's dynamic int8 at the largest batch for the student, then
+    the baseline. Then int8 with ONNX Runtime at the largest batch for the baseline, the pruned models and the
     distilled student; the student's int8 on the other runtime (compile); batching alone (fp32
     eager); int8 with compile; a pruned model compiled at one thread. Points outside ``space``
     are left out.
@@ -422,6 +449,8 @@ def seed_params(space: SearchSpace) -> list[dict[str, Any]]:
     students = [m.name for m in space.models if m.student]
     # Cheap and likely-good first: a small budget should already hold a good front.
     wishes: list[tuple[str, str, int, int]] = [
+        *((s, "onnxruntime/int8-dynamic", big, all_threads) for s in students[:1]),
+        ("base", "onnxruntime/int8-dynamic", big, all_threads),
         ("base", "onnxruntime/int8", big, all_threads),
         ("prune50", "onnxruntime/int8", big, one),
         *((s, "onnxruntime/int8", big, one) for s in students[:1]),
