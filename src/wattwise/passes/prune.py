@@ -26,8 +26,9 @@ The Torch-Pruning side of this (stand-ins, frozen groups, the cap) is the adapte
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from wattwise._core import first_line
 from wattwise._inputs import call
 from wattwise.errors import InputError
 from wattwise.passes._base import Pass, PassContext, register_handler, register_pass
@@ -180,16 +181,43 @@ def _prune(model: nn.Module, cfg: Prune, ctx: PassContext) -> nn.Module:
 
 
 def _check_runs(model: nn.Module, task: Task) -> None:
-    """The pruned model must still run on real batches (a missed coupling shows up here)."""
+    """The pruned model must still run on real batches (a missed coupling shows up here).
+
+    Raises:
+        InputError: naming the innermost module that failed and what to do about it.
+    """
     import torch
 
     x = task.calibration_batches(n_items=8, batch_size=8)[0]
+    names = {m: n for n, m in model.named_modules()}
+    inside: list[str] = []  # the modules whose forward is running, outermost first
+
+    def enter(m: nn.Module, _args: Any) -> None:
+        inside.append(names.get(m, ""))
+
+    def leave(m: nn.Module, _args: Any, _out: Any) -> None:
+        inside.pop()
+
+    handles = [m.register_forward_pre_hook(enter) for m in names]
+    handles += [m.register_forward_hook(leave) for m in names]
     try:
         with torch.no_grad():
             call(model, task.example_input)
             call(model, x)
     except Exception as exc:
+        failed_in = [n for n in inside if n]
+        where = failed_in[-1] if failed_in else type(model).__name__
+        owner = failed_in[-2] if len(failed_in) > 1 else where
+        kind = type(model.get_submodule(owner)).__name__ if failed_in else ""
+        alike = [n for m, n in names.items() if n and type(m).__name__ == kind]
+        protect = f"[{owner!r}]" if len(alike) < 2 else f"[the {len(alike)} {kind} modules]"
         raise InputError(
-            f"Prune: the pruned {type(model).__name__} no longer runs ({type(exc).__name__}: "
-            f"{exc}); Torch-Pruning missed a coupling in it"
+            f"Prune: the pruned {type(model).__name__} no longer runs: {where} raised "
+            f"{type(exc).__name__}: {first_line(exc)}; Torch-Pruning missed a coupling there. "
+            f"Leave such blocks whole with Prune(protect={protect}) (e.g. {owner!r}), or, for "
+            "attention whose head size is fixed in its code, distil a shallower student "
+            "instead (Distill(student='layers'))"
         ) from None
+    finally:
+        for handle in handles:
+            handle.remove()
