@@ -93,7 +93,9 @@ def test_a_model_without_a_stack_says_so() -> None:
 def test_the_default_space_of_a_token_task_offers_the_layer_student_and_dynamic_int8() -> None:
     space = default_space(sm.text_task())
     names = [m.name for m in space.models]
-    assert "distill-layers0.5" in names
+    assert "distill-layers0.5" in names and "distill-layers0.34" in names
+    (third,) = space.model("distill-layers0.34").passes
+    assert third["student_kwargs"] == {"keep": 0.34}
     (student,) = space.model("distill-layers0.5").passes
     assert student["student"] == "layers" and student["student_kwargs"] == {"keep": 0.5}
     assert "onnxruntime/int8-dynamic" in space.deployments

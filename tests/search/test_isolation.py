@@ -136,3 +136,31 @@ def test_user_code_output_goes_to_per_trial_logs_with_its_tail_on_failure(
     assert "chatty last words 2" in tail and len(tail.splitlines()) <= 20 and len(tail) <= 2000
     shown = progress.getvalue()
     assert "    | chatty last words 2" in shown and str(bad["log"]) in shown
+
+
+def test_a_model_that_failed_to_build_is_not_built_again(tmp_path: Path) -> None:
+    """Its recipe fails whatever the deployment: the trials that would repeat the model are
+    pruned with the reason instead of failing one by one, and do not take the budget."""
+    broken = ModelChoice("broken", ({"type": "prune", "ratio": 0.5, "protect": ["no_such_layer"]},))
+    space = SearchSpace(
+        models=(ModelChoice("base"), broken),
+        deployments=("eager/fp32",),
+        batch_sizes=(1, 2, 4, 8),
+        threads=(1,),
+    )
+    out = tmp_path / "out"
+    result = optimize(
+        "search_tasks:tiny", trials=4, out=out, space=space, max_time_s=0.3, progress=False
+    )
+    rows = [r for r in result.trials if r["model"] == "broken"]
+    failed = [r for r in rows if r["state"] == "failed"]
+    assert len(failed) == 1, rows
+    assert "no_such_layer" in failed[0]["fail_reason"]
+    again = [r["fail_reason"] for r in rows if r["state"] == "pruned"]
+    first = failed[0]["number"]
+    known = f"model broken failed in trial {first} and would again"
+    assert known in again, rows  # another batch size of it: not built again
+    assert set(again) <= {known, f"duplicate of trial {first}"}, rows
+    # The rest of the budget (the failure counts in it) went to the model that builds.
+    done = [r for r in result.trials if r["state"] == "complete"]
+    assert len(done) == 3 and {r["model"] for r in done} == {"base"}, result.trials

@@ -78,7 +78,8 @@ class LoopState:
         """Count a trial this worker finished."""
         from optuna.trial import TrialState
 
-        if trial.state == TrialState.PRUNED and "duplicate_of" in trial.user_attrs:
+        pruned = trial.state == TrialState.PRUNED
+        if pruned and ("duplicate_of" in trial.user_attrs or KNOWN_FAILURE in trial.user_attrs):
             self.duplicates += 1
         elif trial.state != TrialState.PRUNED:  # a budget surplus changes nothing
             self.duplicates = 0
@@ -99,6 +100,38 @@ def constraint_values(
 
 def _suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     return {name: trial.suggest_categorical(name, list(c)) for name, c in space.choices().items()}
+
+
+# Failures the same choice would meet again whatever the batch size, threads or moment: an
+# exception (or NaN) building the model, whose recipe then fails for every deployment; a
+# deployment that cannot run the model or does not match eager fp32 (the check compares the
+# same items at any batch size). A timeout, a kill or running out of memory may not recur, and
+# an error or NaN while measuring may belong to one batch size.
+DETERMINISTIC_KINDS = {
+    "build": frozenset({"error", "nan", "mismatch", "unsupported"}),
+    "deploy": frozenset({"mismatch", "unsupported"}),
+}
+FAILED_STAGE = "failed_stage"  # user attr: "build" (the model) or "deploy" (model × deployment)
+KNOWN_FAILURE = "known_failure_of"  # user attr of a trial pruned for a failure seen before
+
+
+def _known_failure(
+    trial: optuna.trial.FrozenTrial, params: dict[str, Any]
+) -> tuple[int, str] | None:
+    """``(trial number, what failed)`` if ``trial`` failed deterministically for a choice that
+    ``params`` repeats: its model (a failed build), or its model on its deployment."""
+    from optuna.trial import TrialState
+
+    stage = trial.user_attrs.get(FAILED_STAGE)
+    if trial.state != TrialState.FAIL or stage not in ("build", "deploy"):
+        return None
+    if trial.params.get("model") != params.get("model"):
+        return None
+    if stage == "build":
+        return trial.number, f"model {params['model']}"
+    if trial.params.get("deployment") == params.get("deployment"):
+        return trial.number, f"model {params['model']} on {params['deployment']}"
+    return None
 
 
 def _taken(trial: optuna.trial.FrozenTrial) -> bool:
@@ -196,6 +229,14 @@ class TrialRunner:
                 trial.set_user_attr("duplicate_of", t.number)
                 trial.set_user_attr("fail_reason", f"duplicate of trial {t.number}")
                 raise optuna.TrialPruned(f"duplicate of trial {t.number}")
+        for t in others:
+            known = _known_failure(t, params)
+            if known is not None:
+                number, what = known
+                why = f"{what} failed in trial {number} and would again"
+                trial.set_user_attr(KNOWN_FAILURE, number)
+                trial.set_user_attr("fail_reason", why)
+                raise optuna.TrialPruned(why)
 
     def _start(self, trial: optuna.Trial, params: dict[str, Any]) -> tuple[Candidate, str | None]:
         """The trial's candidate and log file, recorded on the trial before it runs."""
@@ -218,7 +259,11 @@ class TrialRunner:
         from wattwise.measure._isolate import log_tail
 
         if not result.get("ok"):
-            reason = f"{result.get('kind', 'error')}: {result.get('message', '')}"
+            kind = result.get("kind", "error")
+            reason = f"{kind}: {result.get('message', '')}"
+            stage = result.get("stage", "deploy")
+            if kind in DETERMINISTIC_KINDS[stage]:
+                trial.set_user_attr(FAILED_STAGE, stage)
             tail = log_tail(log) if log is not None else ""
             if tail:  # what the user's code printed last: often the why
                 trial.set_user_attr("output_tail", tail)
@@ -386,7 +431,7 @@ def _run_candidate(
             )
             ledgers.append(built.get("ledger") or {})
             if not built.get("ok"):
-                return built
+                return {**built, "stage": "build"}
         result = run_isolated(
             trial_job,
             ctx,
