@@ -250,6 +250,10 @@ class _SqliteStudy:
         study = self.load()
         return study.get_trials() if study is not None else []
 
+    def trials_left(self) -> int:
+        """How many trials of the budget are still to finish."""
+        return KILL_TRIALS - sum(1 for t in self.trials() if counts_for_budget(t))
+
     def window_s(self, baseline_s: float) -> float:
         """How long the next run would live if at most one trial were left (and its baseline,
         if still to measure, took ``baseline_s``): each run then gets about one trial further at
@@ -311,7 +315,8 @@ class _KillCampaign:
     def cycle(self, log: Path) -> None:
         """Start a run and kill it at a random moment of the life it would have (unless it ends
         first, which only a run with the budget done may)."""
-        mid_trial = len(self.kills) % 2 == 1
+        # (Once the budget is done no run starts a trial: every kill is then a random one.)
+        mid_trial = len(self.kills) % 2 == 1 and self.study.trials_left() > 0
         delay = self.rng.uniform(0.05, 1.0) * self.study.window_s(self.baseline_s)
         if mid_trial:
             delay = self.rng.uniform(0.1, 0.9) * TRIAL_S  # after the run's first trial starts

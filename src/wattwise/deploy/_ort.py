@@ -148,6 +148,28 @@ def _lengths(args: Batch) -> str:
     )
 
 
+def _prepared_files(tmp: str, onnx_bytes: bytes, notes: list[str]) -> tuple[str, str]:
+    """Write the fp32 model into ``tmp`` and pre-process it for a quantizer; returns the path
+    to quantize and the path the quantizer writes to. Shape inference and graph clean-up come
+    first, as ONNX Runtime's docs advise: the quantizer needs every tensor's shape to choose
+    per-channel axes and fuse Conv+Relu. A model they fail on is quantized as it is (noted)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32 = os.path.join(tmp, "fp32.onnx")
+    pre = os.path.join(tmp, "pre.onnx")
+    with open(fp32, "wb") as fh:
+        fh.write(onnx_bytes)
+    try:
+        with quiet():
+            quant_pre_process(fp32, pre, skip_symbolic_shape=False)
+    except Exception as exc:
+        notes.append(
+            f"quantization pre-processing skipped ({type(exc).__name__}: {first_line(exc)})"
+        )
+        return fp32, os.path.join(tmp, "int8.onnx")
+    return pre, os.path.join(tmp, "int8.onnx")
+
+
 def quantize_int8(
     onnx_bytes: bytes, calibration: list[Batch], *, method: str = "minmax"
 ) -> tuple[bytes, list[str]]:
@@ -169,7 +191,6 @@ def quantize_int8(
         QuantType,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     graph_inputs = onnx.load_from_string(onnx_bytes).graph.input
     # Each input in the dtype the graph declares: token ids stay int64 (casting every input to
@@ -202,22 +223,7 @@ def quantize_int8(
         "percentile": CalibrationMethod.Percentile,
     }
     with tempfile.TemporaryDirectory(prefix="wattwise-quant-") as tmp:
-        fp32 = os.path.join(tmp, "fp32.onnx")
-        pre = os.path.join(tmp, "pre.onnx")
-        out = os.path.join(tmp, "int8.onnx")
-        with open(fp32, "wb") as fh:
-            fh.write(onnx_bytes)
-        source = fp32
-        # Shape inference and graph clean-up first, as ONNX Runtime's docs advise: the quantizer
-        # needs every tensor's shape to choose per-channel axes and fuse Conv+Relu.
-        try:
-            with quiet():
-                quant_pre_process(fp32, pre, skip_symbolic_shape=False)
-            source = pre
-        except Exception as exc:
-            notes.append(
-                f"quantization pre-processing skipped ({type(exc).__name__}: {first_line(exc)})"
-            )
+        source, out = _prepared_files(tmp, onnx_bytes, notes)
         with quiet():
             quantize_static(
                 source,
@@ -245,24 +251,10 @@ def quantize_dynamic_int8(onnx_bytes: bytes) -> tuple[bytes, list[str]]:
         The quantized model and notes.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="wattwise-quant-") as tmp:
-        fp32 = os.path.join(tmp, "fp32.onnx")
-        pre = os.path.join(tmp, "pre.onnx")
-        out = os.path.join(tmp, "int8.onnx")
-        with open(fp32, "wb") as fh:
-            fh.write(onnx_bytes)
-        source = fp32
-        try:
-            with quiet():
-                quant_pre_process(fp32, pre, skip_symbolic_shape=False)
-            source = pre
-        except Exception as exc:
-            notes.append(
-                f"quantization pre-processing skipped ({type(exc).__name__}: {first_line(exc)})"
-            )
+        source, out = _prepared_files(tmp, onnx_bytes, notes)
         with quiet():
             quantize_dynamic(
                 source,
