@@ -21,6 +21,7 @@ own ranges, which suits activations whose range changes with the sentence.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import os
@@ -160,7 +161,11 @@ def _prepared_files(tmp: str, onnx_bytes: bytes, notes: list[str]) -> tuple[str,
     with open(fp32, "wb") as fh:
         fh.write(onnx_bytes)
     try:
-        with quiet():
+        # In the temporary directory: when ONNX Runtime's symbolic shape inference fails (it
+        # does on token models whose sequence length is dynamic) it leaves a model and its
+        # weights (sym_shape_infer_temp.onnx, UUID.data: 90 MB for MiniLM) in the working
+        # directory, which is the user's.
+        with quiet(), contextlib.chdir(tmp):
             quant_pre_process(fp32, pre, skip_symbolic_shape=False)
     except Exception as exc:
         notes.append(
