@@ -1,6 +1,7 @@
-"""Names a package loads on first use (its PEP 562 module ``__getattr__``), so that importing
+r"""Names a package loads on first use (its PEP 562 module ``__getattr__``), so that importing
 the package stays instant: ``wattwise`` loads its subpackages and their classes so, and
-``wattwise.deploy`` its ``OrtModule`` (an ``nn.Module``: importing it imports torch)."""
+``wattwise.deploy`` its ``OrtModule`` and ``OvModule`` (``nn.Module``\ s: importing them
+imports torch)."""
 
 from __future__ import annotations
 

@@ -23,6 +23,8 @@ EXPECTED_METRIC = {"fp32": "allclose", "bf16": "rel_l2", "fp16": "rel_l2", "int8
         ("eager_cl", "bf16"),
         ("onnxruntime", "fp32"),
         ("onnxruntime", "int8"),
+        ("openvino", "fp32"),
+        ("openvino", "int8"),
     ],
 )
 def test_backend_prepares_and_matches_eager_fp32(random_model, calib, backend, precision):
@@ -38,6 +40,8 @@ def test_backend_prepares_and_matches_eager_fp32(random_model, calib, backend, p
     assert dep.deployment == wd.Deployment(backend=backend, precision=precision, batch_size=4)
     if backend == "onnxruntime":
         assert dep.onnx_bytes and isinstance(dep.module, wd.OrtModule)
+    if backend == "openvino":
+        assert dep.ir_bytes and isinstance(dep.module, wd.OvModule)
 
 
 @pytest.mark.slow
@@ -95,7 +99,17 @@ def test_torch_factory_pickles_and_rebuilds_the_same_callable(random_model):
 
 def test_probe_reports_every_backend_with_a_reason():
     found = wd.probe_backends("cpu")
-    assert set(found) == set(wd.BACKENDS.names()) == {"eager", "eager_cl", "compile", "onnxruntime"}
+    assert (
+        set(found)
+        == set(wd.BACKENDS.names())
+        == {
+            "eager",
+            "eager_cl",
+            "compile",
+            "onnxruntime",
+            "openvino",
+        }
+    )
     assert found["eager"].ok and found["onnxruntime"].ok
     assert "onnxruntime" in found["onnxruntime"].reason
     # compile needs a C++ compiler: the probe names the one it found, or says none was.

@@ -71,13 +71,16 @@ def genuine(tmp_path_factory) -> dict[str, Path]:
     onnx_dir = wd.export_deployment(
         wd.deploy(model, "onnxruntime", "fp32", example_input=X), root / "onnx"
     )
+    ov_dir = wd.export_deployment(
+        wd.deploy(model, "openvino", "fp32", example_input=X), root / "openvino"
+    )
     seq = nn.Sequential(nn.Linear(4, 3), nn.ReLU()).eval()
     program = torch.export.export(
         seq, (torch.randn(2, 4),), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)
     )
     bare = root / "seq.pt2"
     torch.export.save(program, str(bare))
-    return {"pt2_dir": pt2_dir, "onnx_dir": onnx_dir, "bare": bare}
+    return {"pt2_dir": pt2_dir, "onnx_dir": onnx_dir, "ov_dir": ov_dir, "bare": bare}
 
 
 def test_genuine_artifacts_still_load_and_run(genuine) -> None:
@@ -86,7 +89,7 @@ def test_genuine_artifacts_still_load_and_run(genuine) -> None:
     torch.testing.assert_close(
         seq_program.module()(x), torch.export.load(str(genuine["bare"])).module()(x)
     )
-    for kind in ("pt2_dir", "onnx_dir"):
+    for kind in ("pt2_dir", "onnx_dir", "ov_dir"):
         art = wd.load_artifact(genuine[kind])  # checks the stored outputs itself
         assert art.verify().passed
         assert art(X).shape == (1, 10)
@@ -398,6 +401,50 @@ def _onnx_custom_domain(genuine, work: Path, marker: Path):
     return art, "evil.ops", None
 
 
+def _ir_copy(genuine, work: Path, name: str, edit: Callable[[str], str]) -> Path:
+    art = work / name
+    shutil.copytree(genuine["ov_dir"], art)
+    xml = (art / "model.xml").read_text(encoding="utf-8")
+    (art / "model.xml").write_text(edit(xml), encoding="utf-8")
+    _reseal(art)
+    return art
+
+
+def _ir_entity_bomb(genuine, work: Path, marker: Path):
+    """A billion-laughs DTD in the IR topology: an XML parser that expands entities runs out of
+    memory."""
+    lol = "".join(
+        f'<!ENTITY l{i} "{("&l" + str(i - 1) + ";") * 10 if i else "lol"}">' for i in range(10)
+    )
+
+    def edit(xml: str) -> str:
+        head, body = xml.split("\n", 1)
+        return f"{head}\n<!DOCTYPE net [{lol}]>\n" + body.replace(
+            'name="main_graph"', 'name="&l9;"', 1
+        )
+
+    return _ir_copy(genuine, work, "ir_bomb", edit), "declares a DTD or entities", None
+
+
+def _ir_custom_operation(genuine, work: Path, marker: Path):
+    """An operation from an extension's operation set: running it needs a library loaded."""
+
+    def edit(xml: str) -> str:
+        return xml.replace('type="ReLU" version="opset1"', 'type="ReLU" version="evil_ext"', 1)
+
+    return _ir_copy(genuine, work, "ir_custom", edit), "evil_ext", None
+
+
+def _ir_constant_outside_weights(genuine, work: Path, marker: Path):
+    """A constant that points past the end of model.bin: a read out of bounds."""
+    import re
+
+    def edit(xml: str) -> str:
+        return re.sub(r'offset="\d+"', 'offset="1099511627776"', xml, count=1)
+
+    return _ir_copy(genuine, work, "ir_oob", edit), "-byte weights file", None
+
+
 CASES = {
     f.__name__.lstrip("_"): f
     for f in (
@@ -420,6 +467,9 @@ CASES = {
         _expected_outputs_differ,
         _onnx_external_data,
         _onnx_custom_domain,
+        _ir_entity_bomb,
+        _ir_custom_operation,
+        _ir_constant_outside_weights,
     )
 }
 

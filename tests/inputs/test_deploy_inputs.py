@@ -70,7 +70,7 @@ def test_calibration_must_name_the_same_inputs() -> None:
         )
 
 
-@pytest.mark.parametrize("backend", ["eager", "onnxruntime"])
+@pytest.mark.parametrize("backend", ["eager", "onnxruntime", "openvino"])
 def test_export_and_reload_keep_the_input_names(tmp_path: Path, backend: str) -> None:
     model = sm.factory().eval()
     x = model.example_input
@@ -144,14 +144,36 @@ def test_padded_batches_of_different_lengths_check_a_deployment() -> None:
     assert dep.check is not None and dep.check.passed and dep.check.items > 8
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8-dynamic"])
-def test_onnxruntime_serves_every_sequence_length_from_one_export(precision: str) -> None:
+@pytest.mark.parametrize(
+    ("backend", "precision"),
+    [
+        ("onnxruntime", "fp32"),
+        ("onnxruntime", "int8-dynamic"),
+        ("openvino", "fp32"),
+        ("openvino", "int8"),
+    ],
+)
+def test_every_sequence_length_runs_from_one_export(backend: str, precision: str) -> None:
     """A text task pads each batch to its own longest sentence: the exported model must take
     any length, not only the example's (before, ONNX Runtime refused "index: 1 Got: 7
-    Expected: 20"). int8-dynamic needs no calibration: each call quantizes its own ranges."""
+    Expected: 20"). int8-dynamic needs no calibration: each call quantizes its own ranges;
+    OpenVINO's int8 is calibrated on sentences of other lengths than the ones checked."""
     model = sm.factory().eval()
+    calibration = None
+    if precision == "int8":
+        calibration = [
+            {
+                "input_ids": torch.randint(1, sm.VOCAB, (8, n), generator=gen),
+                "attention_mask": torch.ones(8, n, dtype=torch.long),
+            }
+            for n, gen in ((11, torch.Generator().manual_seed(1)), (24, torch.Generator()))
+        ]
     dep = ww.deploy(
-        model, backend="onnxruntime", precision=precision, example_input=model.example_input
+        model,
+        backend=backend,
+        precision=precision,
+        example_input=model.example_input,
+        calibration=calibration,
     )
     assert dep.check is not None and dep.check.passed, dep.check
     assert not any("sequence length" in note for note in dep.notes), dep.notes
@@ -166,9 +188,11 @@ def test_onnxruntime_serves_every_sequence_length_from_one_export(precision: str
             got, want = dep(**x), model(**x)
         assert got.shape == want.shape == (5, sm.CLASSES)
         # int8 on a random-weight model's three small logits: a few tenths of error at most
-        # (a wrong length or a broken graph gives errors of order one).
+        # (a wrong length or a broken graph gives errors of order one); static int8's ranges
+        # were calibrated on other lengths, and it measured 0.33 at length 3.
         rel = float((got - want).norm() / want.norm())
-        assert rel < (1e-4 if precision == "fp32" else 0.3), (length, rel)
+        bound = {"fp32": 1e-4, "int8-dynamic": 0.3, "int8": 0.5}[precision]
+        assert rel < bound, (length, rel)
 
 
 def test_int8_dynamic_quantizes_the_linear_layers_at_run_time(

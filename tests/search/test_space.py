@@ -67,6 +67,12 @@ def test_seeds_lie_in_the_space_and_lead_with_int8(digits_task):
     assert seeds[0]["deployment"] == "onnxruntime/int8" and seeds[0]["batch_size"] == 256
     assert any(s["model"] == "distill-w0.5" for s in seeds)
     assert any(s["deployment"] == "compile/int8" for s in seeds)
+    assert {
+        "model": "base",
+        "deployment": "openvino/int8",
+        "batch_size": 256,
+        "threads": 0,
+    } in seeds
     # A space without those choices simply gets fewer seeds.
     small = SearchSpace((ModelChoice("base"),), ("eager/fp32",), (1, 8), (0,))
     assert seed_params(small) == [

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from wattwise._callable import make_callable
 from wattwise._core import Availability
 from wattwise._lazy import Lazy, load_lazy
-from wattwise.deploy import _ort  # noqa: F401  (registers the onnxruntime backend)
+from wattwise.deploy import _openvino, _ort  # noqa: F401  (register onnxruntime, openvino)
 from wattwise.deploy._backends import is_pt2e_quantized  # (registers the torch backends)
 from wattwise.deploy._base import BACKENDS, Backend, probe_backends
 from wattwise.deploy._check import CheckResult, DeploymentMismatch, compare_outputs
@@ -30,7 +30,7 @@ from wattwise.deploy._scenario import (
 )
 
 if TYPE_CHECKING:
-    from wattwise.deploy._runners import OrtModule
+    from wattwise.deploy._runners import OrtModule, OvModule
 
 __all__ = [
     "BACKENDS",
@@ -45,6 +45,7 @@ __all__ = [
     "DeploymentMismatch",
     "LoadedArtifact",
     "OrtModule",
+    "OvModule",
     "SelectionResult",
     "compare_outputs",
     "deploy",
@@ -61,8 +62,12 @@ __all__ = [
 ]
 
 
-# OrtModule subclasses nn.Module, so importing it imports torch; only do that when asked.
-_LAZY: Lazy = {"OrtModule": ("wattwise.deploy._runners", "OrtModule")}
+# OrtModule and OvModule subclass nn.Module, so importing them imports torch; only do that
+# when asked.
+_LAZY: Lazy = {
+    "OrtModule": ("wattwise.deploy._runners", "OrtModule"),
+    "OvModule": ("wattwise.deploy._runners", "OvModule"),
+}
 
 
 def __getattr__(name: str) -> object:

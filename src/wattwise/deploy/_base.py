@@ -1,8 +1,8 @@
 """What a deployment backend is: the :class:`Backend` interface every backend implements, what
 preparing returns (:class:`Prepared`), and the :data:`BACKENDS` registry they join by name.
 
-The backends themselves live in ``_backends.py`` (``eager``, ``eager_cl``, ``compile``) and
-``_ort.py`` (``onnxruntime``). This module needs neither torch nor any other deploy module at
+The backends themselves live in ``_backends.py`` (``eager``, ``eager_cl``, ``compile``),
+``_ort.py`` (``onnxruntime``) and ``_openvino.py`` (``openvino``). This module needs neither torch nor any other deploy module at
 run time, so :class:`~wattwise.deploy.Deployment` can check a backend name against the
 registry and ``wattwise doctor`` can probe every backend.
 """
@@ -28,10 +28,13 @@ Batch = tuple[Any, ...]
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Prepared:
-    """What :meth:`Backend.prepare` returns: the callable, and the ONNX bytes if any."""
+    """What :meth:`Backend.prepare` returns: the callable, and the model file(s) it runs if
+    it runs one (ONNX bytes for ``onnxruntime``; OpenVINO IR, XML and weights, for
+    ``openvino``)."""
 
     module: Any
     onnx_bytes: bytes | None = None
+    ir_bytes: tuple[bytes, bytes] | None = None
     notes: tuple[str, ...] = ()
 
 
@@ -51,6 +54,13 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def probe(cls, device: str = "cpu") -> Availability:
         """Whether this backend can run on ``device`` here, and if not, why (no side effects)."""
+
+    @classmethod
+    def probe_precision(cls, precision: str, device: str = "cpu") -> Availability:
+        """Whether ``precision`` can run on ``device`` here, for any suitable model: the
+        backend's :meth:`probe`, plus what the precision alone needs installed. What depends on
+        the model (e.g. a PT2E graph for torch int8) is :meth:`unsupported`'s to say."""
+        return cls.probe(device)
 
     def unsupported(self, precision: str, device: str, model: Any = None) -> str | None:
         """Why this backend can't run ``precision`` on ``device`` (for ``model``), or ``None``."""

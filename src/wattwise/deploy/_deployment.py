@@ -29,7 +29,8 @@ class Deployment(Config):
     """How a model runs: backend × precision × batch size × threads × device.
 
     Attributes:
-        backend: a name in :data:`BACKENDS` (``eager``, ``eager_cl``, ``compile``, ``onnxruntime``).
+        backend: a name in :data:`BACKENDS` (``eager``, ``eager_cl``, ``compile``, ``onnxruntime``,
+            ``openvino``).
         precision: ``fp32``, ``bf16``, ``fp16``, ``int8`` (int8 activations with ranges
             calibrated beforehand) or ``int8-dynamic`` (int8 weights; each activation
             quantized at run time from its range in that call, so no calibration); which ones

@@ -2,7 +2,8 @@
 
 The directory::
 
-    model.onnx | model.pt2     the model (ONNX for onnxruntime, torch.export for torch backends)
+    model.onnx | model.pt2     the model (ONNX for onnxruntime, torch.export for torch backends,
+      | model.xml + model.bin  OpenVINO IR for openvino)
     example_input.npy          one input batch (``example_input_<i>.npy`` for several inputs;
                                each entry in deployment.json has its ``name`` for dict inputs)
     expected_output_<i>.npy    what the deployment answered to it, for checking a reload
@@ -39,6 +40,7 @@ from wattwise.errors import InputError, WorkloadError
 CARD = "MODEL_CARD.md"
 ONNX_FILE = "model.onnx"
 PT2_FILE = "model.pt2"
+IR_FILE, IR_WEIGHTS = "model.xml", "model.bin"
 
 __all__ = ["LoadedArtifact", "export_deployment", "load_artifact"]
 
@@ -66,6 +68,7 @@ def hardware_description(device: str = "cpu") -> dict[str, Any]:
 
     info = hardware_info(include_cuda=device.startswith("cuda"))
     info["onnxruntime"] = _version("onnxruntime")
+    info["openvino"] = _version("openvino")
     info["wattwise"] = _version("wattwise")
     return info
 
@@ -156,10 +159,17 @@ def _write(
     names = deployed.input_names
     runtime: str
     runner = deployed.module  # what answers the example: the artifact reloads as the same
+    model_files: list[str] = []
     if dep.backend == "onnxruntime":
         assert deployed.onnx_bytes is not None
         (tmp / ONNX_FILE).write_bytes(deployed.onnx_bytes)
         model_file, runtime = ONNX_FILE, "onnxruntime"
+    elif dep.backend == "openvino":
+        assert deployed.ir_bytes is not None
+        (tmp / IR_FILE).write_bytes(deployed.ir_bytes[0])
+        (tmp / IR_WEIGHTS).write_bytes(deployed.ir_bytes[1])
+        model_file, runtime = IR_FILE, "openvino"
+        model_files.append(IR_WEIGHTS)
     else:
         try:
             torch.export.save(export_program(deployed.source_model, example), tmp / PT2_FILE)
@@ -198,7 +208,7 @@ def _write(
 
     files = {
         name: {"sha256": _sha256(tmp / name), "size_bytes": (tmp / name).stat().st_size}
-        for name in [model_file] + [d["file"] for d in inputs + outputs]
+        for name in [model_file, *model_files] + [d["file"] for d in inputs + outputs]
     }
     expected = None
     if measurement is not None:
@@ -226,6 +236,7 @@ def _write(
         "deployment": dep.to_dict(),
         "runtime": runtime,
         "model_file": model_file,
+        **({"weights_file": IR_WEIGHTS} if runtime == "openvino" else {}),
         "inputs": inputs,
         "outputs": outputs,
         "files": files,
@@ -305,7 +316,8 @@ def _model_card(m: dict[str, Any]) -> str:
         + " (batch dimension first, any batch size)",
         f"- exported on: {_text(', '.join(hw.get('cuda_devices') or []) or hw.get('cpu_model'))} "
         f"({_text(hw.get('cpus_allowed'))} CPU cores allowed), torch {_text(hw.get('torch'))}, "
-        f"onnxruntime {_text(hw.get('onnxruntime'))}",
+        f"onnxruntime {_text(hw.get('onnxruntime'))}"
+        + (f", openvino {_text(hw.get('openvino'))}" if m["runtime"] == "openvino" else ""),
         "",
         "## How it was made",
         "",

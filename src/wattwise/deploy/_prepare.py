@@ -38,12 +38,14 @@ class Deployed:
     :func:`wattwise.measure`, or call :meth:`measure`.
 
     Attributes:
-        module: the prepared callable (an ``nn.Module``; for ``onnxruntime`` an :class:`OrtModule`).
+        module: the prepared callable (an ``nn.Module``; for ``onnxruntime`` an :class:`OrtModule`,
+            for ``openvino`` an :class:`~wattwise.deploy._openvino.OvModule`).
         deployment: what was prepared.
         check: the equivalence check's numbers (``None`` only if the check was skipped).
         example_input: the batch-of-one example the deployment was prepared with (on CPU).
         source_model: the eager model it was made from (a private copy, on CPU), for export.
         onnx_bytes: the ONNX model the ``onnxruntime`` backend runs (quantized for int8).
+        ir_bytes: the OpenVINO IR (XML, weights) the ``openvino`` backend runs.
         notes: what a user should know (e.g. "bf16 is emulated on this CPU").
         input_names: for a model that takes a dict of named inputs, the names in the order
             the backend takes them positionally; ``module`` and ``example_input`` take and are
@@ -56,6 +58,7 @@ class Deployed:
     example_input: Any
     source_model: Any
     onnx_bytes: bytes | None = None
+    ir_bytes: tuple[bytes, bytes] | None = None
     notes: tuple[str, ...] = ()
     input_names: tuple[str, ...] | None = None
 
@@ -72,12 +75,13 @@ class Deployed:
     def factory(self) -> Callable[[], Any]:
         """A picklable zero-argument callable that rebuilds :attr:`module` in another process.
 
-        ONNX Runtime deployments pickle as their ONNX bytes; torch deployments send the eager
+        ONNX Runtime and OpenVINO deployments pickle as their model bytes; torch deployments send the eager
         model (or, when it doesn't pickle, e.g. a PT2E graph, its ``torch.export`` program) and
         prepare it again in the child (a compiled graph recompiles there, from inductor's cache).
         """
-        if self.deployment.backend == "onnxruntime":
-            return self.module  # OrtModule pickles as its ONNX bytes (inside ByName too)
+        if self.deployment.backend in ("onnxruntime", "openvino"):
+            # OrtModule and OvModule pickle as their model bytes (inside ByName too).
+            return self.module
         rebuild = Rebuild(self.deployment, self.source_model, self.positional_example())
         if self.input_names is None:
             return rebuild
@@ -113,14 +117,16 @@ def deploy(
     Args:
         model: an ``nn.Module`` in eval mode (for ``int8`` on the torch backends: a graph already
             quantized with ``wattwise.Quantize(method="pt2e-int8")``).
-        backend: ``eager``, ``eager_cl`` (channels_last), ``compile`` (inductor) or ``onnxruntime``.
-        precision: ``fp32``, ``bf16``, ``fp16`` or ``int8``.
+        backend: ``eager``, ``eager_cl`` (channels_last), ``compile`` (inductor), ``onnxruntime``
+            or ``openvino``.
+        precision: ``fp32``, ``bf16``, ``fp16``, ``int8`` or ``int8-dynamic``.
         example_input: one input batch (its rows are cycled to ``batch_size`` for the check): a
             tensor, a tuple of tensors, or a dict of named tensors (the model then takes
             keyword arguments; the backend gets them by position, and the deployed module
             takes the dict again by name).
-        calibration: input batches for ``onnxruntime`` int8 calibration, in the form of
-            ``example_input`` (dtypes kept: token ids stay int64); also checked against.
+        calibration: input batches for int8 calibration (``onnxruntime``, ``openvino``), in
+            the form of ``example_input`` (dtypes kept: token ids stay int64); also checked
+            against.
         device, threads, batch_size, calibration_method: see :class:`Deployment`.
 
     Returns:
@@ -178,6 +184,7 @@ def deploy_with(
         example_input=example[0][:1] if len(example) == 1 else tuple(t[:1] for t in example),
         source_model=source,
         onnx_bytes=prepared.onnx_bytes,
+        ir_bytes=prepared.ir_bytes,
         notes=(*notes, *prepared.notes),
     )
 

@@ -1,9 +1,9 @@
 """The callables prepared deployments run as: :class:`TorchRunner` (eager, channels_last,
-compile) and :class:`OrtModule` (ONNX Runtime).
+compile), :class:`OrtModule` (ONNX Runtime) and :class:`OvModule` (OpenVINO).
 
 They live in their own module because they subclass ``nn.Module`` and so need torch at import;
 the backend registry (``_base.py``), the backends and ``wattwise doctor`` stay importable
-without it. Both are ``nn.Module``s so task metrics (``model.eval()``, ``model(x)``) and the measuring
+without it. All are ``nn.Module``s so task metrics (``model.eval()``, ``model(x)``) and the measuring
 harness (``.to(device)``) treat them like any model.
 """
 
@@ -275,6 +275,99 @@ class OrtModule(nn.Module):
         return list(binding.copy_outputs_to_cpu())
 
     def train(self, mode: bool = True) -> OrtModule:
+        self.training = mode
+        return self
+
+
+def _rebuild_ov_module(xml: bytes, weights: bytes, threads: int | None) -> OvModule:
+    return OvModule(xml, weights, threads=threads)
+
+
+class OvModule(nn.Module):
+    """An OpenVINO compiled model behind an ``nn.Module`` interface (CPU).
+
+    Takes and returns torch tensors. Pickles as its IR bytes and settings and compiles on first
+    use, so ``wattwise.measure(OvModule(...), x, isolate=True)`` can send it to a child process.
+
+    Args:
+        xml: the IR's XML topology.
+        weights: the IR's weights (``model.bin``).
+        threads: inference threads (``None``: OpenVINO's default, one per physical core).
+
+    Example:
+        >>> m = OvModule(*ir_from_onnx(onnx_bytes), threads=2)  # ir_from_onnx: _openvino
+        >>> m(torch.randn(4, 1, 8, 8)).shape
+        torch.Size([4, 10])
+    """
+
+    def __init__(self, xml: bytes, weights: bytes, *, threads: int | None = None) -> None:
+        super().__init__()
+        if not isinstance(xml, bytes | bytearray) or not xml:
+            raise InputError("OvModule needs the IR's XML as non-empty bytes")
+        if not isinstance(weights, bytes | bytearray):
+            raise InputError("OvModule needs the IR's weights as bytes")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise InputError(f"OvModule.threads must be None or an integer >= 1, got {threads!r}")
+        self.xml = bytes(xml)
+        self.weights = bytes(weights)
+        self.threads = threads
+        self._request: Any = None
+        self._dtypes: list[Any] = []
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The compiled model (a C++ object) never travels; the IR does.
+        return (_rebuild_ov_module, (self.xml, self.weights, self.threads))
+
+    def extra_repr(self) -> str:
+        return f"{len(self.xml) + len(self.weights)} bytes of IR, threads={self.threads}"
+
+    @property
+    def request(self) -> Any:
+        """The infer request of the compiled model (compiled on first access)."""
+        if self._request is None:
+            self._request = self._build()
+        return self._request
+
+    def _build(self) -> Any:
+        import numpy as np
+        import openvino as ov
+
+        core = ov.Core()
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+        }
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        try:
+            model = core.read_model(self.xml, ov.Tensor(np.frombuffer(self.weights, np.uint8)))
+            compiled = core.compile_model(model, "CPU", config)
+        except Exception as exc:
+            first = first_line(exc, default=type(exc).__name__)
+            raise InputError(f"OpenVINO cannot load the model: {first}") from None
+        self._dtypes = [port.get_element_type().to_dtype() for port in compiled.inputs]
+        return compiled.create_infer_request()
+
+    @property
+    def input_count(self) -> int:
+        _ = self.request
+        return len(self._dtypes)
+
+    def forward(self, *args: Any) -> Any:
+        request = self.request
+        if len(args) != len(self._dtypes):
+            raise InputError(
+                f"the OpenVINO model takes {len(self._dtypes)} input(s), got {len(args)}"
+            )
+        feeds = [_to_numpy(a, dtype) for a, dtype in zip(args, self._dtypes, strict=True)]
+        # share_outputs=False: the request's buffers are reused by the next call.
+        results = request.infer(feeds, share_inputs=True, share_outputs=False)
+        tensors = [torch.from_numpy(results[port]) for port in request.model_outputs]
+        tensors = [t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors]
+        return tensors[0] if len(tensors) == 1 else tuple(tensors)
+
+    def train(self, mode: bool = True) -> OvModule:
         self.training = mode
         return self
 

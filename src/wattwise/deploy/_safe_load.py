@@ -1,7 +1,8 @@
 """Load model artifacts without running code from them: the one loader for every kind.
 
 Three kinds: a bare ``.pt2`` (``torch.export.save``), an ``.onnx`` model, and a directory
-written by :func:`wattwise.deploy.export_deployment`. ``wattwise measure`` and
+written by :func:`wattwise.deploy.export_deployment` (which holds one of those, or an OpenVINO
+IR: ``model.xml`` and ``model.bin``). ``wattwise measure`` and
 :func:`load_artifact` both come here. ``torch.export.load`` runs code from the file it is given
 (``guards_code`` on every call, sympy expressions through ``eval``, pickled weights and sample
 inputs, any ``torch.*`` callable named as a graph node, attribute names pasted into generated
@@ -38,6 +39,7 @@ from wattwise.errors import InputError, UnavailableError
 __all__ = [
     "ArtifactRefused",
     "LoadedArtifact",
+    "check_ir",
     "load_artifact",
     "load_onnx",
     "load_program",
@@ -897,6 +899,68 @@ def _onnx_module(data: bytes, where: object, *, threads: int | None, device: str
     return module
 
 
+# ------------------------------------------------------------------------------- OpenVINO IR
+
+MAX_IR_XML_BYTES = 256 << 20  # MiniLM's int8 IR topology is about 1 MB
+# Operation sets built into OpenVINO; an operation from any other set is a custom operation,
+# which needs an extension library someone must load.
+_IR_OPSET = re.compile(r"opset[0-9]{1,3}")
+_DTD = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+
+
+def check_ir(xml: bytes, weights_size: int, where: object) -> None:
+    """Refuse an OpenVINO IR topology that declares a DTD or entities (entity expansion is a
+    parser bomb), is not an IR, uses an operation outside OpenVINO's own operation sets, or
+    points a constant outside the weights file."""
+    import xml.etree.ElementTree as ET
+
+    if len(xml) > MAX_IR_XML_BYTES:
+        raise _refuse(where, f"is over {MAX_IR_XML_BYTES >> 20} MiB; refusing")
+    if _DTD.search(xml):
+        raise _refuse(where, "declares a DTD or entities; an OpenVINO IR has none")
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise _refuse(where, f"not valid XML ({_short(exc)}; truncated?)") from None
+    if root.tag != "net" or root.find("layers") is None:
+        raise _refuse(where, "not an OpenVINO IR (no <net> with <layers>)")
+    for layer in root.iter("layer"):
+        name = layer.get("name", "?")[:80]
+        version = layer.get("version", "")
+        if not _IR_OPSET.fullmatch(version):
+            raise _refuse(
+                where,
+                f"layer {name!r} ({layer.get('type', '?')[:40]}) is from {version[:40]!r}, not "
+                "one of OpenVINO's own operation sets (a custom operation needs a library loaded)",
+            )
+        data = layer.find("data")
+        if layer.get("type") == "Const" and data is not None and data.get("size") is not None:
+            try:
+                offset, size = int(data.get("offset", "0")), int(data.get("size", "0"))
+            except ValueError:
+                raise _refuse(
+                    where, f"constant {name!r} has a non-integer offset or size"
+                ) from None
+            if offset < 0 or size < 0 or offset + size > weights_size:
+                raise _refuse(
+                    where,
+                    f"constant {name!r} reads bytes {offset}..{offset + size} of a "
+                    f"{weights_size}-byte weights file",
+                )
+
+
+def _ir_module(xml: bytes, weights: bytes, where: object, *, threads: int | None) -> Any:
+    from wattwise.deploy._runners import OvModule
+
+    check_ir(xml, len(weights), where)
+    module = OvModule(xml, weights, threads=threads)
+    try:
+        _ = module.request
+    except InputError as exc:
+        raise _refuse(where, str(exc)) from None
+    return module
+
+
 # ---------------------------------------------------------------------- exported directories
 
 
@@ -1082,7 +1146,7 @@ def load_artifact(path: str | os.PathLike[str], *, device: str | None = None) ->
     """Load a directory written by :func:`export_deployment`, running no code from it.
 
     Every file is checked against its sha256 in ``deployment.json``; the model is loaded with
-    :func:`load_program` or :func:`check_onnx`; then the stored example input is run and the
+    :func:`load_program`, :func:`check_onnx` or :func:`check_ir`; then the stored example input is run and the
     answer compared with the stored outputs at the deployment precision's tolerance.
 
     Args:
@@ -1118,6 +1182,11 @@ def load_artifact(path: str | os.PathLike[str], *, device: str | None = None) ->
         module = _onnx_module(
             model_bytes, model_where, threads=deployment.threads, device=deployment.device
         )
+        _compare_with_stored(module, example, expected, deployment, root)
+    elif manifest.runtime == "openvino":
+        ready_backend(deployment)  # OpenVINO installed, and a device it runs on
+        weights = _checked_file(root, manifest, manifest.raw.get("weights_file"), MAX_FILE_BYTES)
+        module = _ir_module(model_bytes, weights, model_where, threads=deployment.threads)
         _compare_with_stored(module, example, expected, deployment, root)
     elif manifest.runtime == "torch.export":
         program = program_from_bytes(model_bytes, model_where)

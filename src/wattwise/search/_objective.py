@@ -721,9 +721,12 @@ def trial_job(ctx: JobContext, cand: Candidate, max_time_s: float) -> dict[str, 
             m = measure_in_job(deployed.module, task, ctx, ledger, cand, max_time_s)
         except (Exception, MemoryError) as exc:
             return _failed(exc, ledger)
-        size = (
-            len(deployed.onnx_bytes) if deployed.onnx_bytes is not None else state_dict_bytes(model)
-        )
+        if deployed.onnx_bytes is not None:
+            size = len(deployed.onnx_bytes)
+        elif deployed.ir_bytes is not None:
+            size = sum(len(part) for part in deployed.ir_bytes)
+        else:
+            size = state_dict_bytes(model)
         figures = _figures(m, accuracy, macs, model, int(size))
         return {
             "ok": True,

@@ -310,8 +310,6 @@ def default_space(task: Task, scenario: str = "offline", device: str = "cpu") ->
     one cannot), with ONNX Runtime's dynamic int8 for token inputs. Offline batches 1 to 256;
     online batch 1.
     """
-    from wattwise.deploy import probe_backends
-
     if scenario not in SCENARIOS:
         raise InputError(f"scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")
     # Fine-tuning budgets follow the task's own training length: pruning keeps the learned
@@ -339,7 +337,6 @@ def default_space(task: Task, scenario: str = "offline", device: str = "cpu") ->
     elif student is not None:
         models.append(ModelChoice("distill-w0.5", (student,)))
 
-    available = probe_backends(device)
     cuda = device.startswith("cuda")
     wanted: tuple[str, ...] = (
         ("eager/fp32", "eager/bf16", "compile/fp32", "compile/bf16", "compile/fp16")
@@ -350,6 +347,8 @@ def default_space(task: Task, scenario: str = "offline", device: str = "cpu") ->
             "compile/int8",
             "onnxruntime/fp32",
             "onnxruntime/int8",
+            "openvino/fp32",
+            "openvino/int8",
         )
     )
     if not _is_one_tensor(task.example_input):
@@ -358,13 +357,22 @@ def default_space(task: Task, scenario: str = "offline", device: str = "cpu") ->
     if not cuda and is_token_input(task.example_input):
         # A transformer's activations change range with each sentence: quantized per call.
         wanted = (*wanted, "onnxruntime/int8-dynamic")
-    deployments = tuple(d for d in wanted if available.get(d.split("/")[0]))
+    deployments = tuple(d for d in wanted if _runs_here(d, device))
     if not deployments:
         deployments = ("eager/fp32",)
     batch_sizes = (1,) if scenario == "online" else (1, 16, 64, 256)
     cpus = _allowed_cpus()
     threads = (0,) if cuda or cpus == 1 else (1, 0)
     return SearchSpace(tuple(models), deployments, batch_sizes, threads)
+
+
+def _runs_here(choice: str, device: str) -> bool:
+    """Whether ``backend/precision`` can run on ``device`` here: the backend's probe (what
+    ``wattwise doctor`` shows), and the precision's own needs (OpenVINO's int8 needs NNCF)."""
+    from wattwise.deploy import BACKENDS
+
+    backend, precision = choice.split("/")
+    return bool(BACKENDS.get(backend).probe_precision(precision, device))
 
 
 def _is_one_tensor(example: Any) -> bool:
@@ -440,16 +448,19 @@ def seed_params(space: SearchSpace) -> list[dict[str, Any]]:
     """Known-good starting points, enqueued before the sampler takes over.
 
     For token inputs, ONNX Runtime's dynamic int8 at the largest batch for the student, then
-    the baseline. Then int8 with ONNX Runtime at the largest batch for the baseline, the pruned models and the
-    distilled student; the student's int8 on the other runtime (compile); batching alone (fp32
-    eager); int8 with compile; a pruned model compiled at one thread. Points outside ``space``
-    are left out.
+    the baseline. Then int8 at the largest batch: with ONNX Runtime for the baseline, with
+    OpenVINO (NNCF) for the baseline and the student, with ONNX Runtime for the pruned models
+    and the student; the student's int8 on a third runtime (compile); batching alone (fp32
+    eager); int8 with compile; a pruned model compiled at one thread. Points outside
+    ``space`` are left out.
 
-    Why both int8 runtimes for the student: which one is faster depends on the model and the
-    CPU. On our 2-vCPU EPYC, ONNX Runtime's QDQ int8 was the cheapest for the digits CNN but
-    slower than fp32 for a ResNet-style network, where torchao's PT2E int8 compiled by inductor
-    used a third of its energy per item (``docs/BENCHMARKS.md``); a small budget must try both
-    on the model most likely to win.
+    Why several int8 runtimes: which one is cheapest depends on the model and the CPU. On our
+    2-vCPU EPYC, ONNX Runtime's QDQ int8 was the cheapest peer for the digits CNN but slower
+    than fp32 for a ResNet-style network, where torchao's PT2E int8 compiled by inductor used
+    a third of its energy per item (``docs/BENCHMARKS.md``); OpenVINO's NNCF int8 used 17% less
+    than ONNX Runtime's on the trained digits CNN at batch 256 (64.5 against 78.0 µJ/item,
+    estimated, three rounds side by side). A small budget must try each on the model most
+    likely to win.
     """
     choices = space.choices()
     big = max(space.batch_sizes)
@@ -462,6 +473,8 @@ def seed_params(space: SearchSpace) -> list[dict[str, Any]]:
         *((s, "onnxruntime/int8-dynamic", big, all_threads) for s in students[:2]),
         ("base", "onnxruntime/int8-dynamic", big, all_threads),
         ("base", "onnxruntime/int8", big, all_threads),
+        ("base", "openvino/int8", big, all_threads),
+        *((s, "openvino/int8", big, all_threads) for s in students[:1]),
         ("prune50", "onnxruntime/int8", big, one),
         *((s, "onnxruntime/int8", big, one) for s in students[:1]),
         *((s, "compile/int8", big, all_threads) for s in students[:1]),

@@ -1,0 +1,246 @@
+"""The ``openvino`` backend: OpenVINO's CPU runtime at fp32, and at int8 through NNCF's
+post-training quantization.
+
+The model reaches OpenVINO through our own ONNX export (:func:`~wattwise.deploy._ort.export_onnx`:
+a dynamic batch dimension, and a dynamic sequence dimension for token inputs), which
+OpenVINO's ONNX frontend reads from memory. int8 is ``nncf.quantize`` on that OpenVINO model
+with the deployment's calibration batches, dtypes kept (token ids stay int64).
+
+NNCF has two schemes, and neither is right for every model. Its transformer scheme
+(``ModelType.TRANSFORMER``: SmoothQuant, and the operations that lose accuracy in int8 kept in
+floating point) is the recipe OpenVINO documents for BERT-like models: on all-MiniLM-L6-v2 it
+kept a mean cosine of 0.996 to fp32, where the default scheme fell to 0.22. On a small
+``nn.TransformerEncoder`` a user wrote (two layers, width 32) it was the other way round: 0.54
+with the transformer scheme, 0.990 with the default one. So the likely scheme (transformer for
+token inputs, default otherwise) is tried first, its outputs on the calibration batches are
+compared with the float model's, and only if they miss the int8 bound is the other scheme
+tried too; the closer of the two is kept, and a note says which.
+
+The prepared model is held as OpenVINO IR (``model.xml`` and ``model.bin``, written without
+fp16 compression of the weights), which is what an exported artifact stores and what a child
+process rebuilds the runner from.
+
+Precision: OpenVINO's CPU plugin runs in bf16 by default on CPUs with AMX or AVX512-BF16.
+``fp32`` here means fp32, so every model is compiled with ``INFERENCE_PRECISION_HINT=f32``;
+int8 layers still run in int8. One stream, the ``LATENCY`` hint: the harness makes one call at a
+time, the way the other backends are measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from wattwise._core import Availability, first_line
+from wattwise.deploy._backends import is_pt2e_quantized
+from wattwise.deploy._base import BACKENDS, Backend, Batch, Prepared
+from wattwise.deploy._program import quiet
+from wattwise.errors import InputError, WorkloadError
+
+if TYPE_CHECKING:
+    from wattwise.deploy._deployment import Deployment
+
+__all__ = ["OpenVinoBackend", "ir_from_onnx", "quantize_nncf"]
+
+
+@contextlib.contextmanager
+def _quiet_nncf() -> Iterator[None]:
+    """NNCF logs warnings and draws progress bars on its own logger; a library call should
+    not print (failures still raise)."""
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with quiet():
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _read_onnx(onnx_bytes: bytes) -> Any:
+    import numpy as np
+    import openvino as ov
+
+    try:
+        return ov.Core().read_model(onnx_bytes, ov.Tensor(np.empty(0, dtype=np.uint8)))
+    except Exception as exc:
+        raise WorkloadError(
+            f"OpenVINO cannot read the exported ONNX model: {first_line(exc, default=type(exc).__name__)}"
+        ) from None
+
+
+def _ir_bytes(model: Any) -> tuple[bytes, bytes]:
+    """``model`` as OpenVINO IR: the XML topology and the weights, fp32 weights kept fp32."""
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory(prefix="wattwise-ov-") as tmp:
+        xml = os.path.join(tmp, "model.xml")
+        ov.save_model(model, xml, compress_to_fp16=False)
+        with open(xml, "rb") as fh:
+            topology = fh.read()
+        with open(os.path.join(tmp, "model.bin"), "rb") as fh:
+            weights = fh.read()
+    return topology, weights
+
+
+def ir_from_onnx(onnx_bytes: bytes) -> tuple[bytes, bytes]:
+    """An fp32 ONNX model converted to OpenVINO IR (XML and weights)."""
+    return _ir_bytes(_read_onnx(onnx_bytes))
+
+
+def quantize_nncf(
+    onnx_bytes: bytes, calibration: list[Batch], *, transformer: bool
+) -> tuple[bytes, bytes]:
+    """NNCF post-training int8 quantization of an fp32 ONNX model, as OpenVINO IR.
+
+    Args:
+        onnx_bytes: the fp32 model.
+        calibration: input batches (tuples of tensors in the model's input order); every item
+            is used.
+        transformer: use NNCF's transformer scheme (see the module docstring).
+
+    Returns:
+        The quantized model's XML and weights.
+
+    Raises:
+        WorkloadError: NNCF failed, in one line naming it.
+    """
+    import nncf
+
+    from wattwise.deploy._runners import _to_numpy
+
+    model = _read_onnx(onnx_bytes)
+    dtypes = [port.get_element_type().to_dtype() for port in model.inputs]
+    feeds = [
+        [_to_numpy(t, dtype) for t, dtype in zip(batch, dtypes, strict=True)]
+        for batch in calibration
+    ]
+    try:
+        with _quiet_nncf():
+            quantized = nncf.quantize(
+                model,
+                nncf.Dataset(feeds),
+                subset_size=len(feeds),
+                model_type=nncf.ModelType.TRANSFORMER if transformer else None,
+            )
+    except Exception as exc:
+        raise WorkloadError(
+            f"NNCF could not quantize the model: {type(exc).__name__}: {first_line(exc)}"
+        ) from None
+    return _ir_bytes(quantized)
+
+
+_NO_NNCF = "its int8 needs NNCF, which is not installed (pip install 'wattwise[deploy]')"
+
+
+def _is_token_batch(batch: Batch) -> bool:
+    return any(not t.is_floating_point() and t.dim() >= 2 for t in batch)
+
+
+@BACKENDS.register("openvino")
+class OpenVinoBackend(Backend):
+    """OpenVINO's CPU runtime: fp32, and int8 by NNCF post-training quantization."""
+
+    name = "openvino"
+    precisions = ("fp32", "int8")
+
+    @classmethod
+    def probe(cls, device: str = "cpu") -> Availability:
+        if device != "cpu":
+            return Availability(
+                False,
+                "wattwise runs OpenVINO on its CPU plugin only (its GPU plugin is for Intel GPUs)",
+            )
+        for module, extra in (("openvino", "deploy"), ("onnx", "deploy")):
+            if importlib.util.find_spec(module) is None:
+                return Availability(
+                    False, f"{module} is not installed (pip install 'wattwise[{extra}]')"
+                )
+        if importlib.util.find_spec("onnxscript") is None:
+            exporter = "TorchScript (no onnxscript)"
+        else:
+            exporter = "dynamo"
+        from importlib import metadata
+
+        nncf = (
+            "NNCF " + metadata.version("nncf")
+            if importlib.util.find_spec("nncf") is not None
+            else "no NNCF (int8 unavailable)"
+        )
+        return Availability(
+            True, f"openvino {metadata.version('openvino')}, {nncf}, {exporter} exporter"
+        )
+
+    @classmethod
+    def probe_precision(cls, precision: str, device: str = "cpu") -> Availability:
+        if precision == "int8" and importlib.util.find_spec("nncf") is None:
+            return Availability(False, _NO_NNCF)
+        return cls.probe(device)
+
+    def unsupported(self, precision: str, device: str, model: Any = None) -> str | None:
+        if is_pt2e_quantized(model):
+            return "the model is a PT2E-quantized graph; pass the float model, NNCF quantizes it itself"
+        if precision == "int8" and importlib.util.find_spec("nncf") is None:
+            return _NO_NNCF
+        return super().unsupported(precision, device, model)
+
+    def precision_notes(self, precision: str, device: str) -> list[str]:
+        return []
+
+    def prepare(
+        self, model: Any, deployment: Deployment, *, example_input: Batch, calibration: list[Batch]
+    ) -> Prepared:
+        from wattwise.deploy._ort import export_onnx
+        from wattwise.deploy._runners import OvModule
+
+        if deployment.precision == "int8" and not calibration:
+            raise InputError(
+                "openvino int8 needs calibration= (a list of input batches, e.g. task.calibration_batches())"
+            )
+        if not example_input:
+            raise InputError("openvino needs example_input to export the model")
+        onnx_bytes, notes = export_onnx(model, example_input)
+        if deployment.precision == "int8":
+            (xml, weights), note = _closer_scheme(
+                model, onnx_bytes, calibration, transformer_first=_is_token_batch(example_input)
+            )
+            notes.append(note)
+        else:
+            xml, weights = ir_from_onnx(onnx_bytes)
+        module = OvModule(xml, weights, threads=deployment.threads)
+        _ = module.request  # fail here, with the reason, rather than on the first call
+        return Prepared(module, ir_bytes=(xml, weights), notes=tuple(notes))
+
+
+def _closer_scheme(
+    model: Any, onnx_bytes: bytes, calibration: list[Batch], *, transformer_first: bool
+) -> tuple[tuple[bytes, bytes], str]:
+    """NNCF int8 with the likely scheme, and with the other one too if the first misses the
+    int8 bound on the calibration batches; the IR whose outputs are closer to ``model``'s, and
+    a note saying which scheme it is and how close."""
+    from wattwise.deploy._check import DeploymentMismatch, compare_outputs
+    from wattwise.deploy._inputs import run_batches
+    from wattwise.deploy._runners import OvModule
+
+    reference = run_batches(model, calibration)
+    tried: list[tuple[float, str, tuple[bytes, bytes]]] = []
+    for transformer in (transformer_first, not transformer_first):
+        name = "transformer" if transformer else "default"
+        ir = quantize_nncf(onnx_bytes, calibration, transformer=transformer)
+        try:
+            result = compare_outputs(reference, run_batches(OvModule(*ir), calibration), "int8")
+        except DeploymentMismatch:  # outputs that are not finite: the worst possible
+            tried.append((float("-inf"), name, ir))
+            continue
+        tried.append((result.value, name, ir))
+        if result.passed:
+            break
+    value, name, ir = max(tried, key=lambda t: t[0])
+    others = "; ".join(f"{n} scheme {v:.3f}" for v, n, _ in tried if n != name)
+    note = f"NNCF {name} scheme: mean cosine {value:.3f} to fp32 on the calibration batches"
+    return ir, note + (f" ({others})" if others else "")
