@@ -10,6 +10,10 @@ Peers, each built with its own library's documented API:
 * **Optimum ORT dynamic int8**: ONNX Runtime's ``quantize_dynamic`` with the settings of
   Optimum's ``AutoQuantizationConfig.avx2(is_static=False, per_channel=False)`` (this CPU has
   AVX2, no AVX-512): u8 weights and activations, per tensor, on the fully connected MatMuls;
+* **OpenVINO + NNCF int8**: OpenVINO's documented recipe for BERT-like models:
+  ``ov.convert_model(model, example_input=...)``, then ``nncf.quantize(...,
+  model_type=nncf.ModelType.TRANSFORMER)`` on 256 calibration sentences, compiled for the CPU
+  with OpenVINO's defaults;
 * **wattwise**: the artifact a ``wattwise optimize --task minilm-...`` exported
   (``--artifact TASK=DIR``), or, without one, wattwise's ``onnxruntime/int8-dynamic``
   deployment of the same model (int8 weights per channel) so the table still compares the
@@ -57,6 +61,7 @@ PEERS = (
     "torch.compile fp32",
     "torchao dynamic int8",
     "Optimum ORT dynamic int8",
+    "OpenVINO + NNCF int8",
     "wattwise",
 )
 
@@ -110,6 +115,24 @@ def _ort(onnx: bytes, names: tuple[str, ...]) -> nn.Module:
     return _Session(onnx, names)
 
 
+class _OvCompiled(nn.Module):
+    """An OpenVINO model compiled for the CPU with its defaults, called by name."""
+
+    def __init__(self, xml: str) -> None:
+        import openvino as ov
+
+        super().__init__()
+        self.compiled = ov.Core().compile_model(xml, "CPU")
+
+    def forward(self, **x: torch.Tensor) -> torch.Tensor:
+        out = self.compiled({k: v.numpy() for k, v in x.items()})
+        return torch.from_numpy(out[self.compiled.output(0)].copy())
+
+
+def _ov(xml: str) -> nn.Module:
+    return _OvCompiled(xml)
+
+
 def _artifact(path: str) -> Any:
     from wattwise.deploy import load_artifact
 
@@ -139,6 +162,27 @@ def _optimum_dynamic_int8(model: nn.Module, example: dict[str, torch.Tensor]) ->
             op_types_to_quantize=["MatMul"],
         )
         return Path(out).read_bytes()
+
+
+def _openvino_nncf_int8(task: Task, model: nn.Module, workdir: str) -> str:
+    """OpenVINO's BERT recipe: convert from PyTorch, NNCF's transformer scheme; the IR's path."""
+    import logging
+
+    import nncf
+    import openvino as ov
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    ov_model = ov.convert_model(model, example_input=dict(task.example_input))
+    calibration = task.calibration_batches(n_items=256, batch_size=32)
+    quantized = nncf.quantize(
+        ov_model,
+        nncf.Dataset(calibration, lambda b: {k: v.numpy() for k, v in b.items()}),
+        subset_size=len(calibration),
+        model_type=nncf.ModelType.TRANSFORMER,
+    )
+    xml = os.path.join(workdir, "nncf_int8.xml")
+    ov.save_model(quantized, xml)
+    return xml
 
 
 def _wattwise_factory(
@@ -195,6 +239,10 @@ def run_task(
         "Optimum ORT dynamic int8": (
             functools.partial(_ort, _optimum_dynamic_int8(model, task.example_input), names),
             "quantize_dynamic as AutoQuantizationConfig.avx2(is_static=False, per_channel=False)",
+        ),
+        "OpenVINO + NNCF int8": (
+            functools.partial(_ov, _openvino_nncf_int8(task, model, tmp)),
+            "ov.convert_model, nncf.quantize(model_type=TRANSFORMER, 256 sentences), CPU defaults",
         ),
         "wattwise": _wattwise_factory(model, task, artifact),
     }
