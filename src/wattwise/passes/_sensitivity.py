@@ -23,6 +23,7 @@ from wattwise.passes._torch_pruning import (
     build_pruner,
     channels,
     recurrent_swapped,
+    sync_heads,
     taylor_gradients,
 )
 
@@ -126,6 +127,7 @@ def layer_sensitivity(
                 ratio_dict={name: r},
             ) as setup:
                 setup.pruner.step()
+                sync_heads(setup.attention)
             out[name][r] = base - task.evaluate(trial)
     return out
 

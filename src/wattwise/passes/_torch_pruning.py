@@ -9,6 +9,13 @@ once:
 * the final classifier (:func:`find_classifier`), ``protect``-ed modules and recurrent layers
   are frozen, and ``max_layer_ratio`` caps each group, by wrapping the importance
   (:class:`_GuardedImportance`);
+* attention written the Hugging Face way (separate ``query``/``key``/``value`` projections and
+  a head count in an attribute its forward reads) loses whole heads, never dimensions inside a
+  head, and its attributes are brought up to date after each step
+  (:func:`headed_attention`, :func:`sync_heads`);
+* a module that runs but whose output reaches nothing the model returns (BERT's pooler under
+  a head that reads the token states) is traced through its own output, so its inputs shrink
+  with the layer feeding it and its outputs stay (:func:`_dead_ends`);
 * models whose traced forward misses a module are refused (:func:`_check_traced`).
 """
 
@@ -189,6 +196,153 @@ def _importance(kind: str) -> Any:
     return tp.importance.GroupMagnitudeImportance(p=2)
 
 
+# Projections of attention written the Hugging Face way (BERT and RoBERTa; DistilBERT; BART,
+# Llama and most decoders), and the attribute holding the head count their forward reads.
+_QKV_NAMES = (
+    ("query", "key", "value"),
+    ("q_lin", "k_lin", "v_lin"),
+    ("q_proj", "k_proj", "v_proj"),
+)
+_HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads")
+# Attributes holding the heads' joint width (heads x head size), read by some forwards.
+_HEADS_WIDTH_ATTRS = ("all_head_size", "inner_dim")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadedAttention:
+    """One attention module whose heads Torch-Pruning removes whole."""
+
+    module: nn.Module
+    projections: tuple[nn.Linear, nn.Linear, nn.Linear]
+    count_attr: str
+    head_size: int
+
+
+def headed_attention(model: nn.Module) -> list[HeadedAttention]:
+    """Attention modules with separate q/k/v ``nn.Linear`` projections and a head count.
+
+    Their forward reshapes q, k and v to ``(..., heads, head_size)`` with the head size fixed
+    in code, so only whole heads may go; ``nn.MultiheadAttention`` is left out (Torch-Pruning
+    updates it itself). Grouped-query attention (k/v narrower than q) is left out too: its
+    projections are pruned as channels, and a pruned model that no longer runs is refused.
+    """
+    from torch import nn
+
+    found: list[HeadedAttention] = []
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention):
+            continue
+        for names in _QKV_NAMES:
+            projections = [getattr(module, n, None) for n in names]
+            linear = [p for p in projections if isinstance(p, nn.Linear)]
+            if len(linear) == 3:
+                break
+        else:
+            continue
+        count_attr = next(
+            (a for a in _HEAD_COUNT_ATTRS if type(getattr(module, a, None)) is int), None
+        )
+        if count_attr is None:
+            continue
+        heads = int(getattr(module, count_attr))
+        widths = {int(p.out_features) for p in linear}
+        width = widths.pop()
+        if widths or heads <= 0 or width % heads:
+            continue
+        q, k, v = linear
+        found.append(HeadedAttention(module, (q, k, v), count_attr, width // heads))
+    return found
+
+
+def sync_heads(attention: list[HeadedAttention]) -> None:
+    """Set each attention's head count (and joint width) from its pruned projections."""
+    for a in attention:
+        width = int(a.projections[0].out_features)
+        setattr(a.module, a.count_attr, width // a.head_size)
+        for attr in _HEADS_WIDTH_ATTRS:
+            if type(getattr(a.module, attr, None)) is int:
+                setattr(a.module, attr, width)
+
+
+def _flat_tensors(value: Any) -> list[torch.Tensor]:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _flat_tensors(v)]
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _flat_tensors(v)]
+    return []
+
+
+def _reached_parameters(outputs: Any) -> set[int]:
+    """ids of the parameters the autograd graph of ``outputs`` reaches."""
+    seen_fns: set[Any] = set()
+    params: set[int] = set()
+    stack = [t.grad_fn for t in _flat_tensors(outputs) if t.grad_fn is not None]
+    while stack:
+        fn = stack.pop()
+        if fn in seen_fns:
+            continue
+        seen_fns.add(fn)
+        variable = getattr(fn, "variable", None)
+        if variable is not None:
+            params.add(id(variable))
+        stack.extend(f for f, _ in fn.next_functions if f is not None)
+    return params
+
+
+def _dead_ends(model: nn.Module, example: Any) -> list[nn.Module]:
+    """Modules with parameters that run in a forward pass but feed none of its outputs.
+
+    Hugging Face's ``BertModel`` computes its pooler whether or not the model on top reads
+    it; Torch-Pruning traces from the outputs and never sees it, and the pruned hidden size
+    would leave it mis-shaped.
+    """
+    import torch
+
+    ran: list[nn.Module] = []
+    hooks = [
+        m.register_forward_hook(lambda mod, _i, _o: ran.append(mod))
+        for m in model.modules()
+        if any(True for _ in m.parameters(recurse=False))
+    ]
+    try:
+        with torch.enable_grad():
+            out = call(model, example)
+    finally:
+        for h in hooks:
+            h.remove()
+    reached = _reached_parameters(out)
+    dead: list[nn.Module] = []
+    for m in dict.fromkeys(ran):
+        own = [p for p in m.parameters(recurse=False) if p.requires_grad]
+        if own and not any(id(p) in reached for p in own):
+            dead.append(m)
+    return dead
+
+
+class _WithDeadEnds:
+    """Torch-Pruning's ``forward_fn``: the model's outputs, then the dead ends' outputs, so
+    its graph holds every module that runs."""
+
+    def __init__(self, dead: list[nn.Module]) -> None:
+        self.dead = dead
+
+    def __call__(self, model: nn.Module, example: Any) -> Any:
+        if not self.dead:
+            return call(model, example)
+        extra: list[Any] = []
+        hooks = [m.register_forward_hook(lambda _m, _i, o: extra.append(o)) for m in self.dead]
+        try:
+            out = call(model, example)
+        finally:
+            for h in hooks:
+                h.remove()
+        return (*_flat_tensors(out), *[t for o in extra for t in _flat_tensors(o)])
+
+
 @dataclasses.dataclass
 class PrunerSetup:
     """A Torch-Pruning pruner built on ``model``, with what it will not touch and why."""
@@ -197,6 +351,8 @@ class PrunerSetup:
     guard: _GuardedImportance
     classifier: str | None
     frozen_reasons: dict[str, str]
+    attention: list[HeadedAttention] = dataclasses.field(default_factory=list)
+    dead_ends: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def build_pruner(
@@ -241,13 +397,36 @@ def build_pruner(
     if found is not None:
         classifier, head = found
         ignored.append(head)
+    dead = _dead_ends(model, example)
+    ignored.extend(m for m in dead if m not in ignored)
+    attention = headed_attention(model)
+    num_heads: dict[nn.Module, int] = {
+        m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)
+    }
+    for a in attention:
+        heads = int(getattr(a.module, a.count_attr))
+        num_heads.update({p: heads for p in a.projections})
     guard = _GuardedImportance(_importance(importance), frozen, names, max_layer_ratio)
     table = dict(model.named_modules())
     for name in ratio_dict or {}:
         if name not in table:
             raise InputError(f"{who}: no module named {name!r} for a per-layer ratio")
 
-    def make(per_module: dict[nn.Module, float] | None, global_pruning: bool) -> Any:
+    def head_ratios(per_module: dict[nn.Module, float]) -> dict[nn.Module, float] | None:
+        """A ratio given to one projection of a headed attention applies to all three."""
+        if not attention:
+            return None
+        out: dict[nn.Module, float] = {}
+        for a in attention:
+            given = [per_module[p] for p in a.projections if p in per_module]
+            out.update({p: (max(given) if given else 0.0) for p in a.projections})
+        return out
+
+    def make(
+        per_module: dict[nn.Module, float] | None,
+        global_pruning: bool,
+        head_dict: dict[nn.Module, float] | None = None,
+    ) -> Any:
         try:
             with warnings.catch_warnings():
                 # Torch-Pruning warns about every parameter outside a standard layer (position
@@ -258,7 +437,7 @@ def build_pruner(
                     example,
                     # Our calling convention (a dict is keyword arguments); left to itself,
                     # Torch-Pruning first tries model(*x), which unpacks a lone tensor.
-                    forward_fn=call,
+                    forward_fn=_WithDeadEnds(dead),
                     importance=guard,
                     global_pruning=global_pruning,
                     pruning_ratio=ratio,
@@ -266,11 +445,14 @@ def build_pruner(
                     max_pruning_ratio=max_layer_ratio if max_layer_ratio is not None else 1.0,
                     iterative_steps=steps,
                     ignored_layers=ignored,
-                    num_heads={
-                        m: m.num_heads
-                        for m in model.modules()
-                        if isinstance(m, nn.MultiheadAttention)
-                    },
+                    num_heads=dict(num_heads),
+                    # Whole heads of Hugging Face-style attention, at the channel ratio; its
+                    # head size is fixed in code. nn.MultiheadAttention keeps pruning dims
+                    # inside its heads when the model has no such attention.
+                    prune_num_heads=bool(attention),
+                    prune_head_dims=not attention,
+                    head_pruning_ratio=ratio if attention else 0.0,
+                    head_pruning_ratio_dict=head_dict,
                     # Torch-Pruning's defaults for these are shared dicts it writes into: pass
                     # fresh ones so one pruner's layers never leak into the next.
                     in_channel_groups={},
@@ -285,7 +467,8 @@ def build_pruner(
             ) from None
 
     if ratio_dict:
-        pruner = make({table[n]: float(r) for n, r in ratio_dict.items()}, False)
+        per_module = {table[n]: float(r) for n, r in ratio_dict.items()}
+        pruner = make(per_module, False, head_ratios(per_module))
     elif scope == "uniform":
         # Torch-Pruning's local mode keys each group's scope by its source module's name, so
         # groups sharing one (attention's embedding and head dims) overwrite each other and
@@ -301,7 +484,13 @@ def build_pruner(
     else:
         pruner = make(None, scope == "global")
     _check_traced(model, pruner.DG, who)
-    return PrunerSetup(pruner, guard, classifier, frozen_reasons)
+    dead_names = {
+        names[m]: "runs, but its output feeds none of the model's outputs (e.g. an unused "
+        "pooler): its inputs shrink with the layer feeding it, its outputs are kept"
+        for m in dead
+        if m in names
+    }
+    return PrunerSetup(pruner, guard, classifier, frozen_reasons, attention, dead_names)
 
 
 def _check_traced(model: nn.Module, graph: Any, who: str) -> None:

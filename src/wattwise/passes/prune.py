@@ -39,6 +39,7 @@ from wattwise.passes._torch_pruning import (
     build_pruner,
     channels,
     recurrent_swapped,
+    sync_heads,
     taylor_gradients,
 )
 
@@ -149,6 +150,12 @@ def _prune(model: nn.Module, cfg: Prune, ctx: PassContext) -> nn.Module:
             "recurrent layer kept whole: Torch-Pruning 1.6 has no GRU/RNN pruner and its LSTM "
             "pruner fails on the gate weights",
         )
+    for name, why in setup.dead_ends.items():
+        ctx.skip(name, why)
+    attention_names = {id(m): n for n, m in model.named_modules()}
+    heads_before = {
+        attention_names[id(a.module)]: int(getattr(a.module, a.count_attr)) for a in setup.attention
+    }
     for step in range(cfg.steps):
         if cfg.importance == "taylor":
             taylor_gradients(model, task)
@@ -161,6 +168,7 @@ def _prune(model: nn.Module, cfg: Prune, ctx: PassContext) -> nn.Module:
                     f"{type(exc).__name__}: {exc}"
                 ) from None
         model.zero_grad(set_to_none=True)
+        sync_heads(setup.attention)
         _check_runs(model, task)
         if cfg.finetune_epochs:
             task.fit(model, epochs=cfg.finetune_epochs, lr=cfg.lr, seed=ctx.seed * 1000 + step)
@@ -174,6 +182,14 @@ def _prune(model: nn.Module, cfg: Prune, ctx: PassContext) -> nn.Module:
     ctx.metrics["channels_before"] = total_before
     ctx.metrics["channels_after"] = total_after
     ctx.metrics["widths"] = {n: [before[n], after[n]] for n in before if before[n] != after[n]}
+    if setup.attention:
+        ctx.metrics["heads"] = {
+            attention_names[id(a.module)]: [
+                heads_before[attention_names[id(a.module)]],
+                int(getattr(a.module, a.count_attr)),
+            ]
+            for a in setup.attention
+        }
     if ctx.method is None:
         ctx.method = f"{cfg.scope}/{cfg.importance}"
     del torch
