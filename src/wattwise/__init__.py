@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from wattwise.measure import Measurement
     from wattwise.measure import measure as _measure
     from wattwise.passes import (
+        Attention,
         CompressionLog,
         Distill,
         Prune,
@@ -54,6 +55,7 @@ _NAMES_IN = {
     "wattwise.tasks": ("Task",),
     "wattwise.passes": (
         "compress",
+        "Attention",
         "CompressionLog",
         "Prune",
         "Sparsify",
@@ -70,6 +72,7 @@ _LAZY: Lazy = {
 }
 
 __all__ = [
+    "Attention",
     "CompressionLog",
     "Distill",
     "Figures",

@@ -43,7 +43,7 @@ RECIPE = [
 
 
 def test_registry_lists_the_passes() -> None:
-    assert PASSES.names() == ["distill", "prune", "quantize", "sparsify"]
+    assert PASSES.names() == ["attention", "distill", "prune", "quantize", "sparsify"]
 
 
 def test_compress_logs_every_pass_and_leaves_the_caller_alone(

@@ -18,6 +18,7 @@ from torch import nn
 from passes.zoo import ZOO
 from wattwise.passes import (
     PASSES,
+    Attention,
     CompressionLog,
     Distill,
     Pass,
@@ -91,6 +92,13 @@ def _keeps_shape(model: str, log: CompressionLog) -> None:
     assert rec.metrics["teacher"] == "original"
 
 
+def _no_attention_to_switch(model: str, log: CompressionLog) -> None:
+    rec = log.records[0]  # the zoo holds no Hugging Face model: nothing changes, and it says so
+    assert (rec.params, rec.macs) == (log.initial.params, log.initial.macs)
+    assert rec.accuracy_after == rec.accuracy_before
+    assert any(s.startswith("<model>: no Hugging Face model") for s in rec.skipped), rec.skipped
+
+
 CASES = [
     Case(
         "prune",
@@ -104,6 +112,7 @@ CASES = [
     Case("bf16", Quantize("bf16"), 0.03, _halves_size),
     Case("fp16", Quantize("fp16"), 0.03, _halves_size),
     Case("distill", Distill(epochs=1, precision="fp32"), 0.03, _keeps_shape),
+    Case("attention", Attention("sdpa"), 0.0, _no_attention_to_switch),
 ]
 
 

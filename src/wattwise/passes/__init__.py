@@ -19,6 +19,7 @@ from wattwise.passes._base import (
 from wattwise.passes._compress import compress
 from wattwise.passes._recipe import dump_recipe, load_recipe, parse_recipe, save_recipe
 from wattwise.passes._sensitivity import allocate_ratios, layer_sensitivity
+from wattwise.passes.attention import Attention
 from wattwise.passes.distill import Distill
 from wattwise.passes.prune import Prune
 from wattwise.passes.quantize import Quantize
@@ -26,6 +27,7 @@ from wattwise.passes.sparsity import Sparsify
 
 __all__ = [
     "PASSES",
+    "Attention",
     "CompressionLog",
     "Distill",
     "ModelStats",

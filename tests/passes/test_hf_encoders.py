@@ -1,5 +1,6 @@
-"""Pruning Hugging Face encoders as a user brings them: whole attention heads and FFN units go,
-and a pooler the classifier never reads does not block the trace.
+"""Hugging Face encoders as a user brings them, through the passes: pruning takes whole
+attention heads and FFN units, and a pooler the classifier never reads does not block its
+trace; ``Attention`` moves a model built with eager attention onto SDPA.
 
 The models are built from small configs (no download), with a classifier a user would write on
 top: mean of the token states, then a Linear. ``BertModel`` keeps its pooler, which runs on
@@ -9,6 +10,7 @@ every call but feeds nothing the classifier returns.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -37,7 +39,7 @@ class Classifier(nn.Module):
         return self.head((states * mask).sum(1) / mask.sum(1))
 
 
-def bert() -> Classifier:
+def bert(attention: str = "sdpa") -> Classifier:
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=VOCAB,
@@ -47,10 +49,11 @@ def bert() -> Classifier:
         intermediate_size=FFN,
         max_position_embeddings=SEQ,
     )
+    config._attn_implementation = attention  # what from_pretrained(attn_implementation=) sets
     return Classifier(BertModel(config))  # with its pooler, as BertModel comes
 
 
-def distilbert() -> Classifier:
+def distilbert(attention: str = "sdpa") -> Classifier:
     torch.manual_seed(0)
     config = DistilBertConfig(
         vocab_size=VOCAB,
@@ -60,6 +63,7 @@ def distilbert() -> Classifier:
         hidden_dim=FFN,
         max_position_embeddings=SEQ,
     )
+    config._attn_implementation = attention
     return Classifier(DistilBertModel(config))
 
 
@@ -146,3 +150,27 @@ def test_sensitivity_prunes_heads_per_layer() -> None:
     x = task.calibration_batches(n_items=4, batch_size=4)[0]
     assert pruned(**x).shape == (4, CLASSES)
     assert log.final.macs < log.initial.macs
+
+
+def attention_of(model: nn.Module) -> str:
+    """The attention kernel the encoder's config names."""
+    config = getattr(model.get_submodule("encoder"), "config")  # noqa: B009 (typed as Any)
+    return str(config._attn_implementation)
+
+
+@pytest.mark.parametrize("factory", [bert, distilbert], ids=["bert", "distilbert"])
+def test_eager_attention_moves_to_sdpa_with_the_same_outputs(
+    factory: Callable[..., Classifier],
+) -> None:
+    task = text_task(factory)
+    model = factory("eager").eval()
+    fast, log = ww.compress(model, [ww.Attention("sdpa")], task=task)
+    assert attention_of(model) == "eager" and attention_of(fast) == "sdpa"
+    kind = type(model.get_submodule("encoder")).__name__
+    assert f"encoder: {kind} attention eager -> sdpa" in log.records[0].notes
+    x = task.calibration_batches(n_items=8, batch_size=8)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(fast(**x), model(**x), atol=1e-5, rtol=1e-4)
+    # Already on SDPA: nothing to do, and the log says so.
+    _, again = ww.compress(fast, [ww.Attention("sdpa")], task=task)
+    assert f"encoder: {kind} already uses sdpa attention" in again.records[0].notes
