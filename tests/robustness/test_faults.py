@@ -1,6 +1,6 @@
 """Faults (issue "Robustness", part 2): a search survives what kills processes and servers.
 
-1. ``kill -9`` of ``wattwise optimize`` at ten random moments (seeded), rerunning each time: the
+1. ``kill -9`` of ``wattwise optimize`` at six random moments (seeded), rerunning each time: the
    SQLite file is never corrupt, no completed trial is lost or changed, every trial in flight at
    a kill is failed as interrupted and run again, and the last run finishes the budget.
 2. A worker on another machine dies mid-trial: this machine cannot see its process, so only its
@@ -196,10 +196,13 @@ def _wait_until(what: str, check: Callable[[], Any], procs: list[subprocess.Pope
     raise AssertionError(f"{what}: not seen within 300 s")
 
 
-# --------------------------------------------------------------------------- 1. kill -9 x 10
+# --------------------------------------------------------------------------- 1. kill -9 x 6
 
 KILL_SEED = int(os.environ.get("WATTWISE_FAULT_SEED", "20250611"))
-KILLS = 10
+# Six kills: three at a random moment of a run's life and three into a trial in flight. Ten
+# (the first version) cost 4 s of run start-up each for no more: with this seed every kill after
+# the first struck the same trial's retry mid-measurement again.
+KILLS = 6
 KILL_TRIALS = 3
 KILL_SPACE = {
     "models": [{"name": "base"}],
@@ -379,7 +382,7 @@ class _KillCampaign:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_kill_9_at_ten_random_moments_then_rerun_loses_nothing(
+def test_kill_9_at_six_random_moments_then_rerun_loses_nothing(
     tmp_path: Path, reaper: list[subprocess.Popen[Any]]
 ) -> None:
     out = tmp_path / "out"
