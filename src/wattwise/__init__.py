@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from wattwise import archs, errors, passes, results, search, tasks
     from wattwise._callable import make_callable
     from wattwise.deploy import deploy as _deploy
-    from wattwise.measure import Measurement
+    from wattwise.measure import GenerateSpec, Measurement
     from wattwise.measure import measure as _measure
     from wattwise.passes import (
         Attention,
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 # (measure and deploy are callable too: see above).
 _SUBPACKAGES = ("archs", "deploy", "errors", "measure", "passes", "results", "search", "tasks")
 _NAMES_IN = {
-    "wattwise.measure": ("Measurement",),
+    "wattwise.measure": ("Measurement", "GenerateSpec"),
     "wattwise.results": ("Results", "TrialRow", "Figures"),
     "wattwise.tasks": ("Task",),
     "wattwise.passes": (
@@ -76,6 +76,7 @@ __all__ = [
     "CompressionLog",
     "Distill",
     "Figures",
+    "GenerateSpec",
     "Measurement",
     "OptimizeResult",
     "Prune",

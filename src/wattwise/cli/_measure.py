@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from wattwise.cli._targets import ResolvedTarget
-    from wattwise.measure import Measurement
+    from wattwise.measure import GenerateSpec, Generation, Measurement
 
 __all__ = ["disturbed_cell"]
 
@@ -85,6 +85,23 @@ def measure(
             help="Grid carbon intensity in gCO2e/kWh for the CO2e figure (default: world average).",
         ),
     ] = None,
+    generate: Annotated[
+        bool,
+        typer.Option(
+            "--generate",
+            help="Measure generation (a language model): prefill and decode J/token, TTFT and "
+            "TBT; the batch size is the number of sequences generated together.",
+        ),
+    ] = False,
+    prompt_tokens: Annotated[
+        int,
+        typer.Option(
+            "--prompt-tokens", help="With --generate: prompt length (the input's ids, repeated)."
+        ),
+    ] = 128,
+    new_tokens: Annotated[
+        int, typer.Option("--new-tokens", help="With --generate: tokens generated per sequence.")
+    ] = 64,
     json_out: JsonOut = False,
 ) -> None:
     """Measure energy per item, latency and size of TARGET at each batch size."""
@@ -96,6 +113,7 @@ def measure(
     from wattwise.measure import measure as run_measure
 
     check_choice(mode, MODES, what="--mode")
+    spec = _generate_spec(generate, prompt_tokens, new_tokens, mode)
     shape = parse_shape(input_shape) if input_shape is not None else None
     dtype = parse_dtype(input_dtype) if input_dtype is not None else None
     sizes = parse_batch_sizes(batch_size) if batch_size is not None else None
@@ -122,6 +140,7 @@ def measure(
                         threads=threads,
                         max_time_s=max_time_s,
                         grid_intensity_g_per_kwh=grid_intensity,
+                        generate=spec,
                     )
                 )
 
@@ -148,6 +167,25 @@ def measure(
         with console.capture() as table:  # rendered as this console would, then written whole
             _print_measurements(console, resolved, results, hardware)
         write_stdout(table.get())
+
+
+def _generate_spec(
+    generate: bool, prompt_tokens: int, new_tokens: int, mode: str
+) -> GenerateSpec | None:
+    """The generation to measure, or None; --prompt-tokens/--new-tokens alone are a mistake."""
+    from wattwise.errors import InputError
+    from wattwise.measure import GenerateSpec
+
+    if not generate:
+        if (prompt_tokens, new_tokens) != (128, 64):
+            raise InputError("--prompt-tokens and --new-tokens go with --generate")
+        return None
+    if mode != "inference":
+        raise InputError("--generate measures inference; it takes --mode inference")
+    for flag, value in (("--prompt-tokens", prompt_tokens), ("--new-tokens", new_tokens)):
+        if value < 1:
+            raise InputError(f"{flag} must be >= 1, got {value}")
+    return GenerateSpec(prompt_tokens=prompt_tokens, new_tokens=new_tokens)
 
 
 def _resolve(
@@ -283,6 +321,26 @@ def _describe_source(source: str) -> str:
     )
 
 
+def _generation_rows(
+    row: Callable[[str, Callable[[Measurement], str]], None],
+    format_energy: Callable[[float], str],
+) -> None:
+    """The generation figures of each column (an item is then one response)."""
+
+    def gen(fmt: Callable[[Generation], str]) -> Callable[[Measurement], str]:
+        return lambda m: fmt(m.generation) if m.generation is not None else "n/a"
+
+    row("prompt + new tokens", gen(lambda g: f"{g.prompt_tokens} + {g.new_tokens}"))
+    row("prefill / token", gen(lambda g: format_energy(g.prefill_energy_j_per_token)))
+    row("decode / token", gen(lambda g: format_energy(g.decode_energy_j_per_token)))
+    row("energy / response", gen(lambda g: format_energy(g.energy_j_per_response)))
+    row("TTFT p50 / p90 (ms)", gen(lambda g: f"{_ms(g.ttft_ms_p50)} / {_ms(g.ttft_ms_p90)}"))
+    row("TBT p50 / p90 (ms)", gen(lambda g: f"{_ms(g.tbt_ms_p50)} / {_ms(g.tbt_ms_p90)}"))
+    row("generated tokens / s", gen(lambda g: _si(g.tokens_per_s)))
+    row("idle share", gen(lambda g: f"{g.idle_share:.0%}"))
+    row("KV cache", gen(lambda g: g.kv_cache))
+
+
 def _print_measurements(
     console: Console,
     resolved: ResolvedTarget,
@@ -325,6 +383,8 @@ def _print_measurements(
         row("tokens / item", lambda m: _maybe(m.tokens_per_item, lambda v: f"{v:.3g}"))
         row("energy / token", lambda m: _maybe(m.energy_j_per_token, format_energy))
         row("tokens / s", lambda m: _maybe(m.throughput_tokens_per_s, _si))
+    if any(m.generation is not None for m in results):
+        _generation_rows(row, format_energy)
     row("MACs / item", lambda m: _si(m.macs_per_item) if m.macs_per_item > 0 else "n/a")
     row("params", lambda m: _si(m.params))
     row("CO2e g / M items", lambda m: f"{m.co2e_g_per_million_items:.3g}")

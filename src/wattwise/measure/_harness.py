@@ -41,6 +41,16 @@ from wattwise._inputs import (
 )
 from wattwise.errors import InputError, UnavailableError, WorkloadError
 from wattwise.measure import _carbon, _stats
+from wattwise.measure._generate import (
+    GenerateSpec,
+    Generator,
+    Phase,
+    check_runs,
+    generator_for,
+    prompt_ids,
+    summarise,
+    timed_pass,
+)
 from wattwise.measure._isolate import pin_threads, run_isolated
 from wattwise.measure._lock import device_lock
 from wattwise.measure._macs import count_step_macs
@@ -84,6 +94,7 @@ class _Workload:
     grid_g_per_kwh: float
     isolated: bool
     count_macs: bool = True
+    generate: GenerateSpec | None = None
 
 
 def measure(
@@ -104,6 +115,7 @@ def measure(
     isolate: bool = True,
     grid_intensity_g_per_kwh: float | None = None,
     count_macs: bool = True,
+    generate: GenerateSpec | None = None,
 ) -> Measurement:
     """Measure energy per item, latency and size of ``model`` on ``device``.
 
@@ -132,6 +144,12 @@ def measure(
         count_macs: count the MACs of one call (``macs_per_item``). Counting goes through
             torch's dispatch, which loads dynamo (about 1.5 s in a fresh child); a caller that
             has the count already, or publishes none, passes False and gets 0.
+        generate: measure generation instead of one forward call: ``batch_size`` sequences
+            each prefill a prompt of ``generate.prompt_tokens`` (the example's token ids,
+            repeated) and decode ``generate.new_tokens`` greedily, with the model's KV cache
+            where it has one (see :mod:`wattwise.measure._generate`). The result's
+            ``generation`` holds prefill and decode J/token, J per response, TTFT and TBT;
+            an item is one response.
 
     Returns:
         A :class:`Measurement`; its ``energy_source`` says whether the joules were measured
@@ -153,6 +171,12 @@ def measure(
         max_time_s=max_time_s,
         target_ci95_rel=target_ci95_rel,
     )
+    if generate is not None:
+        if not isinstance(generate, GenerateSpec):
+            raise InputError(f"generate must be a GenerateSpec, got {type(generate).__name__}")
+        if mode != "inference":
+            raise InputError("generate= measures inference; it takes mode='inference'")
+        prompt_ids(example_input, 1, 1)  # token ids, or one line now rather than in the child
     g_per_kwh, _ = _carbon.grid_intensity(grid_intensity_g_per_kwh)
     work = _Workload(
         model=model,
@@ -171,6 +195,7 @@ def measure(
         grid_g_per_kwh=g_per_kwh,
         isolated=isolate,
         count_macs=bool(count_macs),
+        generate=generate,
     )
     with device_lock(device):
         if isolate:
@@ -574,6 +599,8 @@ def _run(work: _Workload) -> dict[str, Any]:
         params = sum(p.numel() for p in model.parameters())
     else:
         params = 0
+    if work.generate is not None:
+        return _run_generation(work, model, threads, params, notes)
     batch = to_device(take_rows(work.example_input, work.batch_size), device)
     target = (
         to_device(take_rows(work.target, work.batch_size), device)
@@ -772,7 +799,12 @@ class _Window:
     outer_s: float
 
 
-def _run_window(step: Callable[[], Any], meter: Meter, calls: int, device: str) -> _Window:
+def _run_window(
+    step: Callable[[], Any], meter: Meter, calls: int, device: str, sync_each: bool = True
+) -> _Window:
+    """``calls`` calls between the meter's reads. ``sync_each=False`` waits for a GPU once, at
+    the window's end: the calls' latencies are then not their own (take them elsewhere), and
+    the window's throughput is not throttled by a sync per call."""
     clock = time.perf_counter
     lat: list[float] = []
     outer0 = clock()
@@ -781,8 +813,10 @@ def _run_window(step: Callable[[], Any], meter: Meter, calls: int, device: str) 
     for _ in range(calls):
         t0 = clock()
         step()
-        _sync(device)
+        if sync_each:
+            _sync(device)
         lat.append(clock() - t0)
+    _sync(device)
     w1 = clock()
     reading = meter.stop(mark)
     # Overhead counts the meter's own start/stop reads too, not only our loop.
@@ -797,6 +831,7 @@ def _measure_windows(
     window_s: float,
     idle_power_w: float,
     dist: _Disturbance,
+    sync_each: bool = True,
 ) -> _Windows:
     """Windows of ``calls`` calls until the J/item CI is within the target (after
     ``MIN_WINDOWS``), the time cap, or ``MAX_WINDOWS``; a disturbed window is dropped and
@@ -810,7 +845,7 @@ def _measure_windows(
 
     while True:
         cpu0 = dist.mark()
-        window = _run_window(step, meter, calls, work.device)
+        window = _run_window(step, meter, calls, work.device, sync_each)
         reading = window.reading
         items = calls * work.batch_size
         if not (reading.energy_j > 0 and math.isfinite(reading.energy_j)):
@@ -921,5 +956,155 @@ def _summarise(
         "warmup_calls": warmup_calls,
         "harness_overhead_rel": max(0.0, (total_s - busy_s) / total_s) if total_s > 0 else 0.0,
         "notes": tuple(notes),
+        **dist.fields(),
+    }
+
+
+# Generation (see _generate.py): two phases of windows, then a timed pass
+
+
+def _run_generation(
+    work: _Workload, model: Any, threads: int, params: int, notes: list[str]
+) -> dict[str, Any]:
+    """Prefill and decode measured as separate windows, TTFT and TBT from a timed pass."""
+    import torch
+
+    from wattwise.measure.meters import create_meter
+
+    spec = work.generate
+    assert spec is not None
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    prompt = prompt_ids(work.example_input, work.batch_size, spec.prompt_tokens).to(work.device)
+    with torch.inference_mode():
+        gen = generator_for(model, prompt, spec)
+        check_runs(gen, describe(prompt))
+        if gen.kv_cache == "none":
+            notes.append(
+                "no KV cache: the model takes only forward(ids), so each new token recomputes "
+                "the whole sequence"
+            )
+        macs = 0.0
+        if work.count_macs:
+            try:
+                macs = _response_macs(gen, spec.new_tokens) / work.batch_size
+            except Exception:
+                notes.append("MACs not counted: the model hides its operations from torch")
+        meter = create_meter(work.meter, work.device)
+        try:
+            return _measure_generation(work, gen, meter, threads, params, macs, notes)
+        finally:
+            meter.close()
+
+
+def _response_macs(gen: Generator, new_tokens: int) -> float:
+    """MACs of one response for the whole batch: the prefill, then the decode steps (counted
+    at the first decode position; the attention over a longer cache adds a little)."""
+    tokens = gen.prefill()
+    prefill = count_step_macs(gen.prefill)
+    step = count_step_macs(lambda: gen.step(tokens))
+    gen.rewind()
+    return float(prefill + new_tokens * step)
+
+
+def _phase(windows: _Windows, batch_size: int) -> Phase:
+    calls = windows.items / batch_size
+    time_s = sum(windows.window_s)
+    return Phase(
+        j_per_sequence=list(windows.j_per_item),
+        above_idle_j_per_sequence=list(windows.above_idle_j_per_item),
+        ci95_rel=_stats.ci95_rel(windows.j_per_item),
+        call_s=time_s / calls,
+        energy_j=statistics.fmean(windows.j_per_item) * windows.items,
+        time_s=time_s,
+    )
+
+
+def _measure_generation(
+    work: _Workload,
+    gen: Generator,
+    meter: Meter,
+    threads: int,
+    params: int,
+    macs: float,
+    notes: list[str],
+) -> dict[str, Any]:
+    spec = work.generate
+    assert spec is not None
+    half = dataclasses.replace(work, max_time_s=work.max_time_s / 2)
+    warm = warm_up(gen.prefill, work.warmup_max_s / 2, work.device)
+    window_s, calls = _window_plan(work.min_window_s, meter.min_window_s, warm.call_s)
+    dist = _open_disturbance(work.device, notes)
+    idle_power_w = _idle_power_w(meter, window_s, dist, notes)
+    prefill = _phase(
+        _measure_windows(
+            half, gen.prefill, meter, calls, window_s, idle_power_w, dist, sync_each=False
+        ),
+        work.batch_size,
+    )
+
+    tokens = gen.prefill()
+    made = 0
+
+    def decode() -> None:
+        nonlocal tokens, made
+        if made == spec.new_tokens:  # the response is done: the next starts over
+            gen.rewind()
+            made = 0
+        tokens = gen.step(tokens)
+        made += 1
+
+    warm = warm_up(decode, work.warmup_max_s / 2, work.device)
+    _, calls = _window_plan(work.min_window_s, meter.min_window_s, warm.call_s)
+    decode_phase = _phase(
+        _measure_windows(half, decode, meter, calls, window_s, idle_power_w, dist, sync_each=False),
+        work.batch_size,
+    )
+    timed = timed_pass(gen, lambda: _sync(work.device))
+    generation = summarise(
+        spec, work.batch_size, prefill, decode_phase, timed, idle_power_w, gen.kv_cache
+    )
+    ci = max(prefill.ci95_rel, decode_phase.ci95_rel)
+    converged = ci <= work.target_ci95_rel
+    if not converged:
+        notes.append(
+            f"prefill/decode J CI95 ±{ci:.1%} (target ±{work.target_ci95_rel:.0%}) at the time cap"
+        )
+    if dist.watch is not None:
+        notes.extend(dist.notes(generation.prefill_windows + generation.decode_windows))
+    above = statistics.median(
+        prefill.above_idle_j_per_sequence
+    ) + spec.new_tokens * statistics.median(decode_phase.above_idle_j_per_sequence)
+    energy = generation.energy_j_per_response
+    responses_s = timed.response_s
+    return {
+        "mode": work.mode,
+        "device": work.device,
+        "batch_size": work.batch_size,
+        "energy_j_per_item": energy,
+        "energy_above_idle_j_per_item": max(above, 0.0),
+        "energy_source": meter.source,
+        "energy_uncertainty": float(meter.uncertainty),
+        "idle_power_w": idle_power_w,
+        "latency_ms_p50": _stats.percentile(responses_s, 50) * 1e3,
+        "latency_ms_p90": _stats.percentile(responses_s, 90) * 1e3,
+        "latency_ms_p99": _stats.percentile(responses_s, 99) * 1e3,
+        "throughput_items_per_s": generation.tokens_per_s / spec.new_tokens,
+        "peak_memory_bytes": _peak_memory_bytes(work.device),
+        "macs_per_item": macs,
+        "tokens_per_item": float(spec.prompt_tokens + spec.new_tokens),
+        "params": params,
+        "co2e_g_per_million_items": _carbon.co2e_g_per_million_items(energy, work.grid_g_per_kwh),
+        "grid_intensity_g_per_kwh": work.grid_g_per_kwh,
+        "windows": generation.prefill_windows + generation.decode_windows,
+        "window_s": window_s,
+        "ci95_rel": ci if math.isfinite(ci) else 1.0,
+        "converged": converged,
+        "threads": threads,
+        "isolated": work.isolated,
+        "warmup_calls": len(warm.call_times_s),
+        "harness_overhead_rel": 0.0,
+        "notes": tuple(notes),
+        "generation": generation,
         **dist.fields(),
     }

@@ -6,6 +6,8 @@ import dataclasses
 import math
 from typing import Any
 
+from wattwise.measure._generate import Generation
+
 SCHEMA_VERSION = 1
 
 
@@ -33,6 +35,9 @@ class Measurement:
             measured batch (an ``attention_mask``'s ones, else the ids' sequence length, see
             :func:`wattwise._inputs.tokens_per_item`); None for other inputs. It gives
             :attr:`energy_j_per_token` and :attr:`throughput_tokens_per_s`.
+        generation: for a generation workload (``measure(..., generate=...)``), prefill and
+            decode J/token, J per response, TTFT, TBT (:class:`Generation`); an item is then
+            one response of ``prompt_tokens + new_tokens`` tokens. None otherwise.
     """
 
     mode: str  # "inference" | "train"
@@ -65,6 +70,7 @@ class Measurement:
     repeated_windows: int = 0
     foreign_cpu_cores: float | None = None
     tokens_per_item: float | None = None
+    generation: Generation | None = None
 
     def __post_init__(self) -> None:
         for name in ("energy_j_per_item", "latency_ms_p50", "throughput_items_per_s"):
@@ -118,4 +124,6 @@ class Measurement:
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in fields}
         kwargs["notes"] = tuple(kwargs.get("notes", ()))
+        if isinstance(kwargs.get("generation"), dict):
+            kwargs["generation"] = Generation.from_dict(kwargs["generation"])
         return cls(**kwargs)
