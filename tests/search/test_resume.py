@@ -43,7 +43,7 @@ def _wait_for(db: str, out, proc: subprocess.Popen, *, need_complete: bool) -> i
         ]
         if running and (done or not need_complete):
             return running[0].number
-        time.sleep(0.5)
+        time.sleep(0.2)  # a trial lasts about a second: look often enough to catch it running
     if proc.poll() is not None:
         _, stderr = proc.communicate()
         raise AssertionError(
@@ -81,7 +81,7 @@ def test_ctrl_c_and_kill_9_then_rerun_resumes_with_completed_trials_intact(tmp_p
         "--timeout-per-trial-s",
         "200",
         "--max-time-s",
-        "0.5",
+        "0.3",
     )
     env = subprocess_env()
     db = f"sqlite:///{out}/wattwise.db"
@@ -216,7 +216,7 @@ def test_sigterm_stops_like_ctrl_c_and_the_same_command_resumes(tmp_path):
         "--space",
         str(space),
         "--max-time-s",
-        "0.5",
+        "0.3",
     )
     env = subprocess_env()
     db = f"sqlite:///{out}/wattwise.db"
