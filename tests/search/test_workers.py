@@ -37,7 +37,7 @@ def test_two_workers_share_one_postgresql_study(postgres_url, tmp_path):
         latency_p90_ms=None,
         trials=TRIALS,
         space=space,
-        max_time_s=0.5,
+        max_time_s=0.3,
         timeout_per_trial_s=200,
     )
     seeds = seed_params(space)
