@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from wattwise._core import Availability
 from wattwise._registry import Registry
-from wattwise.errors import UnavailableError
+from wattwise.errors import InputError, UnavailableError
 
 if TYPE_CHECKING:
     from wattwise.deploy._deployment import Deployment
@@ -45,10 +45,13 @@ class Backend(abc.ABC):
         name: registry name.
         precisions: every precision the backend can run somewhere; :meth:`unsupported` says
             which of them it can't run for a given device and model.
+        torch_kernels: it runs PyTorch's own kernels, whose CPU precision caveats
+            (:meth:`precision_notes`) apply; a runtime with kernels of its own has none here.
     """
 
     name: ClassVar[str] = ""
     precisions: ClassVar[tuple[str, ...]] = ()
+    torch_kernels: ClassVar[bool] = True
 
     @classmethod
     @abc.abstractmethod
@@ -70,7 +73,7 @@ class Backend(abc.ABC):
 
     def precision_notes(self, precision: str, device: str) -> list[str]:
         """Caveats of a precision that runs but may not pay off here (e.g. emulated bf16)."""
-        return _cpu_precision_notes(precision) if device == "cpu" else []
+        return _cpu_precision_notes(precision) if device == "cpu" and self.torch_kernels else []
 
     @abc.abstractmethod
     def prepare(
@@ -80,6 +83,23 @@ class Backend(abc.ABC):
 
 
 BACKENDS: Registry[type[Backend]] = Registry("backend")
+
+
+def require_export_inputs(
+    backend: str, deployment: Deployment, example_input: Batch, calibration: list[Batch]
+) -> None:
+    """A backend that exports the model needs an example input, and calibration for int8.
+
+    Raises:
+        InputError: naming the backend and what to pass.
+    """
+    if deployment.precision == "int8" and not calibration:
+        raise InputError(
+            f"{backend} int8 needs calibration= (a list of input batches, e.g. "
+            "task.calibration_batches())"
+        )
+    if not example_input:
+        raise InputError(f"{backend} needs example_input to export the model")
 
 
 def probe_backends(device: str = "cpu") -> dict[str, Availability]:

@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, Any
 
 from wattwise._core import Availability, first_line
 from wattwise.deploy._backends import is_pt2e_quantized
-from wattwise.deploy._base import BACKENDS, Backend, Batch, Prepared
+from wattwise.deploy._base import BACKENDS, Backend, Batch, Prepared, require_export_inputs
 from wattwise.deploy._program import quiet
-from wattwise.errors import InputError, WorkloadError
+from wattwise.errors import WorkloadError
 
 if TYPE_CHECKING:
     from wattwise.deploy._deployment import Deployment
@@ -148,6 +148,7 @@ class OpenVinoBackend(Backend):
 
     name = "openvino"
     precisions = ("fp32", "int8")
+    torch_kernels = False
 
     @classmethod
     def probe(cls, device: str = "cpu") -> Availability:
@@ -189,9 +190,6 @@ class OpenVinoBackend(Backend):
             return _NO_NNCF
         return super().unsupported(precision, device, model)
 
-    def precision_notes(self, precision: str, device: str) -> list[str]:
-        return []
-
     def prepare(
         self, model: Any, deployment: Deployment, *, example_input: Batch, calibration: list[Batch]
     ) -> Prepared:
@@ -199,12 +197,7 @@ class OpenVinoBackend(Backend):
         from wattwise.deploy._ort import export_onnx
         from wattwise.deploy._runners import OvModule
 
-        if deployment.precision == "int8" and not calibration:
-            raise InputError(
-                "openvino int8 needs calibration= (a list of input batches, e.g. task.calibration_batches())"
-            )
-        if not example_input:
-            raise InputError("openvino needs example_input to export the model")
+        require_export_inputs("openvino", deployment, example_input, calibration)
         onnx_bytes, notes = export_onnx(model, example_input)
         if deployment.precision == "int8":
             (xml, weights), note = _closer_scheme(

@@ -31,9 +31,16 @@ from typing import TYPE_CHECKING, Any
 from wattwise._core import Availability, first_line
 from wattwise._inputs import take_rows
 from wattwise.deploy._backends import is_pt2e_quantized
-from wattwise.deploy._base import BACKENDS, Backend, Batch, Prepared, cuda_probe
+from wattwise.deploy._base import (
+    BACKENDS,
+    Backend,
+    Batch,
+    Prepared,
+    cuda_probe,
+    require_export_inputs,
+)
 from wattwise.deploy._program import quiet
-from wattwise.errors import InputError, UnavailableError, WorkloadError
+from wattwise.errors import UnavailableError, WorkloadError
 
 if TYPE_CHECKING:
     from wattwise.deploy._deployment import Deployment
@@ -279,6 +286,7 @@ class OrtBackend(Backend):
 
     name = "onnxruntime"
     precisions = ("fp32", "fp16", "int8", "int8-dynamic")
+    torch_kernels = False
 
     @classmethod
     def probe(cls, device: str = "cpu") -> Availability:
@@ -314,20 +322,12 @@ class OrtBackend(Backend):
             return "its dynamic int8 kernels (MatMulInteger) are CPU kernels; use fp16 on CUDA"
         return super().unsupported(precision, device, model)
 
-    def precision_notes(self, precision: str, device: str) -> list[str]:
-        return []
-
     def prepare(
         self, model: Any, deployment: Deployment, *, example_input: Batch, calibration: list[Batch]
     ) -> Prepared:
         from wattwise.deploy._runners import OrtModule
 
-        if deployment.precision == "int8" and not calibration:
-            raise InputError(
-                "onnxruntime int8 needs calibration= (a list of input batches, e.g. task.calibration_batches())"
-            )
-        if not example_input:
-            raise InputError("onnxruntime needs example_input to export the model")
+        require_export_inputs("onnxruntime", deployment, example_input, calibration)
         notes: list[str] = []
         if deployment.precision == "fp16":
             # Export a half copy (on CPU: export only traces, it runs nothing in fp16).

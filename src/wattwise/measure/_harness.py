@@ -984,27 +984,28 @@ def _run_generation(
                 "no KV cache: the model takes only forward(ids), so each new token recomputes "
                 "the whole sequence"
             )
-        macs = 0.0
-        if work.count_macs:
-            try:
-                macs = _response_macs(gen, spec.new_tokens) / work.batch_size
-            except Exception:
-                notes.append("MACs not counted: the model hides its operations from torch")
         meter = create_meter(work.meter, work.device)
         try:
-            return _measure_generation(work, gen, meter, threads, params, macs, notes)
+            return _measure_generation(work, gen, meter, threads, params, notes)
         finally:
             meter.close()
 
 
-def _response_macs(gen: Generator, new_tokens: int) -> float:
-    """MACs of one response for the whole batch: the prefill, then the decode steps (counted
-    at the first decode position; the attention over a longer cache adds a little)."""
-    tokens = gen.prefill()
-    prefill = count_step_macs(gen.prefill)
-    step = count_step_macs(lambda: gen.step(tokens))
+def _response_macs(work: _Workload, gen: Generator, notes: list[str]) -> float:
+    """MACs of one response of one sequence: the prefill, then the decode steps (counted at
+    the first decode position; the attention over a longer cache adds a little)."""
+    assert work.generate is not None
+    if not work.count_macs:
+        return 0.0
+    try:
+        tokens = gen.prefill()
+        prefill = count_step_macs(gen.prefill)
+        step = count_step_macs(lambda: gen.step(tokens))
+    except Exception:
+        notes.append("MACs not counted: the model hides its operations from torch")
+        return 0.0
     gen.rewind()
-    return float(prefill + new_tokens * step)
+    return float(prefill + work.generate.new_tokens * step) / work.batch_size
 
 
 def _phase(windows: _Windows, batch_size: int) -> Phase:
@@ -1021,16 +1022,11 @@ def _phase(windows: _Windows, batch_size: int) -> Phase:
 
 
 def _measure_generation(
-    work: _Workload,
-    gen: Generator,
-    meter: Meter,
-    threads: int,
-    params: int,
-    macs: float,
-    notes: list[str],
+    work: _Workload, gen: Generator, meter: Meter, threads: int, params: int, notes: list[str]
 ) -> dict[str, Any]:
     spec = work.generate
     assert spec is not None
+    macs = _response_macs(work, gen, notes)
     half = dataclasses.replace(work, max_time_s=work.max_time_s / 2)
     warm = warm_up(gen.prefill, work.warmup_max_s / 2, work.device)
     window_s, calls = _window_plan(work.min_window_s, meter.min_window_s, warm.call_s)

@@ -23,7 +23,6 @@ from wattwise.passes._torch_pruning import (
     build_pruner,
     channels,
     recurrent_swapped,
-    sync_heads,
     taylor_gradients,
 )
 
@@ -126,8 +125,7 @@ def layer_sensitivity(
                 importance=importance,
                 ratio_dict={name: r},
             ) as setup:
-                setup.pruner.step()
-                sync_heads(setup.attention)
+                setup.step()
             out[name][r] = base - task.evaluate(trial)
     return out
 

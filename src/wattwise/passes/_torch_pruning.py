@@ -354,6 +354,11 @@ class PrunerSetup:
     attention: list[HeadedAttention] = dataclasses.field(default_factory=list)
     dead_ends: dict[str, str] = dataclasses.field(default_factory=dict)
 
+    def step(self) -> None:
+        """One pruning step, then the head counts of the attention that lost heads."""
+        self.pruner.step()
+        sync_heads(self.attention)
+
 
 def build_pruner(
     model: nn.Module,

@@ -39,7 +39,6 @@ from wattwise.passes._torch_pruning import (
     build_pruner,
     channels,
     recurrent_swapped,
-    sync_heads,
     taylor_gradients,
 )
 
@@ -161,14 +160,13 @@ def _prune(model: nn.Module, cfg: Prune, ctx: PassContext) -> nn.Module:
             taylor_gradients(model, task)
         with recurrent_swapped(model, reuse=stand_ins):
             try:
-                setup.pruner.step()
+                setup.step()
             except Exception as exc:
                 raise InputError(
                     f"Prune: Torch-Pruning failed on {type(model).__name__} at step {step + 1}: "
                     f"{type(exc).__name__}: {exc}"
                 ) from None
         model.zero_grad(set_to_none=True)
-        sync_heads(setup.attention)
         _check_runs(model, task)
         if cfg.finetune_epochs:
             task.fit(model, epochs=cfg.finetune_epochs, lr=cfg.lr, seed=ctx.seed * 1000 + step)
