@@ -12,5 +12,16 @@ from wattwise.tasks._builtin import get, load_task, names
 from wattwise.tasks._task import Task, accuracy
 from wattwise.tasks.digits import DigitsCNN, digits
 from wattwise.tasks.photos import lite0_photos
+from wattwise.tasks.tinylm import tinylm_task
 
-__all__ = ["DigitsCNN", "Task", "accuracy", "digits", "get", "lite0_photos", "load_task", "names"]
+__all__ = [
+    "DigitsCNN",
+    "Task",
+    "accuracy",
+    "digits",
+    "get",
+    "lite0_photos",
+    "load_task",
+    "names",
+    "tinylm_task",
+]

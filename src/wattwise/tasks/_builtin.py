@@ -17,6 +17,7 @@ from wattwise.tasks._task import Task
 from wattwise.tasks.digits import digits
 from wattwise.tasks.photos import lite0_photos
 from wattwise.tasks.text import minilm_embed, minilm_topics
+from wattwise.tasks.tinylm import tinylm_task
 
 __all__ = ["TASKS", "get", "load_task", "names"]
 
@@ -26,6 +27,7 @@ TASKS.register("digits32")(functools.partial(digits, size=32))
 TASKS.register("lite0-photos")(lite0_photos)
 TASKS.register("minilm-topics")(minilm_topics)
 TASKS.register("minilm-embed")(minilm_embed)
+TASKS.register("tinylm")(tinylm_task)
 
 _T = TypeVar("_T")
 
