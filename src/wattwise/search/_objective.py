@@ -501,28 +501,34 @@ def _failure(exc: BaseException) -> dict[str, Any]:
 
 
 def _fixed_batch_module(fn: Any, batch_size: int) -> nn.Module:
-    """Wrap a deployed callable so a metric can feed it any batch size: inputs are cut into
-    chunks of exactly ``batch_size`` (the last one padded by repeating its first row, outputs
-    of the padding dropped). A compiled graph then never sees a shape it wasn't checked on."""
+    """Wrap a deployed callable so a metric can feed it any batch size: inputs (positional
+    tensors, or named ones such as ``input_ids`` and ``attention_mask``) are cut into chunks of
+    exactly ``batch_size`` rows, the last one padded by repeating its first row and the
+    padding's outputs dropped. A graph whose kernels depend on the batch (OpenVINO's int8)
+    then computes the metric as it runs deployed, and a static one never sees a shape it
+    wasn't checked on."""
     import torch
     from torch import nn
+
+    def pad(t: torch.Tensor, k: int) -> torch.Tensor:
+        return torch.cat([t, t[:1].expand(batch_size - k, *t.shape[1:])]) if k < batch_size else t
 
     class _FixedBatch(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.fn = fn
 
-        def forward(self, *args: Any) -> Any:
-            n = int(args[0].shape[0])
+        def forward(self, *args: torch.Tensor, **named: torch.Tensor) -> Any:
+            parts = [*args, *named.values()]
+            n = int(parts[0].shape[0])
             outs = []
             for start in range(0, n, batch_size):
-                chunk = [a[start : start + batch_size] for a in args]
+                chunk = [p[start : start + batch_size] for p in parts]
                 k = int(chunk[0].shape[0])
-                if k < batch_size:
-                    chunk = [
-                        torch.cat([c, c[:1].expand(batch_size - k, *c.shape[1:])]) for c in chunk
-                    ]
-                out = self.fn(*chunk)
+                chunk = [pad(c, k) for c in chunk]
+                out = self.fn(
+                    *chunk[: len(args)], **dict(zip(named, chunk[len(args) :], strict=True))
+                )
                 outs.append(out[:k] if isinstance(out, torch.Tensor) else [o[:k] for o in out])
             if all(isinstance(o, torch.Tensor) for o in outs):
                 return torch.cat(outs)  # type: ignore[arg-type]
