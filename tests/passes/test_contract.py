@@ -148,7 +148,7 @@ def test_pass_contract(
     case.claim(model_name, log)
 
 
-@pytest.mark.parametrize("method", ["int8-weight-only", "int4-weight-only", "float8"])
+@pytest.mark.parametrize("method", ["int4-weight-only", "float8"])
 def test_cuda_only_methods_say_why_on_cpu(
     method: str, task: Task, trained_zoo: Callable[[str], nn.Module]
 ) -> None:

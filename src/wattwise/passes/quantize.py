@@ -18,10 +18,14 @@ Methods:
 ``bf16`` / ``fp16``
     Cast the weights; the model casts its inputs and returns float32 logits. On CPUs without
     AMX/AVX512-FP16, fp16 is emulated and slow: the pass times it and says so in the log.
-``int8-weight-only``, ``int4-weight-only``, ``float8``
-    torchao's GPU configs (weight-only int8/int4, float8 dynamic activations and weights).
-    They need CUDA; float8 needs compute capability 8.9+ (Ada/Hopper). Elsewhere they raise
-    :class:`UnavailableError` saying why.
+``int8-weight-only``
+    torchao's ``Int8WeightOnlyConfig`` on every Linear: int8 weights, float activations. It
+    runs on the CPU too (a quarter of the Linear weights' bytes; whether it is faster there is
+    for the measurement to say: the weights are dequantized in the matmul).
+``int4-weight-only``, ``float8``
+    torchao's GPU configs (weight-only int4, float8 dynamic activations and weights). They
+    need CUDA, as torchao's kernels for them are CUDA-only; float8 needs compute capability
+    8.9+ (Ada/Hopper). Elsewhere they raise :class:`UnavailableError` saying why.
 
 The accuracy guard (``max_accuracy_drop``, pt2e-int8 only): when the drop exceeds it, the
 layers whose quantization alone costs the most accuracy are put back to float one at a time
@@ -60,7 +64,7 @@ METHODS = (
     "int4-weight-only",
     "float8",
 )
-_CUDA_METHODS = ("int8-weight-only", "int4-weight-only", "float8")
+_CUDA_METHODS = ("int4-weight-only", "float8")
 # At most this fraction of the quantizable layers goes back to float before QAT is tried:
 # beyond it, most of int8's benefit is gone anyway.
 _MAX_FLOAT_FRACTION = 0.5
@@ -428,15 +432,15 @@ def _cast(model: nn.Module, cfg: Quantize, ctx: PassContext) -> nn.Module:
     return cast
 
 
-# -- torchao CUDA configs ----------------------------------------------------------------------
+# -- torchao weight-only and float8 configs ----------------------------------------------------
 
 
-def _cuda_only(model: nn.Module, cfg: Quantize, ctx: PassContext) -> nn.Module:
+def _torchao_config(model: nn.Module, cfg: Quantize, ctx: PassContext) -> nn.Module:
     import torch
     from torch import nn
 
     device = model_device(model)
-    if device.type != "cuda":
+    if cfg.method in _CUDA_METHODS and device.type != "cuda":
         why = (
             "no CUDA GPU here"
             if not torch.cuda.is_available()
@@ -497,9 +501,9 @@ _METHOD_HANDLERS = {
     "dynamic-int8": _dynamic,
     "bf16": _cast,
     "fp16": _cast,
-    "int8-weight-only": _cuda_only,
-    "int4-weight-only": _cuda_only,
-    "float8": _cuda_only,
+    "int8-weight-only": _torchao_config,
+    "int4-weight-only": _torchao_config,
+    "float8": _torchao_config,
 }
 
 
