@@ -35,7 +35,7 @@ def test_digits_ort_int8_and_compile_against_eager_fp32_side_by_side(task, train
         "offline",
         calibration=calib,
         rounds=2,
-        max_time_s=6.0,
+        max_time_s=2.0,  # the checks are of the selection and its labels, not precision
         isolate=True,
     )
     measured = [c for c in result.candidates if c.ok]
