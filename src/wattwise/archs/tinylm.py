@@ -203,6 +203,13 @@ def _rope_table(cfg: TinyLMConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return angles.cos().float(), angles.sin().float()
 
 
+# The cos and sin of the rotary angles of some positions, each ``[T, head_dim]``.
+Rope = tuple[torch.Tensor, torch.Tensor]
+# One layer's cache as attention uses it: its key and value buffers, the positions the new
+# keys and values go to, and which keys each query sees.
+LayerCache = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` ``[B, H, T, head_dim]`` by the angles of its positions (``[T, head_dim]``)."""
     first, second = x.chunk(2, dim=-1)
@@ -222,13 +229,9 @@ class Attention(nn.Module):
         self.o = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        cached: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        self, x: torch.Tensor, rope: Rope, cached: LayerCache | None = None
     ) -> torch.Tensor:
-        """``x`` ``[B, T, dim]``; ``cos``/``sin`` of the T tokens' absolute positions.
+        """``x`` ``[B, T, dim]``; ``rope``: the cos and sin of the T tokens' absolute positions.
 
         ``cached``: ``(keys, values, positions, mask)``: this layer's cache buffers, where the
         T new keys and values go, and which keys each query sees (``[T, max_tokens]``).
@@ -237,7 +240,7 @@ class Attention(nn.Module):
         q = self.q(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         k = self.k(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        q, k = _rotate(q, *rope), _rotate(k, *rope)
         if cached is None:
             out = F.scaled_dot_product_attention(
                 q, self._repeat(k), self._repeat(v), is_causal=True
@@ -285,13 +288,9 @@ class Block(nn.Module):
         self.ffn = SwiGLU(cfg.dim, cfg.ffn_dim)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        cached: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        self, x: torch.Tensor, rope: Rope, cached: LayerCache | None = None
     ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, cached)
+        x = x + self.attn(self.attn_norm(x), rope, cached)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -396,12 +395,12 @@ class TinyLM(nn.Module):
         x = self.embed(input_ids)
         if cache is None:
             for block in self.blocks:
-                x = block(x, cos, sin)
+                x = block(x, (cos, sin))
         else:
             keys = torch.arange(cache.max_tokens, device=input_ids.device)
             mask = keys[None, :] <= positions[:, None]  # [T, max_tokens]: True = visible
             for block, k, v in zip(self.blocks, cache.keys, cache.values, strict=True):
-                x = block(x, cos, sin, (k, v, positions, mask))
+                x = block(x, (cos, sin), (k, v, positions, mask))
             cache.length = start + t
         return self.head(self.norm(x))
 

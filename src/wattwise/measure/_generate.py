@@ -108,9 +108,6 @@ class Generation:
     prefill_windows: int
     decode_windows: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Generation:
         names = {f.name for f in dataclasses.fields(cls)}

@@ -82,6 +82,12 @@ class TextData:
         if len(self.held_out) != len(self.corpus.held_out_texts):
             raise InputError("TextData.held_out must hold one item per held-out sentence")
 
+    def task(self, name: str, model_factory: Callable[[], nn.Module], **recipe: Any) -> Task:
+        """The :class:`Task` on these sentences: ``recipe`` holds the rest of its fields
+        (metric, loss, epochs, learning rate, batch size, seed)."""
+        inputs = (self.train, self.held_out, self.example_input)
+        return Task(name, model_factory, *inputs, collate_fn=self.collate_fn, **recipe)
+
 
 def _check_seed(where: str, seed: int) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -238,16 +244,11 @@ def minilm_topics(seed: int = 0) -> Task:
     """
     _check_seed("minilm_topics", seed)
     data = topics_task_data(seed)
-    return Task(
-        name="minilm-topics",
-        model_factory=functools.partial(
-            _seeded_classifier, num_classes=len(data.corpus.topics), seed=seed
-        ),
-        train_data=data.train,
-        val_data=data.held_out,
-        example_input=data.example_input,
-        collate_fn=data.collate_fn,
-        num_classes=len(data.corpus.topics),
+    classes = len(data.corpus.topics)
+    return data.task(
+        "minilm-topics",
+        functools.partial(_seeded_classifier, num_classes=classes, seed=seed),
+        num_classes=classes,
         epochs=TOPICS_EPOCHS,
         lr=TOPICS_LR,
         batch_size=TOPICS_BATCH_SIZE,
@@ -270,13 +271,9 @@ def minilm_embed(seed: int = 0) -> Task:
     """
     _check_seed("minilm_embed", seed)
     data = embedding_task_data(seed)
-    return Task(
-        name="minilm-embed",
-        model_factory=MiniLMEmbedder,
-        train_data=data.train,
-        val_data=data.held_out,
-        example_input=data.example_input,
-        collate_fn=data.collate_fn,
+    return data.task(
+        "minilm-embed",
+        MiniLMEmbedder,
         metric=embedding_fidelity,
         loss_fn=cosine_distance,
         epochs=0,
