@@ -1,6 +1,7 @@
 """Settings for the whole suite."""
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,16 @@ def _short_windows_for_searches(
     where = request.node.path.resolve().relative_to(_TESTS).parts
     if where and where[0] in _SHORT_WINDOWS:
         monkeypatch.setenv("WATTWISE_MIN_WINDOW_S", "0.1")
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a module's tests, restored after: small inputs gain nothing from
+    a second thread, and on a busy 2-core machine OpenMP's spin-waiting made the architecture
+    tests about 10x slower (128 s against 10 s)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -29,14 +29,8 @@ SMALL_INPUT = (2, 3, 64, 64)  # registry-wide tests stay small: 2 cores, shared 
 TINY_INPUT = (1, 3, 32, 32)  # enough for inference-only checks (the last feature map is 1×1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small inputs gain nothing from a second thread, and on a busy 2-core machine OpenMP's
-    spin-waiting made this file ~10× slower (128 s against 10 s); restore the setting after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Small inputs gain nothing from a second thread (tests/conftest.py: one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def macs(model: torch.nn.Module, x: torch.Tensor) -> float:

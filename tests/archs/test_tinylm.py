@@ -18,13 +18,8 @@ from wattwise.measure._macs import count_macs
 SMALL = {"dim": 64, "heads": 4, "kv_heads": 2, "ffn_dim": 96, "layers": 2, "max_seq_len": 64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Small inputs gain nothing from a second thread (tests/conftest.py: one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(**fields: int) -> TinyLM:
