@@ -78,3 +78,23 @@ def test_auto_precision_keeps_small_steps_in_fp32(
     rec = log.records[0]
     assert rec.method == "fp32/teacher=original"
     assert rec.metrics["bf16_step_speedup"] > 0
+
+
+def test_soft_targets_of_a_language_model_are_averaged_per_position() -> None:
+    # [B, T, V] logits hold B*T predictions: the soft term is their mean KL, the same as the
+    # same predictions laid out as a classifier's [B*T, V], not B*T/B times it.
+    from wattwise.passes.distill import soft_target_loss
+
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 2, 8, 16, generator=gen)
+    per_position = torch.nn.functional.kl_div(
+        torch.log_softmax(student / 2.0, -1),
+        torch.log_softmax(teacher / 2.0, -1),
+        log_target=True,
+        reduction="none",
+    ).sum(-1)
+    lm = soft_target_loss(student, teacher, 2.0)
+    flat = soft_target_loss(student.reshape(-1, 16), teacher.reshape(-1, 16), 2.0)
+    assert torch.allclose(lm, per_position.mean())
+    assert torch.allclose(lm, flat)
+    assert float(soft_target_loss(teacher, teacher, 2.0)) == pytest.approx(0.0, abs=1e-6)

@@ -184,6 +184,26 @@ class Distill(Pass):
         return out
 
 
+def soft_target_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """``KL(softmax(teacher / T) ‖ softmax(student / T))``, the mean over predictions.
+
+    Logits are ``[..., classes]``: one prediction per row of a classifier's ``[B, C]``, one per
+    position of a language model's ``[B, T, V]``. ``reduction="batchmean"`` divides by the
+    first dimension only, so the other leading ones are flattened into it first (else a
+    128-token window's soft term would weigh 128 times a classifier's).
+    """
+    import torch.nn.functional as F
+
+    return F.kl_div(
+        F.log_softmax(student.flatten(0, -2) / temperature, dim=-1),
+        F.log_softmax(teacher.flatten(0, -2) / temperature, dim=-1),
+        log_target=True,
+        reduction="batchmean",
+    )
+
+
 def _bf16_native(device: torch.device) -> bool:
     import torch
 
@@ -261,7 +281,6 @@ def _match(adapter: nn.Module, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor
 @register_handler(Distill)
 def _distill(model: nn.Module, cfg: Distill, ctx: PassContext) -> nn.Module:
     import torch
-    import torch.nn.functional as F
     from torch import nn
 
     task = ctx.task
@@ -328,13 +347,7 @@ def _distill(model: nn.Module, cfg: Distill, ctx: PassContext) -> nn.Module:
                 t_logits = primary_tensor(call(teacher, x))
             s_logits = primary_tensor(call(m, x))
         s_logits, t_logits = s_logits.float(), t_logits.float()
-        soft = F.kl_div(
-            F.log_softmax(s_logits / T, dim=-1),
-            F.log_softmax(t_logits / T, dim=-1),
-            log_target=True,
-            reduction="batchmean",
-        )
-        loss = alpha * T * T * soft
+        loss = alpha * T * T * soft_target_loss(s_logits, t_logits, T)
         if alpha < 1.0:
             loss = loss + (1.0 - alpha) * task.loss_fn(s_logits, y)
         if pairs and cfg.feature_weight > 0:
