@@ -19,8 +19,10 @@ def doctor_report() -> dict[str, Any]:
     """What works here: every meter (per device) and backend, available or not and why.
 
     Returns:
-        ``{"schema": 1, "hardware": {...}, "meters": [...], "backends": [...]}``, each row
-        ``{"name", "device", "available", "reason"}``. A probe that raises is reported as
+        ``{"schema": 1, "hardware": {...}, "meters": [...], "backends": [...],
+        "controls": [...], "restored": [...]}``, each row ``{"name", "device", "available",
+        "reason"}``; ``controls`` holds the GPU power limit (whether this process may set it),
+        ``restored`` the limits a dead process had left set and doctor put back. A probe that raises is reported as
         unavailable with the exception, never raised: doctor must always finish.
     """
     import torch
@@ -60,11 +62,23 @@ def doctor_report() -> dict[str, Any]:
             continue
         for name, availability in probed_backends.items():
             backends.append(_doctor_row(name, device, availability))
+    # The GPU power limit, a search choice where this process may set it.
+    from wattwise.measure._power_limit import power_limit_availability, restore_orphaned_limits
+
+    try:
+        restored = restore_orphaned_limits()
+        limit = power_limit_availability("cuda")
+    except Exception as exc:  # doctor must always finish
+        from wattwise._core import Availability
+
+        restored, limit = [], Availability(False, f"probe failed: {exc}")
     return {
         "schema": JSON_SCHEMA,
         "hardware": hardware_info(),
         "meters": meters,
         "backends": backends,
+        "controls": [_doctor_row("power_limit", "cuda", limit)],
+        "restored": restored,
     }
 
 
@@ -97,8 +111,14 @@ def doctor(
     )
     for column in ("kind", "name", "device", "available", "reason"):
         table.add_column(column)
-    for kind, rows in (("meter", report["meters"]), ("backend", report["backends"])):
+    for kind, rows in (
+        ("meter", report["meters"]),
+        ("backend", report["backends"]),
+        ("control", report["controls"]),
+    ):
         for r in rows:
             mark = "[green]yes[/]" if r["available"] else "[red]no[/]"
             table.add_row(kind, r["name"], r["device"], mark, r["reason"])
     Console().print(table)
+    for line in report["restored"]:
+        print(f"wattwise: {line}")
