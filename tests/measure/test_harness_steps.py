@@ -199,6 +199,20 @@ def test_warmed_up_windows_stop_at_the_ci_target_and_hold_real_figures(meter: Me
     assert 0 < kept.busy_s <= kept.total_s
 
 
+def test_windows_without_a_sync_per_call_take_latencies_from_a_timed_pass(meter: Meter) -> None:
+    # How a GPU is measured: the windows wait once at their end, so the calls' own times are
+    # launches only; their time is the loop's, and latencies come from a separate pass.
+    from wattwise.measure._harness import _timed_calls
+
+    work = workload(target_ci95_rel=0.5, max_time_s=0.2)
+    step = matmul_step()
+    kept = _measure_windows(work, step, meter, 5, 0.01, 0.0, _Disturbance(None), sync_each=False)
+    assert kept.latencies_s == []
+    assert kept.busy_s == pytest.approx(sum(kept.window_s))
+    timed = _timed_calls(step, "cpu", min_s=0.05)
+    assert len(timed) >= 20 and all(t > 0 for t in timed)
+
+
 def test_windows_stop_at_the_time_cap_after_the_minimum(meter: Meter) -> None:
     # A CI target no real measurement meets: the time cap ends it, after MIN_WINDOWS.
     work = workload(target_ci95_rel=1e-12, max_time_s=0.05)

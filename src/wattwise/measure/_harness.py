@@ -653,7 +653,16 @@ def _measure_loop(
     window_s, calls = _window_plan(work.min_window_s, meter.min_window_s, warm.call_s)
     dist = _open_disturbance(work.device, notes)
     idle_power_w = _idle_power_w(meter, window_s, dist, notes)
-    windows = _measure_windows(work, step, meter, calls, window_s, idle_power_w, dist)
+    # On a GPU a sync per call would throttle the very throughput the windows measure (the
+    # GPU idles while the host waits, then while it launches the next call): the windows wait
+    # once, at their end, and the per-call latencies come from a separate timed pass. On the
+    # CPU a call is done when it returns, so its window's own times are its latencies.
+    gpu = work.device.startswith("cuda")
+    windows = _measure_windows(
+        work, step, meter, calls, window_s, idle_power_w, dist, sync_each=not gpu
+    )
+    if gpu:
+        windows.latencies_s = _timed_calls(step, work.device, min_s=min(1.0, window_s))
     return _summarise(
         work,
         windows,
@@ -668,6 +677,24 @@ def _measure_loop(
         warmup_calls=len(warm.call_times_s),
         peak_memory_bytes=_peak_memory_bytes(work.device),
     )
+
+
+def _timed_calls(
+    step: Callable[[], Any], device: str, *, min_s: float, min_calls: int = 20
+) -> list[float]:
+    """Seconds of each call, each waited for to the device's end of work: at least
+    ``min_calls`` calls and ``min_s`` seconds of them (a latency pass apart from the windows)."""
+    clock = time.perf_counter
+    out: list[float] = []
+    start = clock()
+    while len(out) < min_calls or clock() - start < min_s:
+        t0 = clock()
+        step()
+        _sync(device)
+        out.append(clock() - t0)
+        if len(out) >= 50 * min_calls:
+            break
+    return out
 
 
 # 3. warm up
@@ -794,9 +821,10 @@ class _Window:
     loop alone, and the loop with the meter's own start and stop reads."""
 
     reading: Reading
-    latencies_s: list[float]
+    latencies_s: list[float]  # empty without a sync per call
     loop_s: float
     outer_s: float
+    busy_s: float
 
 
 def _run_window(
@@ -815,12 +843,14 @@ def _run_window(
         step()
         if sync_each:
             _sync(device)
-        lat.append(clock() - t0)
+            lat.append(clock() - t0)
     _sync(device)
     w1 = clock()
     reading = meter.stop(mark)
-    # Overhead counts the meter's own start/stop reads too, not only our loop.
-    return _Window(reading, lat, w1 - w0, clock() - outer0)
+    # Overhead counts the meter's own start/stop reads too, not only our loop. Without a sync
+    # per call, the calls' time is the whole loop's (their own times are only launches).
+    busy = sum(lat) if sync_each else w1 - w0
+    return _Window(reading, lat, w1 - w0, clock() - outer0, busy)
 
 
 def _measure_windows(
@@ -865,7 +895,7 @@ def _measure_windows(
         )
         kept.window_s.append(window.loop_s)
         kept.latencies_s.extend(window.latencies_s)
-        kept.busy_s += sum(window.latencies_s)
+        kept.busy_s += window.busy_s
         kept.total_s += window.outer_s
         kept.items += items
         n = len(kept.j_per_item)
