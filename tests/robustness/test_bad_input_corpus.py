@@ -180,10 +180,11 @@ def test_compress_out_under_a_file(ws: Path) -> None:
     result = CliRunner().invoke(
         app, ["compress", "digits_cnn", "--recipe", str(ws / "r.yaml"), "--out", str(out)]
     )
-    # Either refused up front or after training; both must be one line, exit 2, nothing left.
+    # Refused up front, before any training: one line, exit 2, nothing left.
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert len(_error_lines(result.stderr)) == 1
+    assert "afile is not a directory" in result.stderr
     assert not out.exists()
     assert (ws / "afile").read_text() == "x"
 

@@ -20,6 +20,7 @@ import io
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,6 +41,19 @@ def check_out_dir(out: Path) -> Path:
         raise InputError(f"--out {out} exists and is not a directory")
     if out.exists() and any(out.iterdir()):
         raise InputError(f"--out {out} is not empty; choose a new directory")
+    # The nearest existing folder above must be a writable directory, or the work would be
+    # done for nothing (a file on the path, a read-only mount).
+    above = out.absolute().parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise InputError(f"--out {out}: {above} is not a directory")
+    try:  # a probe file of our own, removed at once: access() says nothing of read-only mounts
+        fd, probe = tempfile.mkstemp(prefix=".wattwise-probe-", dir=above)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot write to {above}: {exc.strerror or exc}") from None
     return out
 
 
