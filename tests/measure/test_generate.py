@@ -241,3 +241,14 @@ def test_what_cannot_generate_fails_in_one_line(call: Any, error: type, message:
     with pytest.raises(error, match=message) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+def test_without_nvml_the_gpu_cool_down_says_it_could_not_read_the_temperature() -> None:
+    from wattwise.measure._harness import _cool_down
+    from wattwise.measure.meters.nvml import gpu_temperature_c
+
+    if gpu_temperature_c("cuda") is not None:
+        pytest.skip("an NVIDIA GPU is here: the gpu tests cover the cool-down")
+    notes: list[str] = []
+    _cool_down("cuda", notes)
+    assert notes == ["GPU temperature unreadable: no cool-down before measuring"]

@@ -66,6 +66,12 @@ DEFAULT_MIN_WINDOW_S = 0.5
 # every trial, baseline and confirmation child then measures in a fifth of the time.
 MIN_WINDOW_ENV = "WATTWISE_MIN_WINDOW_S"
 MIN_WINDOWS = 3
+# Generation on a GPU, after ML.ENERGY's protocol: windows of at least 5 s (a board's power
+# and clocks take seconds to settle at a new load), and each measurement starts from a GPU
+# no hotter than COOL_GPU_C, waiting up to COOL_DOWN_MAX_S for it to cool from the last one.
+GPU_GENERATION_WINDOW_S = 5.0
+COOL_GPU_C = 60.0
+COOL_DOWN_MAX_S = 60.0
 MAX_WINDOWS = 50
 # A window is disturbed when other processes used more than this many cores on average during
 # it (beyond the counters' resolution, see CpuWatch.disturbed). On our idle 2-core VM the
@@ -1021,6 +1027,30 @@ def _run_generation(
             meter.close()
 
 
+def _cool_down(device: str, notes: list[str]) -> None:
+    """Wait (up to :data:`COOL_DOWN_MAX_S`) for the GPU to cool to :data:`COOL_GPU_C`, so a
+    candidate is not charged for the heat the last one left; the note says what was found."""
+    from wattwise.measure.meters.nvml import gpu_temperature_c
+
+    start = time.monotonic()
+    temp = gpu_temperature_c(device)
+    if temp is None:
+        notes.append("GPU temperature unreadable: no cool-down before measuring")
+        return
+    first = temp
+    while temp is not None and temp > COOL_GPU_C and time.monotonic() - start < COOL_DOWN_MAX_S:
+        time.sleep(1.0)
+        temp = gpu_temperature_c(device)
+    waited = time.monotonic() - start
+    if waited >= 1.0:
+        notes.append(
+            f"GPU cooled from {first:.0f} to {temp if temp is not None else first:.0f} °C "
+            f"in {waited:.0f} s before measuring"
+        )
+    if temp is not None and temp > COOL_GPU_C:
+        notes.append(f"GPU still at {temp:.0f} °C after {COOL_DOWN_MAX_S:.0f} s of cool-down")
+
+
 def _response_macs(work: _Workload, gen: Generator, notes: list[str]) -> float:
     """MACs of one response of one sequence: the prefill, then the decode steps (counted at
     the first decode position; the attention over a longer cache adds a little)."""
@@ -1058,8 +1088,13 @@ def _measure_generation(
     assert spec is not None
     macs = _response_macs(work, gen, notes)
     half = dataclasses.replace(work, max_time_s=work.max_time_s / 2)
+    min_window_s = work.min_window_s
+    if work.device.startswith("cuda"):
+        _cool_down(work.device, notes)
+        if min_window_s is None:  # a window the caller chose stands
+            min_window_s = GPU_GENERATION_WINDOW_S
     warm = warm_up(gen.prefill, work.warmup_max_s / 2, work.device)
-    window_s, calls = _window_plan(work.min_window_s, meter.min_window_s, warm.call_s)
+    window_s, calls = _window_plan(min_window_s, meter.min_window_s, warm.call_s)
     dist = _open_disturbance(work.device, notes)
     idle_power_w = _idle_power_w(meter, window_s, dist, notes)
     prefill = _phase(
@@ -1081,7 +1116,7 @@ def _measure_generation(
         made += 1
 
     warm = warm_up(decode, work.warmup_max_s / 2, work.device)
-    _, calls = _window_plan(work.min_window_s, meter.min_window_s, warm.call_s)
+    _, calls = _window_plan(min_window_s, meter.min_window_s, warm.call_s)
     decode_phase = _phase(
         _measure_windows(half, decode, meter, calls, window_s, idle_power_w, dist, sync_each=False),
         work.batch_size,

@@ -81,6 +81,22 @@ def _shutdown(pynvml: ModuleType) -> None:
         pynvml.nvmlShutdown()
 
 
+def gpu_temperature_c(device: str = "cuda") -> float | None:
+    """The GPU's core temperature in °C through NVML, or ``None`` where it cannot be read."""
+    try:
+        pynvml = _import_pynvml()
+        _init(pynvml)
+    except UnavailableError:
+        return None
+    try:
+        handle, _ = resolve_handle(pynvml, cuda_ordinal(device))
+        return float(pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU))
+    except Exception:
+        return None
+    finally:
+        _shutdown(pynvml)
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
