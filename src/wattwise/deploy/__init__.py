@@ -18,6 +18,12 @@ from wattwise.deploy._export import (
     hardware_description,
     load_artifact,
 )
+from wattwise.deploy._generation import (
+    GENERATION_BACKENDS,
+    GENERATION_PRECISIONS,
+    Served,
+    serve_for_generation,
+)
 from wattwise.deploy._prepare import Deployed, deploy, deploy_with
 from wattwise.deploy._program import export_program
 from wattwise.deploy._scenario import (
@@ -34,6 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKENDS",
+    "GENERATION_BACKENDS",
+    "GENERATION_PRECISIONS",
     "PRECISIONS",
     "SCENARIOS",
     "Availability",
@@ -47,6 +55,7 @@ __all__ = [
     "OrtModule",
     "OvModule",
     "SelectionResult",
+    "Served",
     "compare_outputs",
     "deploy",
     "deploy_with",
@@ -59,6 +68,7 @@ __all__ = [
     "online_candidates",
     "probe_backends",
     "select_deployment",
+    "serve_for_generation",
 ]
 
 

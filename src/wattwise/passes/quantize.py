@@ -507,6 +507,38 @@ _METHOD_HANDLERS = {
 }
 
 
+# The methods that need no data: they rewrite Linear weights alone.
+DATA_FREE_METHODS = ("dynamic-int8", "int8-weight-only", "int4-weight-only", "float8")
+
+
+def quantize_weights(model: nn.Module, method: str) -> tuple[nn.Module, list[str]]:
+    """Quantize ``model``'s Linear layers in place with a method that needs no data
+    (:data:`DATA_FREE_METHODS`), outside a recipe: what a generative deployment applies, since
+    it must keep the model object (and its KV cache protocol) whole.
+
+    Returns:
+        The model (the same object) and what the method said: layers left alone, and notes.
+
+    Raises:
+        InputError: a method that needs data (``pt2e-int8``) or a cast.
+        UnavailableError: the method cannot run here (int4 and float8 need CUDA).
+    """
+    from typing import cast
+
+    if method not in DATA_FREE_METHODS:
+        raise InputError(
+            f"quantize_weights takes one of {', '.join(DATA_FREE_METHODS)}, got {method!r}"
+        )
+    # These handlers read no task: they calibrate nothing.
+    ctx = PassContext(task=cast("Task", None), seed=0)
+    out = _METHOD_HANDLERS[method](model, Quantize(method=method), ctx)
+    # int4 hands back the model wrapped to cast float inputs to bf16; token ids need no cast,
+    # and the wrapper would hide the model's own methods (its cache).
+    if getattr(out, "inner", None) is model:
+        out = model
+    return out, [*ctx.skipped, *ctx.notes]
+
+
 @register_handler(Quantize)
 def _quantize(model: nn.Module, cfg: Quantize, ctx: PassContext) -> nn.Module:
     return _METHOD_HANDLERS[cfg.method](model, cfg, ctx)
