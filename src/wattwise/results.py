@@ -48,6 +48,7 @@ from wattwise.errors import InputError
 __all__ = [
     "DEPLOYMENT_KEYS",
     "FIGURE_KEYS",
+    "GENERATION_KEYS",
     "MEASURED_KEYS",
     "RESULTS_SCHEMA",
     "ROUND_KEYS",
@@ -325,6 +326,11 @@ class Figures(_Readable):
         macs_per_item, params, size_bytes: the model's work per item and its size.
         disturbed_windows: measuring windows other processes' CPU load disturbed, whose
             figures may be inflated (see ``docs/measurement.md``).
+        prefill_energy_j_per_token, decode_energy_j_per_token, ttft_ms_p50, ttft_ms_p90,
+        tbt_ms_p50, tbt_ms_p90, tokens_per_s: a generative task's figures
+            (:class:`~wattwise.measure.Generation`; an item is then one response, and a call
+            one decode step of the batch). Only these are written when ``None`` is left out:
+            a classifier's figures have none of them.
     """
 
     _NAME: ClassVar[str] = "figures"
@@ -341,9 +347,28 @@ class Figures(_Readable):
     params: int | None = None
     size_bytes: int | None = None
     disturbed_windows: int | None = None
+    prefill_energy_j_per_token: float | None = None
+    decode_energy_j_per_token: float | None = None
+    ttft_ms_p50: float | None = None
+    ttft_ms_p90: float | None = None
+    tbt_ms_p50: float | None = None
+    tbt_ms_p90: float | None = None
+    tokens_per_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in FIGURE_KEYS}
+        return self.items(FIGURE_KEYS)
+
+    def items(self, keys: Iterable[str]) -> dict[str, Any]:
+        """``keys`` of these figures as a dict, less the generation figures not measured."""
+        return {
+            k: v for k in keys if (v := getattr(self, k)) is not None or k not in GENERATION_KEYS
+        }
+
+    @property
+    def latency_bound_ms(self) -> float | None:
+        """The p90 latency a latency bound applies to: the time between tokens for a
+        generative task (one decode step), else one call's."""
+        return self.tbt_ms_p90 if self.tbt_ms_p90 is not None else self.latency_ms_p90
 
     @classmethod
     def _read(cls, r: _Reader, keys: Iterable[str] | None = None) -> Figures:
@@ -361,9 +386,14 @@ class Figures(_Readable):
 
     @classmethod
     def measured(cls, measurement: Any, **others: Any) -> Figures:
-        """The figures a :class:`~wattwise.measure.Measurement` gives (:data:`MEASURED_KEYS`),
-        with ``others`` (accuracy, MACs, params, size) beside them."""
-        return cls(**{k: getattr(measurement, k) for k in MEASURED_KEYS}, **others)
+        """The figures a :class:`~wattwise.measure.Measurement` gives (:data:`MEASURED_KEYS`,
+        the generation ones from its ``generation``), with ``others`` (accuracy, MACs, params,
+        size) beside them."""
+        values = {k: getattr(measurement, k) for k in MEASURED_KEYS if k not in GENERATION_KEYS}
+        generation = getattr(measurement, "generation", None)
+        if generation is not None:
+            values.update({k: getattr(generation, k) for k in GENERATION_KEYS})
+        return cls(**values, **others)
 
     def remeasured(self, other: Figures) -> Figures:
         """These figures with ``other``'s measured ones (:data:`MEASURED_KEYS`) in their place:
@@ -376,6 +406,18 @@ FIGURE_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Figures)
 
 _WHOLE_FIGURES = frozenset({"params", "size_bytes", "disturbed_windows"})
 
+GENERATION_KEYS: tuple[str, ...] = (
+    "prefill_energy_j_per_token",
+    "decode_energy_j_per_token",
+    "ttft_ms_p50",
+    "ttft_ms_p90",
+    "tbt_ms_p50",
+    "tbt_ms_p90",
+    "tokens_per_s",
+)
+"""A generative task's figures (:class:`~wattwise.measure.Generation`'s), written only when
+measured."""
+
 MEASURED_KEYS: tuple[str, ...] = (
     "energy_j_per_item",
     "energy_source",
@@ -387,6 +429,7 @@ MEASURED_KEYS: tuple[str, ...] = (
     # Windows another process's CPU load disturbed and that could not be measured again:
     # their figures may be inflated (see docs/measurement.md, "Disturbed windows").
     "disturbed_windows",
+    *GENERATION_KEYS,
 )
 """The figures a measurement gives and a confirmation round measures again; the rest
 (accuracy, MACs, params, size) do not depend on when a candidate was measured."""
@@ -397,6 +440,9 @@ ROUND_KEYS: tuple[str, ...] = (
     "latency_ms_p90",
     "throughput_items_per_s",
     "co2e_g_per_million_items",
+    "prefill_energy_j_per_token",
+    "decode_energy_j_per_token",
+    "tbt_ms_p90",
 )
 """The figures each confirmation round records per candidate; their medians are published."""
 
@@ -632,7 +678,7 @@ class ConfirmedCandidate(_Readable):
             "rounds_measured": self.rounds_measured,
             "failures": list(self.failures),
             "round_figures": {k: list(v) for k, v in self.round_figures.items()},
-            **{k: getattr(self.figures, k) for k in MEASURED_KEYS},
+            **self.figures.items(MEASURED_KEYS),
             "spread_rel": self.spread_rel,
             **_extra(self.extra),
         }

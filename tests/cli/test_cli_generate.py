@@ -74,3 +74,36 @@ def test_generate_options_fail_in_one_line(user_lm: str, extra: list[str], messa
     result = runner.invoke(app, ["measure", user_lm, *extra])
     assert result.exit_code == EXIT_ERROR, result.output
     assert result.stderr.strip() == f"error: {message}"
+
+
+USER_GPT2 = """\
+from transformers import GPT2Config, GPT2LMHeadModel
+
+def build():
+    # A user's own GPT-2-style model, random weights, from a config (no download).
+    config = GPT2Config(vocab_size=96, n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    return GPT2LMHeadModel(config).eval()
+"""
+
+
+def test_a_users_hugging_face_lm_generates_from_the_cli_as_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import json
+
+    (tmp_path / "user_gpt2.py").write_text(USER_GPT2, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("WATTWISE_LOCK_DIR", str(tmp_path_factory.mktemp("locks")))
+    args = ["measure", "user_gpt2:build", "--input-shape", "1,8", "--input-dtype", "int64"]
+    args += ["--generate", "--prompt-tokens", "16", "--new-tokens", "8", "--json"]
+    result = runner.invoke(app, [*args, "--max-time-s", "0.5", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    rows = doc.get("measurements", [doc])
+    gen = rows[0]["generation"]
+    assert gen["kv_cache"] == "dynamic"  # Hugging Face's own cache, driven token by token
+    for key in ("prefill_energy_j_per_token", "decode_energy_j_per_token", "ttft_ms_p90"):
+        assert gen[key] > 0 and gen[key] < float("inf")
+    assert gen["tbt_ms_p90"] > 0
+    assert rows[0]["energy_source"] == "estimated:cpu-ccf"

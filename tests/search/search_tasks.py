@@ -2,6 +2,8 @@
 on ``sys.path`` under pytest, and on ``PYTHONPATH`` for the CLI subprocesses).
 
 ``tiny``: the digits data with a quarter-width DigitsCNN trained for 2 epochs (a second).
+``tiny_lm``: a generative task: a one-layer, 30 k-parameter TinyLM on 20 KB of CPython's
+help text (one epoch, a second or two), responses of 8 prompt and 8 new bytes.
 ``flaky``: the same model, misbehaving at chosen batch sizes only, so the baseline (batch 1,
 training batches of 64) is fine and only candidates fail: batch 3 hangs, 5 outputs NaN,
 7 segfaults, 9 raises MemoryError.
@@ -24,6 +26,29 @@ from wattwise.tasks import DigitsCNN, Task, digits
 def tiny() -> Task:
     return dataclasses.replace(
         digits(), name="tiny", model_factory=functools.partial(DigitsCNN, width=0.25), epochs=2
+    )
+
+
+def tiny_lm() -> Task:
+    from wattwise.archs.tinylm import tinylm
+    from wattwise.measure import GenerateSpec
+    from wattwise.tasks.tinylm import ByteWindows, byte_corpus, next_token_accuracy, next_token_loss
+
+    corpus = byte_corpus(0)
+    train = ByteWindows(corpus.train[:20_000], window=32)
+    held_out = ByteWindows(corpus.held_out[:4_000], window=32)
+    return Task(
+        "tiny-lm",
+        functools.partial(tinylm, width=0.25, depth=0.25, max_seq_len=64),
+        train,
+        held_out,
+        example_input=train[0][0].unsqueeze(0),
+        metric=next_token_accuracy,
+        loss_fn=next_token_loss,
+        epochs=1,
+        lr=3e-3,
+        batch_size=32,
+        generate=GenerateSpec(prompt_tokens=8, new_tokens=8),
     )
 
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from wattwise.errors import InputError
 from wattwise.results import (
     FIGURE_KEYS,
+    GENERATION_KEYS,
     BestEntry,
     Confirmation,
     Figures,
@@ -134,8 +135,48 @@ def test_a_whole_document_round_trips_exactly() -> None:
 
 
 def test_the_figure_keys_are_the_figures_fields() -> None:
-    assert tuple(FIGURES) == FIGURE_KEYS
+    # A classifier's figures: the generation ones are not written when not measured.
+    assert tuple(FIGURES) == tuple(k for k in FIGURE_KEYS if k not in GENERATION_KEYS)
     assert Figures.from_dict(FIGURES).to_dict() == FIGURES
+
+
+GENERATION = {
+    "prefill_energy_j_per_token": 8e-5,
+    "decode_energy_j_per_token": 6e-4,
+    "ttft_ms_p50": 10.0,
+    "ttft_ms_p90": 11.0,
+    "tbt_ms_p50": 1.4,
+    "tbt_ms_p90": 1.6,
+    "tokens_per_s": 4900.0,
+}
+
+
+def test_a_generative_tasks_figures_round_trip_and_bound_the_time_between_tokens() -> None:
+    both = {**FIGURES, **GENERATION}
+    read = Figures.from_dict(both)
+    assert read.to_dict() == both and tuple(read.to_dict()) == FIGURE_KEYS
+    assert read.latency_bound_ms == 1.6  # TBT, not the whole response's latency
+    assert Figures.from_dict(FIGURES).latency_bound_ms == 12.0
+    doc = _document()
+    doc["best"].update(GENERATION)
+    doc["confirmation"]["candidates"]["best"].update(GENERATION)
+    doc["confirmation"]["candidates"]["best"]["round_figures"]["decode_energy_j_per_token"] = [
+        6e-4,
+        6.2e-4,
+        None,
+    ]
+    doc["confirmation"]["ratios"]["decode_energy_ratio_same_batch"] = {
+        "rounds": [2.1, 2.3],
+        "median": 2.2,
+    }
+    written = Results.from_dict(copy.deepcopy(doc)).to_dict()
+    assert written == doc  # every value kept (in the writer's order, as the next line checks)
+    text = json.dumps(written)
+    assert json.dumps(Results.from_dict(json.loads(text)).to_dict()) == text
+    again = Results.from_dict(written)
+    assert again.best is not None and again.best.figures.decode_energy_j_per_token == 6e-4
+    assert again.confirmation is not None
+    assert again.confirmation.ratio("decode_energy_ratio_same_batch") == 2.2
 
 
 def test_a_newer_writers_keys_are_kept_and_written_back() -> None:

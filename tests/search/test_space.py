@@ -237,3 +237,51 @@ def test_load_space_reads_yaml_and_json_and_refuses_aliases(tmp_path):
     path.write_text("a: " + "[" * 40 + "]" * 40 + "\n")
     with pytest.raises(InputError, match="nests deeper than 32 levels"):
         load_space(path)
+
+
+def test_a_generative_task_gets_the_generation_space_and_seeds():
+    from wattwise.tasks.tinylm import tinylm_task
+
+    task = tinylm_task()
+    space = default_space(task, "offline")
+    assert [m.name for m in space.models] == ["base", "distill-w0.5", "distill-d0.5"]
+    assert space.model("distill-d0.5").student == "task(depth=0.5)"
+    assert space.model("distill-w0.5").passes[0]["alpha"] == 0.5
+    # Only what keeps the KV cache: no exported graphs, no PT2E; nothing CUDA-only on a CPU.
+    assert "compile/fp32" in space.deployments and "eager/int8-weight-only" in space.deployments
+    assert not any(d.split("/")[0] in ("onnxruntime", "openvino") for d in space.deployments)
+    assert not any("cudagraphs" in d or "int4" in d or "fp8" in d for d in space.deployments)
+    assert space.batch_sizes == (1, 8, 32)
+    seeds = seed_params(space, generative=True)
+    assert seeds[0] == {
+        "model": "base",
+        "deployment": "compile/fp32",
+        "batch_size": 32,
+        "threads": 0,
+    }
+    assert all(space.contains(p) for p in seeds)
+    # A classifier's seeds are not the generative ones.
+    assert seed_params(space)[0] != seeds[0]
+
+
+def test_power_limits_are_a_choice_only_where_the_space_has_them(digits_task):
+    plain = SearchSpace((ModelChoice("base"),), ("eager/bf16",), (1, 32))
+    limited = SearchSpace((ModelChoice("base"),), ("eager/bf16",), (1, 32), (0,), (700, 560))
+    # An existing study's space keeps its stored form and fingerprint.
+    assert "power_limits_w" not in plain.to_dict()
+    assert SearchSpace.from_dict(plain.to_dict()).fingerprint() == plain.fingerprint()
+    assert SearchSpace.from_dict(limited.to_dict()) == limited
+    assert limited.size == 2 * plain.size
+    assert "power_limit_w" not in plain.choices()
+    assert limited.choices()["power_limit_w"] == (700, 560)
+    params = {"model": "base", "deployment": "eager/bf16", "batch_size": 32, "threads": 0}
+    assert plain.contains(params) and not limited.contains(params)
+    cand = Candidate.from_params(limited, {**params, "power_limit_w": 560}, device="cuda")
+    assert cand.power_limit_w == 560 and cand.deployment["power_limit_w"] == 560
+    assert cand.label.endswith(" 560W")
+    assert "power_limit_w" not in Candidate.from_params(plain, params).deployment
+    assert all(p["power_limit_w"] == 700 for p in seed_params(limited))
+    with pytest.raises(InputError, match="power_limits_w"):
+        SearchSpace((ModelChoice("base"),), ("eager/bf16",), (1,), (0,), (0,))
+    # Without a GPU the default space has none.
+    assert default_space(digits_task, "offline").power_limits_w == ()

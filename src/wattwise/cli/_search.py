@@ -92,6 +92,13 @@ def _ratio_words(res: Results) -> list[str]:
     ]
 
 
+def _token_energy(joules: float | None, source: Figures) -> str:
+    """A per-token energy with its source (the baseline's: one meter measures a run)."""
+    if joules is None:
+        return MISSING
+    return format_energy_figure(joules, source.energy_source, source.energy_uncertainty)
+
+
 def _energy(figures: Figures | None) -> str:
     if figures is None:
         return MISSING
@@ -165,8 +172,32 @@ def print_summary(result: OptimizeResult, *, file: Any = None) -> None:
         "{:.4f}",
         _fmt_num(-drop * 100 if drop is not None else None, "{:+.2f} pt"),
     )
-    row("energy / item", _energy(base), _energy(same), _energy(best), ratio("energy_j_per_item"))
-    figure_row("p90 latency / call", "latency_ms_p90", "{:.3g} ms", "")
+    generative = base.decode_energy_j_per_token is not None
+    row(
+        "energy / response" if generative else "energy / item",
+        _energy(base),
+        _energy(same),
+        _energy(best),
+        ratio("energy_j_per_item"),
+    )
+    if generative:
+        # Each phase's ratio is the confirmation's median of within-round ratios.
+        conf = res.confirmation
+        for phase in ("prefill", "decode"):
+            key = f"{phase}_energy_j_per_token"
+            paired = conf.ratio(f"{phase}_energy_ratio_same_batch") if conf else None
+            row(
+                f"{phase} energy / token",
+                _token_energy(getattr(base, key), base),
+                _token_energy(getattr(s, key), base),
+                _token_energy(getattr(b, key), base),
+                f"{paired:.3g}x" if paired is not None and res.energy_ratio_same_batch else "",
+            )
+        figure_row("p90 time to first token", "ttft_ms_p90", "{:.3g} ms", "")
+        figure_row("p90 time between tokens", "tbt_ms_p90", "{:.3g} ms", "")
+        figure_row("tokens / s", "tokens_per_s", "{:.4g}", ratio("tokens_per_s", invert=True))
+    else:
+        figure_row("p90 latency / call", "latency_ms_p90", "{:.3g} ms", "")
     figure_row(
         "throughput",
         "throughput_items_per_s",

@@ -327,9 +327,11 @@ def _cards(results: Results, pay: Mapping[str, Any]) -> str:
         return f'<div class="card"><div class="k">{k}</div><div class="v">{v}</div><div class="s">{s}</div></div>'
 
     winner_j = fmt_energy_j(best.energy_j_per_item) if has_best else "no winner"
+    generative = base.decode_energy_j_per_token is not None
     cards = [
         card(
-            "energy per item" + (" (same batch)" if same is not None else ""),
+            ("energy per response" if generative else "energy per item")
+            + (" (same batch)" if same is not None else ""),
             _e(f"{fmt_energy_j(ref.energy_j_per_item)} → {winner_j}"),
             _e(_ratio_split(results))
             + " · "
@@ -347,13 +349,18 @@ def _cards(results: Results, pay: Mapping[str, Any]) -> str:
             ),
             f"allowed drop {_e(fmt_accuracy(results.max_accuracy_drop))}",
         ),
+        *(_generation_cards(results, ref, best, has_best, card) if generative else ()),
         card(
-            "latency p90",
+            "time between tokens p90" if generative else "latency p90",
             _e(
-                f"{fmt_latency_ms(base.latency_ms_p90)} → "
-                f"{fmt_latency_ms(best.latency_ms_p90) if has_best else MISSING}"
+                f"{fmt_latency_ms(base.latency_bound_ms)} → "
+                f"{fmt_latency_ms(best.latency_bound_ms) if has_best else MISSING}"
             ),
-            _e(f"p50 {fmt_latency_ms(best.latency_ms_p50 if has_best else None)}"),
+            _e(
+                f"time to first token p90 {fmt_latency_ms(best.ttft_ms_p90 if has_best else None)}"
+                if generative
+                else f"p50 {fmt_latency_ms(best.latency_ms_p50 if has_best else None)}"
+            ),
         ),
         card(
             "payback",
@@ -368,6 +375,32 @@ def _cards(results: Results, pay: Mapping[str, Any]) -> str:
         ),
     ]
     return f'<div class="cards">{"".join(cards)}</div>'
+
+
+def _generation_cards(
+    results: Results, ref: Figures, best: Figures, has_best: bool, card: Any
+) -> list[str]:
+    """A generative task's two phases, each with its energy per token and its ratio: the
+    confirmation's median of within-round ratios, against fp32 eager at the same batch."""
+    out = []
+    conf = results.confirmation
+    for phase, what in (("prefill", "prompt token"), ("decode", "generated token")):
+        key = f"{phase}_energy_j_per_token"
+        ratio = conf.ratio(f"{phase}_energy_ratio_same_batch") if conf is not None else None
+        said = (
+            f"{ratio:.3g}x less than fp32 eager at the same batch"
+            if ratio is not None and results.energy_ratio_same_batch is not None
+            else "no ratio published: not confirmed side by side"
+        )
+        winner = fmt_energy_j(getattr(best, key)) if has_best else "no winner"
+        out.append(
+            card(
+                f"{phase} energy per {what}",
+                _e(f"{fmt_energy_j(getattr(ref, key))} → {winner}"),
+                _e(said) + " · " + _source_badge(ref.energy_source),
+            )
+        )
+    return out
 
 
 def _payback_line(results: Results, pay: Mapping[str, Any]) -> str:
@@ -875,6 +908,12 @@ def _trials_section(results: Results, trials: Sequence[TrialRow]) -> str:
             f"<br><span class='caption'>student: {_e(t.student)}</span>" if t.student else ""
         )
         energy = _figure_energy(t.figures, badge_below=True)
+        fig = t.figures
+        if fig.decode_energy_j_per_token is not None:
+            energy += (
+                f"<br><span class='unc'>prefill {_e(fmt_energy_j(fig.prefill_energy_j_per_token))}"
+                f"/token · decode {_e(fmt_energy_j(fig.decode_energy_j_per_token))}/token</span>"
+            )
         disturbed = t.figures.disturbed_windows
         if disturbed:
             energy += (
@@ -889,7 +928,7 @@ def _trials_section(results: Results, trials: Sequence[TrialRow]) -> str:
             f"<td class='n'>{_e(fmt_accuracy(t.figures.accuracy))}</td>"
             f"<td class='n'>{_e(fmt_accuracy(t.accuracy_drop))}</td>"
             f"<td class='n'>{energy}</td>"
-            f"<td class='n'>{_e(fmt_latency_ms(t.figures.latency_ms_p90))}</td>"
+            f"<td class='n'>{_e(fmt_latency_ms(t.figures.latency_bound_ms))}</td>"
             f"<td class='n'>{_e(fmt_bytes(t.figures.size_bytes))}</td>"
             f"<td class='n'>{cost}</td></tr>"
         )

@@ -30,6 +30,7 @@ from typing import Any
 
 from wattwise.errors import WattwiseError
 from wattwise.results import (
+    GENERATION_KEYS,
     MEASURED_KEYS,
     ROUND_KEYS,
     Confirmation,
@@ -46,7 +47,7 @@ from wattwise.search._objective import (
     _prepare,
     measure_in_job,
 )
-from wattwise.search._space import Candidate, SearchSpace
+from wattwise.search._space import Candidate, SearchSpace, restore_power_limits
 
 __all__ = ["ROLES", "ConfirmSpec", "confirm", "confirm_job", "confirm_plan"]
 
@@ -72,6 +73,11 @@ class ConfirmSpec:
     threads: int | None
     candidate: Candidate | None = None
     trial: int | None = None
+
+    @property
+    def power_limit_w(self) -> int | None:
+        """The candidate's GPU power limit (the baselines run at the limit found)."""
+        return self.candidate.power_limit_w if self.candidate is not None else None
 
     @property
     def deployment(self) -> dict[str, Any]:
@@ -148,8 +154,8 @@ def confirm_job(ctx: JobContext, spec: ConfirmSpec, max_time_s: float) -> dict[s
             m = measure_in_job(target, task, ctx, ledger, spec, max_time_s)
         except (Exception, MemoryError) as exc:
             return _failed(exc, ledger)
-        measured = Figures.measured(m).to_dict()
-        return {"ok": True, **{k: measured[k] for k in MEASURED_KEYS}, "ledger": ledger.to_dict()}
+        measured = Figures.measured(m).items(MEASURED_KEYS)
+        return {"ok": True, **measured, "ledger": ledger.to_dict()}
 
 
 def _rotations(n: int, rounds: int) -> list[list[int]]:
@@ -204,6 +210,8 @@ def confirm(
                 )
             except WattwiseError as exc:
                 out = {"ok": False, "message": " ".join(str(exc).split())[:500]}
+            finally:
+                restore_power_limits(ctx.device)
             ledger = out.get("ledger") or {}
             for phase, joules in (ledger.get("energy_j") or {}).items():
                 energy_j[phase] = energy_j.get(phase, 0.0) + float(joules)
@@ -223,6 +231,12 @@ def confirm(
         "energy_ratio": _paired(per_role, "baseline", winner),
         "energy_ratio_same_batch": _paired(per_role, reference, winner),
     }
+    if any(o and o.get("decode_energy_j_per_token") for o in per_role.get(winner, ())):
+        # A generative task's: the two phases scale differently, so each has its ratios.
+        for phase in ("decode", "prefill"):
+            key = f"{phase}_energy_j_per_token"
+            ratios[f"{phase}_energy_ratio"] = _paired(per_role, "baseline", winner, key)
+            ratios[f"{phase}_energy_ratio_same_batch"] = _paired(per_role, reference, winner, key)
     spreads = [c.spread_rel for c in candidates.values() if c.spread_rel is not None]
     doc = Confirmation(
         rounds=rounds,
@@ -255,6 +269,8 @@ def _candidate(
         co2e_g_per_million_items=median("co2e_g_per_million_items"),
         disturbed_windows=sum(int(o.get("disturbed_windows") or 0) for o in ok),
     )
+    generation: dict[str, Any] = {k: median(k) for k in GENERATION_KEYS}
+    figures = dataclasses.replace(figures, **generation)
     rounds_j = [float(o["energy_j_per_item"]) for o in ok]
     med = figures.energy_j_per_item
     return ConfirmedCandidate(
@@ -263,23 +279,30 @@ def _candidate(
         deployment=spec.deployment,
         rounds_measured=len(ok),
         failures=tuple(failures),
-        round_figures={k: tuple(o[k] if o is not None else None for o in outs) for k in ROUND_KEYS},
+        round_figures={
+            k: tuple(o.get(k) if o is not None else None for o in outs)
+            for k in ROUND_KEYS
+            if k not in GENERATION_KEYS or any(o and o.get(k) is not None for o in outs)
+        },
         figures=figures,
         spread_rel=(max(rounds_j) - min(rounds_j)) / med if med and len(rounds_j) > 1 else None,
     )
 
 
 def _paired(
-    per_role: Mapping[str, Sequence[dict[str, Any] | None]], num: str, den: str
+    per_role: Mapping[str, Sequence[dict[str, Any] | None]],
+    num: str,
+    den: str,
+    key: str = "energy_j_per_item",
 ) -> dict[str, Any]:
-    """``num`` J/item over ``den`` J/item within each round both were measured in, and the
-    median of those ratios."""
+    """``num``'s ``key`` (J/item) over ``den``'s within each round both were measured in, and
+    the median of those ratios."""
     if num not in per_role or den not in per_role:
         return {"rounds": [], "median": None}
     ratios = [
-        float(a["energy_j_per_item"]) / float(b["energy_j_per_item"])
+        float(a[key]) / float(b[key])
         for a, b in zip(per_role[num], per_role[den], strict=True)
-        if a is not None and b is not None
+        if a is not None and b is not None and a.get(key) and b.get(key)
     ]
     return {"rounds": ratios, "median": _median(ratios)}
 

@@ -18,6 +18,7 @@ recipe ending in a quantized graph) is marked uncacheable and rebuilt in each tr
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import fcntl
 import hashlib
@@ -546,6 +547,8 @@ def _accuracy_model(deployed: Any, model: nn.Module, cand: Candidate, task: Task
     dequantize ops are what inductor fuses); the equivalence check has already held the
     compiled graph to it on the check batches.
     """
+    if isinstance(deployed, _Generating):
+        return deployed.eager  # the same weights and precision, not compiled
     if cand.backend == "onnxruntime" or cand.backend in ("eager", "eager_cl"):
         return deployed.module  # type: ignore[no-any-return]
     from wattwise.deploy import Deployment, deploy_with
@@ -627,12 +630,48 @@ def build_job(ctx: JobContext, choice: ModelChoice) -> dict[str, Any]:
         return {"ok": True, "info": info, "ledger": ledger.to_dict()}
 
 
+@dataclasses.dataclass(frozen=True)
+class _Generating:
+    """A generative candidate deployed (:func:`~wattwise.deploy._generation.serve_for_generation`)
+    in the shape the jobs read a deployment: ``module`` to measure, and no export bytes."""
+
+    module: nn.Module
+    eager: nn.Module
+    notes: tuple[str, ...]
+    check: Any = None
+    onnx_bytes: bytes | None = None
+    ir_bytes: tuple[bytes, bytes] | None = None
+
+
+def _prepare_generation(
+    ctx: JobContext, task: Task, cand: Candidate, ledger: _Ledger
+) -> tuple[_Generating, nn.Module, nn.Module]:
+    """A generative task's candidate: its model at its precision, compiled or not, with the KV
+    cache kept; held to its eager form on the candidate's own batch of prompts."""
+    from wattwise.deploy._generation import check_generation, serve_for_generation
+
+    assert task.generate is not None
+    float_model, _ = _get_model(ctx, task, cand.model.passes, ledger)
+    with ledger.phase("deploy"):
+        served = serve_for_generation(
+            copy.deepcopy(float_model),
+            cand.backend,
+            cand.precision,
+            device=cand.device,
+        )
+        agreement = check_generation(served, task.example_input, cand.batch_size, task.generate)
+    notes = (*served.notes, f"first tokens agree with the eager form's: {agreement:.0%}")
+    return _Generating(served.module, served.eager, notes), float_model, served.eager
+
+
 def _prepare(
     ctx: JobContext, task: Task, cand: Candidate, ledger: _Ledger
 ) -> tuple[Any, nn.Module, nn.Module]:
     """The deployed candidate, with the float model it came from and the model it deploys."""
     from wattwise.deploy import Deployment, deploy_with
 
+    if task.generate is not None:
+        return _prepare_generation(ctx, task, cand, ledger)
     float_model, _ = _get_model(ctx, task, cand.model.passes, ledger)
     model = float_model
     if cand.quantize_passes:
@@ -685,8 +724,10 @@ def measure_in_job(
     here: the jobs count them on the float model (the deployed callable often hides its
     operations), and the confirmation publishes none."""
     from wattwise.measure import measure
+    from wattwise.measure._power_limit import power_limit
 
-    with ledger.phase("measure"):
+    limit = getattr(at, "power_limit_w", None)
+    with ledger.phase("measure"), power_limit(limit, ctx.device):
         return measure(
             target,
             task.example_input,
@@ -697,6 +738,7 @@ def measure_in_job(
             isolate=False,
             meter=ctx.meter,
             count_macs=False,
+            generate=task.generate,
         )
 
 
@@ -757,6 +799,15 @@ def export_job(
         from wattwise.deploy import export_deployment
         from wattwise.measure import Measurement
 
+        if task.generate is not None:
+            # A generative deployment is the model itself, kept whole for its KV cache: there
+            # is no graph file to write for it yet (docs/search.md, "Generative tasks").
+            raise UnavailableError(
+                "a generative deployment is the model itself, kept whole for its KV cache, "
+                "and has no artifact format yet: rebuild it with "
+                f"wattwise.deploy.serve_for_generation(model, {cand.backend!r}, "
+                f"{cand.precision!r}) and generate {cand.batch_size} sequences at a time"
+            )
         deployed, _, _ = _prepare(ctx, task, cand, ledger)
         with ledger.phase("export"):
             path = export_deployment(

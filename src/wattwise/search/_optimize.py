@@ -54,7 +54,13 @@ from wattwise.search._objective import (
 from wattwise.search._outdir import check_out_dir
 from wattwise.search._progress import SearchProgress, describe_figures
 from wattwise.search._rows import trial_rows
-from wattwise.search._space import Candidate, SearchSpace, default_space, seed_params
+from wattwise.search._space import (
+    Candidate,
+    SearchSpace,
+    default_space,
+    restore_power_limits,
+    seed_params,
+)
 from wattwise.search._storage import default_storage, open_storage, storage_errors
 from wattwise.search._study import BASELINE_ATTR, SearchSettings, open_study, quiet_optuna
 from wattwise.search._trials import run_trials
@@ -230,6 +236,7 @@ def optimize(
     if not isinstance(scenario, str) or scenario not in ("offline", "online"):
         raise InputError(f"scenario must be 'offline' or 'online', got {scenario!r}")
     device = check_device(device)
+    restore_power_limits(device)  # a search killed last time may have left one set
     if study is not None and (not isinstance(study, str) or not study.strip()):
         raise InputError(f"study must be a non-empty name, got {study!r}")
     publish = _publish_settings(confirm_rounds, grid_intensity_g_per_kwh, price_per_kwh, currency)
@@ -260,7 +267,11 @@ def optimize(
         store = open_storage(url)
         with quiet_optuna(), storage_errors(url):
             the_study, settings = open_study(
-                store, name, settings, url=url, seeds=seed_params(space)
+                store,
+                name,
+                settings,
+                url=url,
+                seeds=seed_params(space, generative=task_obj.generate is not None),
             )
     except BaseException:
         if created:
@@ -467,7 +478,7 @@ def _ranked(rows: list[TrialRow]) -> list[TrialRow]:
         return (
             float(f.energy_j_per_item or 0.0),
             -float(f.accuracy or 0.0),
-            float(f.latency_ms_p90 or 0.0),
+            float(f.latency_bound_ms or 0.0),
             r.number,
         )
 

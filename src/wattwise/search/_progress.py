@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from wattwise._units import MISSING, format_energy_figure
+from wattwise._units import MISSING, format_energy, format_energy_figure
 from wattwise.results import Figures, TrialRow
 
 __all__ = ["SearchProgress", "describe_figures", "describe_row"]
@@ -22,16 +22,29 @@ def _energy(figures: Figures) -> str:
     if figures.energy_j_per_item is None:
         return MISSING
     return format_energy_figure(
-        figures.energy_j_per_item, figures.energy_source, figures.energy_uncertainty, per="/item"
+        figures.energy_j_per_item,
+        figures.energy_source,
+        figures.energy_uncertainty,
+        per="/response" if figures.tbt_ms_p90 is not None else "/item",
     )
+
+
+def _latency(figures: Figures) -> str:
+    """``p90 12 ms``; a generative task's: the decode energy per token and the p90 time
+    between tokens."""
+    if figures.tbt_ms_p90 is not None:
+        # Same source as the line's energy per response, which says it.
+        decode = format_energy(figures.decode_energy_j_per_token)
+        return f"decode {decode}/token, p90 {figures.tbt_ms_p90:.3g} ms between tokens"
+    p90 = figures.latency_ms_p90
+    return f"p90 {p90 if p90 is not None else 0.0:.3g} ms"
 
 
 def describe_figures(figures: Figures) -> str:
     """``accuracy 0.9944, 2.1 mJ/item (estimated:cpu-ccf ±40%), p90 12 ms``."""
-    acc, p90 = figures.accuracy, figures.latency_ms_p90
+    acc = figures.accuracy
     return (
-        f"accuracy {acc if acc is not None else 0.0:.4f}, {_energy(figures)}, "
-        f"p90 {p90 if p90 is not None else 0.0:.3g} ms"
+        f"accuracy {acc if acc is not None else 0.0:.4f}, {_energy(figures)}, {_latency(figures)}"
     )
 
 
@@ -45,11 +58,11 @@ def describe_row(row: TrialRow | Mapping[str, Any]) -> str:
     label = row.label or f"trial {row.number}"
     if row.complete:
         f = row.figures
-        acc, drop, p90 = f.accuracy or 0.0, row.accuracy_drop or 0.0, f.latency_ms_p90 or 0.0
+        acc, drop = f.accuracy or 0.0, row.accuracy_drop or 0.0
         flag = "" if row.feasible else "  [infeasible]"
         return (
             f"{label}: accuracy {acc:.4f} (drop {drop * 100:+.2f} pt), {_energy(f)}, "
-            f"p90 {p90:.3g} ms{flag}"
+            f"{_latency(f)}{flag}"
         )
     return f"{label}: {row.state} ({row.fail_reason})"
 

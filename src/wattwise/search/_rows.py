@@ -58,7 +58,7 @@ def _row(
     )
     feasible = False
     if t.state == TrialState.COMPLETE and drop is not None:
-        p90 = figures.latency_ms_p90
+        p90 = figures.latency_bound_ms
         ok_acc = drop <= settings.max_accuracy_drop + 1e-9
         ok_lat = settings.latency_p90_ms is None or (
             p90 is not None and p90 <= settings.latency_p90_ms
@@ -92,7 +92,8 @@ def _objectives(r: TrialRow) -> tuple[float, float, float]:
     f = r.figures
     acc = f.accuracy if f.accuracy is not None else -math.inf
     energy = f.energy_j_per_item if f.energy_j_per_item is not None else math.inf
-    return (-acc, energy, f.latency_ms_p90 if f.latency_ms_p90 is not None else math.inf)
+    p90 = f.latency_bound_ms
+    return (-acc, energy, p90 if p90 is not None else math.inf)
 
 
 def _dominates(a: TrialRow, b: TrialRow) -> bool:

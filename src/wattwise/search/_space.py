@@ -47,6 +47,8 @@ __all__ = [
 ]
 
 PARAM_NAMES = ("model", "deployment", "batch_size", "threads")
+# The GPU power limit's param, present only in spaces that search it.
+POWER_LIMIT = "power_limit_w"
 # Torch backends run int8 only on a PT2E-quantized graph; this pass makes one.
 PT2E_INT8 = {"type": "quantize", "method": "pt2e-int8"}
 TORCH_BACKENDS = ("eager", "eager_cl", "compile")
@@ -96,7 +98,9 @@ class ModelChoice:
         for p in self.passes:
             if p.get("type") == "distill" and p.get("student"):
                 kwargs = p.get("student_kwargs") or {}
-                extra = ",".join(f"{k}={v}" for k, v in sorted(kwargs.items()) if k == "width")
+                extra = ",".join(
+                    f"{k}={v}" for k, v in sorted(kwargs.items()) if k in ("width", "depth")
+                )
                 label = f"{p['student']}({extra})" if extra else str(p["student"])
         return label
 
@@ -131,9 +135,11 @@ class SearchSpace:
     deployments: tuple[str, ...]
     batch_sizes: tuple[int, ...]
     threads: tuple[int, ...] = (0,)
+    power_limits_w: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         from wattwise.deploy import BACKENDS, PRECISIONS
+        from wattwise.deploy._generation import GENERATION_BACKENDS, GENERATION_PRECISIONS
 
         models = tuple(
             m if isinstance(m, ModelChoice) else ModelChoice.from_dict(m) for m in self.models
@@ -149,10 +155,14 @@ class SearchSpace:
             raise InputError("SearchSpace.deployments must not be empty")
         for dep in deployments:
             backend, _, precision = str(dep).partition("/")
-            if backend not in BACKENDS or precision not in PRECISIONS:
+            served = backend in BACKENDS and precision in PRECISIONS
+            generates = backend in GENERATION_BACKENDS and precision in GENERATION_PRECISIONS
+            if not (served or generates):
                 raise InputError(
                     f"SearchSpace.deployments: {dep!r} is not 'backend/precision' with a backend in "
-                    f"{', '.join(BACKENDS.names())} and a precision in {', '.join(PRECISIONS)}"
+                    f"{', '.join(BACKENDS.names())} and a precision in {', '.join(PRECISIONS)}, "
+                    f"nor, for a generative task, one of {', '.join(GENERATION_BACKENDS)} with "
+                    f"one of {', '.join(GENERATION_PRECISIONS)}"
                 )
         if len(set(deployments)) != len(deployments):
             raise InputError("SearchSpace.deployments has duplicates")
@@ -168,11 +178,20 @@ class SearchSpace:
             if len(set(values)) != len(values):
                 raise InputError(f"SearchSpace.{field} has duplicates: {values!r}")
             object.__setattr__(self, field, values)
+        limits = tuple(self.power_limits_w)
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in limits):
+            raise InputError(
+                f"SearchSpace.power_limits_w must be a list of whole watts >= 1, got {limits!r}"
+            )
+        if len(set(limits)) != len(limits):
+            raise InputError(f"SearchSpace.power_limits_w has duplicates: {limits!r}")
+        object.__setattr__(self, "power_limits_w", limits)
 
     @property
     def size(self) -> int:
         """How many distinct candidates the space holds."""
-        return len(self.models) * len(self.deployments) * len(self.batch_sizes) * len(self.threads)
+        n = len(self.models) * len(self.deployments) * len(self.batch_sizes) * len(self.threads)
+        return n * max(1, len(self.power_limits_w))
 
     def model(self, name: str) -> ModelChoice:
         for m in self.models:
@@ -184,23 +203,29 @@ class SearchSpace:
 
     def choices(self) -> dict[str, tuple[Any, ...]]:
         """The categorical choices per Optuna param name."""
-        return {
+        choices: dict[str, tuple[Any, ...]] = {
             "model": tuple(m.name for m in self.models),
             "deployment": self.deployments,
             "batch_size": self.batch_sizes,
             "threads": self.threads,
         }
+        if self.power_limits_w:  # a GPU's: a param only where the space has the choice
+            choices[POWER_LIMIT] = self.power_limits_w
+        return choices
 
     def contains(self, params: Mapping[str, Any]) -> bool:
         choices = self.choices()
-        return set(params) == set(PARAM_NAMES) and all(params[k] in choices[k] for k in choices)
+        return set(params) == set(choices) and all(params[k] in choices[k] for k in choices)
 
     def to_dict(self) -> dict[str, Any]:
+        # Without power limits the key is left out: a study's stored space (and its
+        # fingerprint) stays what it was before the choice existed.
         return {
             "models": [m.to_dict() for m in self.models],
             "deployments": list(self.deployments),
             "batch_sizes": list(self.batch_sizes),
             "threads": list(self.threads),
+            **({"power_limits_w": list(self.power_limits_w)} if self.power_limits_w else {}),
         }
 
     @classmethod
@@ -213,6 +238,7 @@ class SearchSpace:
                 deployments=tuple(data["deployments"]),
                 batch_sizes=tuple(data["batch_sizes"]),
                 threads=tuple(data.get("threads") or (0,)),
+                power_limits_w=tuple(data.get("power_limits_w") or ()),
             )
         except KeyError as exc:
             raise InputError(f"search space is missing {exc}") from None
@@ -240,6 +266,7 @@ class Candidate:
     batch_size: int
     threads: int | None
     device: str = "cpu"
+    power_limit_w: int | None = None
 
     @classmethod
     def from_params(
@@ -256,6 +283,7 @@ class Candidate:
             batch_size=int(params["batch_size"]),
             threads=threads or None,
             device=device,
+            power_limit_w=int(params[POWER_LIMIT]) if POWER_LIMIT in params else None,
         )
 
     @property
@@ -272,24 +300,30 @@ class Candidate:
 
     @property
     def deployment(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in DEPLOYMENT_KEYS}
+        limit = {POWER_LIMIT: self.power_limit_w} if self.power_limit_w is not None else {}
+        return {**{k: getattr(self, k) for k in DEPLOYMENT_KEYS}, **limit}
 
     @property
     def label(self) -> str:
         threads = f" t{self.threads}" if self.threads else ""
-        return f"{self.model.name} {self.backend}/{self.precision} b{self.batch_size}{threads}"
+        limit = f" {self.power_limit_w}W" if self.power_limit_w is not None else ""
+        return (
+            f"{self.model.name} {self.backend}/{self.precision} b{self.batch_size}{threads}{limit}"
+        )
 
 
 def _accepts_width(factory: Any) -> bool:
-    """Whether ``factory(width=...)`` is accepted (so a narrower copy of the task's own model can
-    be a distillation student)."""
+    return _accepts(factory, "width")
+
+
+def _accepts(factory: Any, name: str) -> bool:
+    """Whether ``factory(name=...)`` is accepted (``width``, ``depth``: so a narrower or
+    shallower copy of the task's own model can be a distillation student)."""
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):
         return False
-    return "width" in sig.parameters or any(
-        p.kind is p.VAR_KEYWORD for p in sig.parameters.values()
-    )
+    return name in sig.parameters or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
 
 
 def _allowed_cpus() -> int:
@@ -312,6 +346,8 @@ def default_space(task: Task, scenario: str = "offline", device: str = "cpu") ->
     """
     if scenario not in SCENARIOS:
         raise InputError(f"scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")
+    if task.generate is not None:
+        return _generation_space(task, scenario, device)
     # Fine-tuning budgets follow the task's own training length: pruning keeps the learned
     # weights and needs a fraction of it; a student starts from scratch and needs all of it.
     epochs = max(1, int(task.epochs))
@@ -363,7 +399,108 @@ def default_space(task: Task, scenario: str = "offline", device: str = "cpu") ->
     batch_sizes = (1,) if scenario == "online" else (1, 16, 64, 256)
     cpus = _allowed_cpus()
     threads = (0,) if cuda or cpus == 1 else (1, 0)
-    return SearchSpace(tuple(models), deployments, batch_sizes, threads)
+    return SearchSpace(tuple(models), deployments, batch_sizes, threads, _power_limits(device))
+
+
+# A generative task's deployments, cheapest-looking first (the order only lists them).
+GENERATION_WANTED_CPU = (
+    "eager/fp32",
+    "compile/fp32",
+    "eager/bf16",
+    "compile/bf16",
+    "eager/int8-weight-only",
+    "compile/int8-weight-only",
+    "eager/int8-dynamic",
+    "compile/int8-dynamic",
+)
+GENERATION_WANTED_CUDA = (
+    "eager/fp32",
+    "eager/bf16",
+    "compile/bf16",
+    "cudagraphs/bf16",
+    "cudagraphs/fp16",
+    "cudagraphs/int8-weight-only",
+    "cudagraphs/int4-weight-only",
+    "cudagraphs/fp8",
+)
+
+
+def _generation_space(task: Task, scenario: str, device: str) -> SearchSpace:
+    """A language model that generates: the baseline and students narrower and shallower,
+    distilled from it; precisions and quantizations that keep the KV cache, eager or compiled
+    (CUDA graphs on a GPU); batches of concurrent sequences; threads.
+
+    Pruning is not in it: a grouped-query model's heads are tied to their key/value heads, and
+    the pruning adapter removes heads one projection at a time (``docs/search.md``).
+    """
+    from wattwise.deploy._generation import generation_unsupported
+
+    epochs = max(1, int(task.epochs))
+    models = [ModelChoice("base")]
+    if _accepts_width(task.model_factory):
+        width = round(0.5 * _current_width(task.model_factory), 4)
+        models.append(
+            ModelChoice(
+                "distill-w0.5",
+                (
+                    {
+                        "type": "distill",
+                        "student": "task",
+                        "student_kwargs": {"width": width},
+                        "epochs": epochs,
+                        "alpha": 0.5,
+                    },
+                ),
+            )
+        )
+    if _accepts(task.model_factory, "depth"):
+        models.append(
+            ModelChoice(
+                "distill-d0.5",
+                (
+                    {
+                        "type": "distill",
+                        "student": "task",
+                        "student_kwargs": {"depth": 0.5},
+                        "epochs": epochs,
+                        "alpha": 0.5,
+                    },
+                ),
+            )
+        )
+    cuda = device.startswith("cuda")
+    wanted = GENERATION_WANTED_CUDA if cuda else GENERATION_WANTED_CPU
+    deployments = tuple(
+        d
+        for d in wanted
+        if generation_unsupported(d.split("/")[0], d.split("/")[1], device) is None
+    ) or ("eager/fp32",)
+    batch_sizes = (1,) if scenario == "online" else (1, 8, 32)
+    threads = (0,) if cuda or _allowed_cpus() == 1 else (1, 0)
+    return SearchSpace(tuple(models), deployments, batch_sizes, threads, _power_limits(device))
+
+
+def restore_power_limits(device: str) -> None:
+    """After a child job on a GPU: put back any power limit a dead process left set, saying so
+    on stderr (a no-op elsewhere)."""
+    if not device.startswith("cuda"):
+        return
+    import sys
+
+    from wattwise.measure._power_limit import restore_orphaned_limits
+
+    for line in restore_orphaned_limits():
+        print(f"wattwise: {line}", file=sys.stderr)
+
+
+def _power_limits(device: str) -> tuple[int, ...]:
+    """On a GPU whose power limit this process may set: the default limit, 80% and 60% of it
+    (``wattwise doctor`` says why not elsewhere)."""
+    if not device.startswith("cuda"):
+        return ()
+    from wattwise.measure._power_limit import power_limit_choices
+
+    return power_limit_choices(device)
 
 
 def _runs_here(choice: str, device: str) -> bool:
@@ -444,7 +581,7 @@ def _has_layer_stack(task: Task) -> bool:
     return found is not None and len(found[1]) >= 2
 
 
-def seed_params(space: SearchSpace) -> list[dict[str, Any]]:
+def seed_params(space: SearchSpace, *, generative: bool = False) -> list[dict[str, Any]]:
     """Known-good starting points, enqueued before the sampler takes over.
 
     For token inputs, ONNX Runtime's dynamic int8 at the largest batch for the student, then
@@ -453,6 +590,9 @@ def seed_params(space: SearchSpace) -> list[dict[str, Any]]:
     and the student; the student's int8 on a third runtime (compile); batching alone (fp32
     eager); int8 with compile; a pruned model compiled at one thread. Points outside
     ``space`` are left out.
+
+    For a generative task (``generative=True``): compiled fp32 and bf16 at the largest batch
+    for the baseline, compiled fp32 for the students, compiled int8 weight-only and eager bf16.
 
     Why several int8 runtimes: which one is cheapest depends on the model and the CPU. On our
     2-vCPU EPYC, ONNX Runtime's QDQ int8 was the cheapest peer for the digits CNN but slower
@@ -483,9 +623,30 @@ def seed_params(space: SearchSpace) -> list[dict[str, Any]]:
         ("base", "compile/int8", big, all_threads),
         ("prune50", "compile/fp32", mid, one),
     ]
+    if generative:
+        # A small model's decode step is mostly per-operation overhead, which compilation
+        # removes; then half-precision weights, then the students.
+        wishes = [
+            ("base", "compile/fp32", big, all_threads),
+            ("base", "compile/bf16", big, all_threads),
+            ("base", "cudagraphs/bf16", big, all_threads),
+            *((s, "compile/fp32", big, all_threads) for s in students[:2]),
+            ("base", "compile/int8-weight-only", big, all_threads),
+            ("base", "eager/bf16", big, all_threads),
+            ("base", "eager/fp32", big, all_threads),
+        ]
     out: list[dict[str, Any]] = []
+    # With power limits, each wish at the board's highest limit in the space (the default's
+    # behaviour); the sampler explores the lower ones.
+    limit = {POWER_LIMIT: max(space.power_limits_w)} if space.power_limits_w else {}
     for model, dep, batch, threads in wishes:
-        params = {"model": model, "deployment": dep, "batch_size": batch, "threads": threads}
+        params = {
+            "model": model,
+            "deployment": dep,
+            "batch_size": batch,
+            "threads": threads,
+            **limit,
+        }
         if all(params[k] in choices[k] for k in PARAM_NAMES) and params not in out:
             out.append(params)
     return out
@@ -525,4 +686,5 @@ def load_space(path: str | os.PathLike[str]) -> SearchSpace:
 
 def params_key(params: Mapping[str, Any]) -> str:
     """A canonical string for a candidate's params (duplicate detection)."""
-    return json.dumps({k: params.get(k) for k in PARAM_NAMES}, sort_keys=True)
+    keys = (*PARAM_NAMES, POWER_LIMIT) if POWER_LIMIT in params else PARAM_NAMES
+    return json.dumps({k: params.get(k) for k in keys}, sort_keys=True)

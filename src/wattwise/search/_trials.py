@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from wattwise.errors import InputError, WattwiseError
-from wattwise.results import FIGURE_KEYS
+from wattwise.results import Figures
 from wattwise.search._liveness import (
     INTERRUPTED,
     TrialCounts,
@@ -38,7 +38,7 @@ from wattwise.search._objective import (
     trial_job,
 )
 from wattwise.search._optuna import stored_trial
-from wattwise.search._space import Candidate, SearchSpace, params_key
+from wattwise.search._space import Candidate, SearchSpace, params_key, restore_power_limits
 from wattwise.search._storage import storage_error_types
 from wattwise.search._study import DIRECTIONS, SearchSettings, finite_number
 
@@ -269,22 +269,23 @@ class TrialRunner:
                 trial.set_user_attr("output_tail", tail)
             trial.set_user_attr("fail_reason", reason)
             raise _TrialFailed(reason)
-        figures = {k: result[k] for k in FIGURE_KEYS}
-        trial.set_user_attr("figures", figures)
+        figures = Figures.from_dict(result, name="the trial's figures")
+        trial.set_user_attr("figures", figures.to_dict())
         trial.set_user_attr("measurement", result.get("measurement"))
         trial.set_user_attr("check", result.get("check"))
         trial.set_user_attr("notes", list(result.get("notes") or [])[:10])
         # ≤ 0 means satisfied; the sampler prefers feasible trials when it proposes the next.
-        c_acc, c_lat = constraint_values(
-            figures["accuracy"], self.baseline_accuracy, figures["latency_ms_p90"], self.settings
+        accuracy, energy, latency = (
+            figures.accuracy,
+            figures.energy_j_per_item,
+            figures.latency_bound_ms,
         )
+        if accuracy is None or energy is None or latency is None:
+            raise _TrialFailed("error: the trial returned no accuracy, energy or latency")
+        c_acc, c_lat = constraint_values(accuracy, self.baseline_accuracy, latency, self.settings)
         trial.set_constraint("accuracy_drop", c_acc)
         trial.set_constraint("latency_p90", c_lat)
-        return (
-            float(figures["accuracy"]),
-            float(figures["energy_j_per_item"]),
-            float(figures["latency_ms_p90"]),
-        )
+        return (float(accuracy), float(energy), float(latency))
 
 
 def run_trials(
@@ -448,5 +449,7 @@ def _run_candidate(
     except WattwiseError as exc:
         # A job re-raised across the process boundary (e.g. the task failed to load there).
         return {"ok": False, "kind": classify_failure(exc), "message": " ".join(str(exc).split())}
+    finally:
+        restore_power_limits(ctx.device)  # a child killed mid-measurement leaves its limit
     ledgers.append(result.get("ledger") or {})
     return result  # type: ignore[no-any-return]

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from wattwise._inputs import batch_size_of, call, check_input, primary_tensor, take_rows
 from wattwise.errors import InputError
+from wattwise.measure._generate import GenerateSpec
 
 Metric = Callable[[nn.Module, DataLoader], float]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -59,6 +60,10 @@ class Task:
         epochs, lr, batch_size: the recipe :meth:`fit` uses to train the baseline.
         collate_fn: how both loaders join items into a batch (default: torch's, which stacks
             equal shapes); text of varying length pads here, each batch to its longest item.
+        generate: for a language model that generates, what one response is (a
+            :class:`~wattwise.measure.GenerateSpec`): the search then measures generation
+            (prefill and decode J/token, TBT) and deploys with the KV cache kept; ``None`` for
+            a model judged one forward call at a time.
 
     Example:
         >>> task = Task("mine", make_model, train_ds, val_ds, example_input=torch.randn(1, 3, 32, 32))
@@ -79,6 +84,7 @@ class Task:
     batch_size: int = 64
     seed: int = 0
     collate_fn: Callable[[list[Any]], Any] | None = None
+    generate: GenerateSpec | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -98,6 +104,10 @@ class Task:
             self.example_input = take_rows(self.example_input, 1)
         if self.collate_fn is not None and not callable(self.collate_fn):
             raise InputError("Task.collate_fn must be callable or None")
+        if self.generate is not None and not isinstance(self.generate, GenerateSpec):
+            raise InputError(
+                f"Task.generate must be a GenerateSpec or None, got {type(self.generate).__name__}"
+            )
         # epochs 0: the factory returns a trained (e.g. pretrained) model, used as it is.
         for field, low in (("epochs", 0), ("batch_size", 1)):
             if int(getattr(self, field)) < low:

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from wattwise._inputs import call, primary_tensor
 from wattwise.archs.tinylm import TinyLM, tinylm
 from wattwise.errors import InputError
+from wattwise.measure._generate import GenerateSpec
 from wattwise.tasks._task import Task
 
 __all__ = [
@@ -63,6 +64,9 @@ HELD_OUT_SHARE = 0.1
 EPOCHS = 3
 LR = 3e-3
 BATCH_SIZE = 16
+# What the search measures one response as: half a training window of prompt, then as many
+# new bytes, so every position stays inside the 128 the model was trained on.
+GENERATE = GenerateSpec(prompt_tokens=64, new_tokens=64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,7 +287,8 @@ def tinylm_task(seed: int = 0) -> Task:
     Returns:
         A :class:`Task` named ``"tinylm"``: items ``(input_ids[128], next_ids[128])``, the
         metric :func:`next_token_accuracy`, the loss :func:`next_token_loss`, and a
-        ``model_factory(width=1.0, depth=1.0)``.
+        ``model_factory(width=1.0, depth=1.0)``; ``generate`` is :data:`GENERATE`, so the
+        search measures generation (prefill and decode J/token) and keeps the KV cache.
     """
     _check_seed("tinylm_task", seed)
     corpus = byte_corpus(seed)
@@ -301,4 +306,5 @@ def tinylm_task(seed: int = 0) -> Task:
         lr=LR,
         batch_size=BATCH_SIZE,
         seed=seed,
+        generate=GENERATE,
     )
