@@ -12,6 +12,12 @@ What it records (JSON to ``--out``):
    CUDA candidates (eager and compile × fp32, bf16, fp16 at batch 256) side by side and picks the
    lowest J/image; its pick is a row of its own.
 
+4. generation on a Llama-3.1-8B-shaped decoder with random weights (our TinyLM at Llama's
+   sizes: 32 layers of 4096, 32 query and 8 key/value heads, SwiGLU 14336, vocabulary
+   128256): prefill and decode J/token, TTFT and TBT at batch 1, 16 and 64, for bf16, fp8
+   and torchao int4 weight-only (``wattwise.deploy.serve_for_generation``), each with
+   ``wattwise.measure(generate=...)`` on the NVML meter (``--no-llm`` skips it).
+
 Sized for one prepared run of at most 5 minutes on an H100 (``--max-time-s`` per measurement).
 
 Run there: ``PYTHONPATH=src python3 benchmarks/gpu_check.py --out $OUT``. Render with
@@ -27,6 +33,7 @@ import subprocess
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -77,12 +84,89 @@ def _chosen(name: str, x: torch.Tensor, max_time_s: float) -> dict[str, object]:
     return row
 
 
+LLAMA_8B: dict[str, Any] = {
+    "vocab_size": 128256,
+    "dim": 4096,
+    "layers": 32,
+    "heads": 32,
+    "kv_heads": 8,
+    "ffn_dim": 14336,
+    "max_seq_len": 256,
+    "rope_theta": 500000.0,
+}
+
+
+def _llm_rows(max_time_s: float, out: Path, result: dict[str, object]) -> list[dict[str, object]]:
+    """Generation J/token of a Llama-3.1-8B-shaped TinyLM (random weights) per precision and
+    batch, measured in this process (16 GB of weights do not travel to a child)."""
+    import copy
+
+    from wattwise.archs.tinylm import TinyLM, TinyLMConfig
+    from wattwise.deploy import serve_for_generation
+    from wattwise.measure import GenerateSpec
+
+    spec = GenerateSpec(prompt_tokens=128, new_tokens=64)
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # 8 B parameters built in bf16, on the GPU
+    try:
+        with torch.device("cuda"):
+            base = TinyLM(TinyLMConfig(**LLAMA_8B)).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    ids = torch.randint(0, int(LLAMA_8B["vocab_size"]), (1, spec.prompt_tokens))
+    rows: list[dict[str, object]] = []
+    for precision in ("bf16", "fp8", "int4-weight-only"):
+        try:
+            model = base if precision == "bf16" else copy.deepcopy(base)
+            served = serve_for_generation(model, "eager", precision, device="cuda")
+        except Exception as exc:
+            rows.append({"precision": precision, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        for batch in (1, 16, 64):
+            row: dict[str, object] = {"precision": precision, "batch_size": batch}
+            try:
+                m = wattwise.measure(
+                    served.module,
+                    ids,
+                    device="cuda",
+                    batch_size=batch,
+                    generate=spec,
+                    isolate=False,
+                    max_time_s=max_time_s,
+                )
+                row |= m.to_dict()
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {exc}"
+            gen = row.get("generation") or {}
+            print(
+                json.dumps(
+                    {
+                        "llm": precision,
+                        "batch": batch,
+                        "decode_j_per_token": gen.get("decode_energy_j_per_token")
+                        if isinstance(gen, dict)
+                        else None,
+                        "error": row.get("error"),
+                    }
+                ),
+                flush=True,
+            )
+            rows.append(row)
+            _write(out / "gpu_results.json", {**result, "llm_rows": rows})
+        if model is not base:
+            del model, served
+            torch.cuda.empty_cache()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--max-time-s", type=float, default=4.0)
     parser.add_argument("--select-time-s", type=float, default=30.0, help="per model's selection")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--no-llm", dest="llm", action="store_false")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict[str, object] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -159,8 +243,14 @@ def main() -> None:
             flush=True,
         )
         _write(args.out / "gpu_results.json", {**result, "rows": rows})
+    result["rows"] = rows
+    if args.llm:
+        try:
+            result["llm_rows"] = _llm_rows(args.max_time_s, args.out, result)
+        except Exception:
+            result["llm_rows"] = [{"error": traceback.format_exc()}]
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    _write(args.out / "gpu_results.json", {**result, "rows": rows})
+    _write(args.out / "gpu_results.json", result)
 
 
 def _write(path: Path, data: dict) -> None:
