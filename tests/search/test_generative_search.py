@@ -15,7 +15,7 @@ from wattwise.results import Results
 
 SPACE = {
     "models": [{"name": "base"}],
-    "deployments": ["eager/fp32", "eager/bf16"],
+    "deployments": ["eager/bf16"],
     "batch_sizes": [4],
     "threads": [1],
 }
@@ -32,7 +32,7 @@ def test_a_generative_search_publishes_prefill_and_decode_per_token(tmp_path: Pa
             "--task",
             "search_tasks:tiny_lm",
             "--trials",
-            "2",
+            "1",
             "--space",
             str(space),
             "--max-time-s",

@@ -626,15 +626,13 @@ def seed_params(space: SearchSpace, *, generative: bool = False) -> list[dict[st
     if generative:
         # A small model's decode step is mostly per-operation overhead, which compilation
         # removes; then half-precision weights, then the students.
-        wishes = [
-            ("base", "compile/fp32", big, all_threads),
-            ("base", "compile/bf16", big, all_threads),
-            ("base", "cudagraphs/bf16", big, all_threads),
-            *((s, "compile/fp32", big, all_threads) for s in students[:2]),
-            ("base", "compile/int8-weight-only", big, all_threads),
-            ("base", "eager/bf16", big, all_threads),
-            ("base", "eager/fp32", big, all_threads),
+        pairs = [
+            *(("base", f"{b}/{p}") for b, p in (("compile", "fp32"), ("compile", "bf16"))),
+            ("base", "cudagraphs/bf16"),
+            *((s, "compile/fp32") for s in students[:2]),
+            *(("base", d) for d in ("compile/int8-weight-only", "eager/bf16", "eager/fp32")),
         ]
+        wishes = [(model, dep, big, all_threads) for model, dep in pairs]
     out: list[dict[str, Any]] = []
     # With power limits, each wish at the board's highest limit in the space (the default's
     # behaviour); the sampler explores the lower ones.
