@@ -107,3 +107,32 @@ def test_a_users_hugging_face_lm_generates_from_the_cli_as_json(
         assert gen[key] > 0 and gen[key] < float("inf")
     assert gen["tbt_ms_p90"] > 0
     assert rows[0]["energy_source"] == "estimated:cpu-ccf"
+
+
+def test_a_built_in_task_name_is_a_target_measured_on_the_tasks_own_input(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # `wattwise measure tinylm --generate --json`, as issue 14 writes it: the task's own
+    # (untrained) Llama-style model on the task's prompt, with its static KV cache.
+    import json
+
+    monkeypatch.setenv("WATTWISE_LOCK_DIR", str(tmp_path_factory.mktemp("locks")))
+    args = ["measure", "tinylm", "--generate", "--prompt-tokens", "16", "--new-tokens", "4"]
+    result = runner.invoke(app, [*args, "--json", "--max-time-s", "0.5", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["target"]["name"] == "tinylm" and doc["target"]["input_source"] == "task"
+    gen = doc["measurements"][0]["generation"]
+    assert gen["kv_cache"] == "static"
+    for key in ("prefill_energy_j_per_token", "decode_energy_j_per_token", "ttft_ms_p50"):
+        assert 0 < gen[key] < float("inf")
+    assert 0 < gen["tbt_ms_p90"] < float("inf")
+    assert doc["measurements"][0]["energy_source"] == "estimated:cpu-ccf"
+
+
+def test_an_unknown_target_names_the_built_in_tasks_too() -> None:
+    result = runner.invoke(app, ["measure", "tinylmm"])
+    assert result.exit_code == EXIT_ERROR
+    line = result.stderr.strip()
+    assert line.startswith("error: unknown TARGET 'tinylmm' (did you mean tinylm")
+    assert "a built-in task's model (digits32, lite0-photos, minilm-embed" in line

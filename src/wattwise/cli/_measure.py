@@ -29,8 +29,8 @@ def measure(
     target: Annotated[
         str | None,
         typer.Argument(
-            help="A built-in model (digits_cnn, mobilenetv3_small, ...), "
-            "package.module:factory (runs your code), or a .pt2 file (torch.export.save); "
+            help="A built-in model (digits_cnn, mobilenetv3_small, ...), a built-in task's "
+            "model (tinylm, minilm-topics, ...), package.module:factory (runs your code), or a .pt2 file (torch.export.save); "
             "optional with --task (the task's own model).",
             show_default=False,
         ),

@@ -285,6 +285,8 @@ def _resolve(
     arch_names = _arch_names()
     if target in arch_names:
         return _arch_target(target, shape, dtype)
+    if target in _task_names():
+        return _task_target(target, shape, dtype)
     path = Path(target)
     if is_spec(target) and not path.exists():
         return _factory_target(target, shape, dtype, given_input=given_input)
@@ -294,11 +296,13 @@ def _resolve(
         )
     if path.suffix.lower() in (*FILE_SUFFIXES, ".onnx") or path.exists() or "/" in target:
         return _file_target(path, shape, dtype)
-    close = difflib.get_close_matches(target, builtin_names(), n=3, cutoff=0.5)
+    tasks = [name for name in _task_names() if name not in DIGITS_NAMES]
+    close = difflib.get_close_matches(target, [*builtin_names(), *tasks], n=3, cutoff=0.5)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise InputError(
         f"unknown TARGET {target!r}{hint}; use a built-in model "
-        f"({', '.join(builtin_names())}), package.module:factory, or a .pt2 file"
+        f"({', '.join(builtin_names())}), a built-in task's model ({', '.join(tasks)}), "
+        "package.module:factory, or a .pt2 file"
     )
 
 
@@ -367,6 +371,27 @@ def _arch_target(name: str, shape: tuple[int, ...] | None, dtype: str | None) ->
         shape = (1, *size) if size is not None else _model_input_shape(factory(), name)
     return ResolvedTarget(
         name=name, factory=factory, example_input=_example(shape, dtype, factory), kind="builtin"
+    )
+
+
+def _task_names() -> list[str]:
+    from wattwise.tasks import names
+
+    return names()
+
+
+def _task_target(name: str, shape: tuple[int, ...] | None, dtype: str | None) -> ResolvedTarget:
+    """A built-in task's own (untrained) model, on the task's example input unless a shape
+    is given: ``wattwise measure tinylm --generate`` is ``measure --task tinylm``."""
+    from wattwise.tasks import load_task
+
+    factory = functools.partial(build_task_model, name)
+    if shape is not None or dtype is not None:
+        example = _example(shape or _model_input_shape(factory(), name), dtype, factory)
+        return ResolvedTarget(name=name, factory=factory, example_input=example, kind="builtin")
+    given = take_rows(detach_cpu(load_task(name).example_input), 1)
+    return ResolvedTarget(
+        name=name, factory=factory, example_input=given, kind="builtin", input_source="task"
     )
 
 
