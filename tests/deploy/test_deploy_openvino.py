@@ -15,6 +15,7 @@ from torch.utils.data import TensorDataset
 
 import wattwise as ww
 import wattwise.deploy as wd
+from wattwise.deploy._base import native_bf16
 from wattwise.measure import measure
 
 pytest.importorskip("openvino")
@@ -91,6 +92,40 @@ def test_an_int8_artifact_reloads_and_answers_the_same(int8, calib, tmp_path) ->
     assert art.deployment == int8.deployment and art.verify().passed
     assert isinstance(art.callable, wd.OvModule)
     torch.testing.assert_close(art(calib[1]), int8(calib[1]))
+
+
+@pytest.mark.skipif(
+    not native_bf16(), reason="the CPU has no AMX-BF16 or AVX512-BF16 (refusal below)"
+)
+def test_bf16_runs_in_bf16_passes_its_check_and_reloads_as_bf16(trained, task, calib, tmp_path):
+    dep = wd.deploy(
+        trained,
+        "openvino",
+        "bf16",
+        example_input=task.example_input,
+        calibration=calib,
+        batch_size=32,
+        threads=1,
+    )
+    compiled = dep.module.request.get_compiled_model()
+    hint = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+    assert "bf16" in hint or "bfloat16" in hint, hint
+    assert dep.check is not None and dep.check.metric == "rel_l2" and dep.check.passed
+    assert abs(task.evaluate(trained) - task.evaluate(dep.module)) <= 0.01
+    copy = pickle.loads(pickle.dumps(dep.module))
+    assert copy.precision == "bf16"
+    torch.testing.assert_close(copy(calib[0]), dep(calib[0]))
+    art = wd.load_artifact(wd.export_deployment(dep, tmp_path / "bf16", task_name="digits"))
+    assert art.deployment.precision == "bf16" and art.callable.precision == "bf16"
+    assert art.verify().passed
+
+
+@pytest.mark.skipif(native_bf16(), reason="the CPU has native bf16 (test above)")
+def test_bf16_is_refused_where_the_plugin_would_quietly_run_fp32(random_model, calib) -> None:
+    why = wd.BACKENDS.get("openvino").probe_precision("bf16", "cpu")
+    assert not why and "AMX-BF16 or AVX512-BF16" in why.reason
+    with pytest.raises(ww.InputError, match="AMX-BF16 or AVX512-BF16"):
+        wd.deploy(random_model, "openvino", "bf16", example_input=calib[0][:1])
 
 
 def test_openvino_is_a_cpu_backend_and_says_why() -> None:

@@ -20,7 +20,15 @@ from wattwise.errors import InputError, UnavailableError
 if TYPE_CHECKING:
     from wattwise.deploy._deployment import Deployment
 
-__all__ = ["BACKENDS", "Backend", "Batch", "Prepared", "probe_backends", "ready_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "Batch",
+    "Prepared",
+    "native_bf16",
+    "probe_backends",
+    "ready_backend",
+]
 
 Batch = tuple[Any, ...]
 """One input batch as the backends receive it: a tuple of tensors sharing the batch dimension."""
@@ -147,6 +155,11 @@ def _cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AMX-BF16 or AVX512-BF16)."""
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def _cpu_precision_notes(precision: str) -> list[str]:

@@ -949,11 +949,13 @@ def check_ir(xml: bytes, weights_size: int, where: object) -> None:
                 )
 
 
-def _ir_module(xml: bytes, weights: bytes, where: object, *, threads: int | None) -> Any:
+def _ir_module(
+    xml: bytes, weights: bytes, where: object, *, threads: int | None, precision: str
+) -> Any:
     from wattwise.deploy._runners import OvModule
 
     check_ir(xml, len(weights), where)
-    module = OvModule(xml, weights, threads=threads)
+    module = OvModule(xml, weights, threads=threads, precision=precision)
     try:
         _ = module.request
     except InputError as exc:
@@ -1186,7 +1188,13 @@ def load_artifact(path: str | os.PathLike[str], *, device: str | None = None) ->
     elif manifest.runtime == "openvino":
         ready_backend(deployment)  # OpenVINO installed, and a device it runs on
         weights = _checked_file(root, manifest, manifest.raw.get("weights_file"), MAX_FILE_BYTES)
-        module = _ir_module(model_bytes, weights, model_where, threads=deployment.threads)
+        module = _ir_module(
+            model_bytes,
+            weights,
+            model_where,
+            threads=deployment.threads,
+            precision=deployment.precision,
+        )
         _compare_with_stored(module, example, expected, deployment, root)
     elif manifest.runtime == "torch.export":
         program = program_from_bytes(model_bytes, model_where)
