@@ -803,6 +803,9 @@ class TrialRow(_Readable):
             that output when it failed.
         feasible: within the search's constraints (``None``: not recorded); ``pareto``: on
             the front of the feasible trials.
+        fidelity: how its figures were measured: ``"full"`` (the search's protocol) or
+            ``"screen"`` (a short measurement that showed it could not be the best:
+            ``docs/search.md``, "Spending the budget"); ``None`` in files written before.
     """
 
     _NAME: ClassVar[str] = "row"
@@ -827,6 +830,7 @@ class TrialRow(_Readable):
     output_tail: str | None = None
     feasible: bool | None = False
     pareto: bool = False
+    fidelity: str | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -856,6 +860,7 @@ class TrialRow(_Readable):
             "output_tail": self.output_tail,
             "feasible": self.feasible,
             "pareto": self.pareto,
+            **({"fidelity": self.fidelity} if self.fidelity is not None else {}),
             **_extra(self.extra),
         }
 
@@ -886,6 +891,7 @@ class TrialRow(_Readable):
             output_tail=r.text("output_tail"),
             feasible=r.flag("feasible"),
             pareto=bool(r.flag("pareto")),
+            fidelity=r.text("fidelity"),
             extra=r.extra(),
         )
 

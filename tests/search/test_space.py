@@ -41,11 +41,25 @@ def digits_task():
 def test_default_space_offline_has_the_big_levers(digits_task):
     space = default_space(digits_task, "offline")
     names = [m.name for m in space.models]
-    assert names[:3] == ["base", "prune30", "prune50"]
+    assert names == [
+        "base",
+        "prune30",
+        "prune50",
+        "distill-w0.5",
+        "distill-w0.5+prune30",
+        "distill-w0.25",
+    ]
     # DigitsCNN takes width=, so the student is a half-width copy of the task's own model.
     student = space.model("distill-w0.5")
     assert student.student == "task(width=0.5)"
     assert student.passes[0]["epochs"] == digits_task.epochs
+    assert space.model("distill-w0.25").student == "task(width=0.25)"
+    assert space.model("prune50").passes[0]["sensitivity"] is True
+    # Chained: the same student, then pruned by sensitivity (built on the cached student).
+    chained = space.model("distill-w0.5+prune30").passes
+    assert chained[0] == student.passes[0]
+    assert chained[1]["type"] == "prune" and chained[1]["ratio"] == 0.3
+    assert chained[1]["sensitivity"] is True
     assert "onnxruntime/int8" in space.deployments
     assert "eager/fp32" in space.deployments
     assert max(space.batch_sizes) == 256 and 1 in space.batch_sizes
@@ -53,7 +67,15 @@ def test_default_space_offline_has_the_big_levers(digits_task):
 
 
 def test_online_space_is_batch_one_and_bad_scenario_is_refused(digits_task):
-    assert default_space(digits_task, "online").batch_sizes == (1,)
+    online = default_space(digits_task, "online")
+    assert online.batch_sizes == (1,)
+    # One item per call: the smallest model on the runtime with the least overhead first.
+    assert seed_params(online)[0] == {
+        "model": "distill-w0.25",
+        "deployment": "onnxruntime/fp32",
+        "batch_size": 1,
+        "threads": 1,
+    }
     with pytest.raises(InputError, match="scenario"):
         default_space(digits_task, "batch")
 
@@ -64,8 +86,15 @@ def test_seeds_lie_in_the_space_and_lead_with_int8(digits_task):
     assert len(seeds) >= 5
     assert all(space.contains(s) for s in seeds)
     assert len({json.dumps(s, sort_keys=True) for s in seeds}) == len(seeds)
-    assert seeds[0]["deployment"] == "onnxruntime/int8" and seeds[0]["batch_size"] == 256
-    assert any(s["model"] == "distill-w0.5" for s in seeds)
+    # The stack first: the student in OpenVINO's int8 at the largest batch, one thread.
+    assert seeds[0] == {
+        "model": "distill-w0.5",
+        "deployment": "openvino/int8",
+        "batch_size": 256,
+        "threads": 1,
+    }
+    assert any(s["model"] == "distill-w0.25" for s in seeds)
+    assert any(s["model"] == "distill-w0.5+prune30" for s in seeds)
     assert any(s["deployment"] == "compile/int8" for s in seeds)
     assert {
         "model": "base",
@@ -208,6 +237,20 @@ def test_model_cache_round_trips_pruned_and_student_models(tmp_path):
         )
         _cached, info2 = _get_model(ctx, task, passes, ledger)
         assert info2 == {}
+    # A chained recipe starts from the cached student: the same model as building the whole
+    # recipe from the baseline, the student not trained again.
+    chained = (*student, {"type": "prune", "ratio": 0.5, "finetune_epochs": 0})
+    spent = ledger.energy_j["compress"]
+    reused, info3 = _get_model(ctx, task, chained, ledger)
+    assert info3["built"] == model_key(ctx, chained)
+    from wattwise.passes import compress
+
+    base, _ = _get_model(ctx, task, (), ledger)
+    whole, _log = compress(base, [dict(p) for p in chained], task=task, seed=ctx.seed)
+    x = torch.cat([task.example_input] * 3)
+    with torch.no_grad():
+        assert torch.allclose(reused(x), whole(x), atol=1e-6)
+    assert ledger.energy_j["compress"] - spent < spent  # pruning only, no second distillation
     # Training the baseline and compressing were metered, with the meter's label.
     assert ledger.energy_j["train"] > 0 and ledger.energy_j["compress"] > 0
     assert ledger.source.startswith(("measured:", "estimated:"))

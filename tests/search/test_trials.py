@@ -162,6 +162,21 @@ def test_runner_prunes_a_candidate_already_tried(tmp_path: Path) -> None:
     assert trial.user_attrs["duplicate_of"] == 0
     assert trial.user_attrs["fail_reason"] == "duplicate of trial 0"
     assert "label" not in trial.user_attrs  # pruned before its candidate was built
+    # The untried candidate nearest the proposal is queued for the next trial.
+    (queued,) = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
+    assert queued.system_attrs["fixed_params"] == {**FIRST, "batch_size": 2}
+    assert queued.user_attrs == {"queued_for": "a duplicate proposal"}
+
+
+def test_a_duplicate_queues_nothing_when_every_candidate_is_taken(tmp_path: Path) -> None:
+    study = _study(tmp_path, 10)
+    for batch in SPACE.batch_sizes:
+        _complete(study, {**FIRST, "batch_size": batch})
+    study.enqueue_trial(FIRST)
+    with quiet_optuna():
+        (trial,) = _runner(study, tmp_path, budget=10).run_one()
+    assert trial.user_attrs["duplicate_of"] == 0
+    assert not [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
 
 
 def test_runner_gives_back_a_trial_stopped_by_ctrl_c(tmp_path: Path) -> None:
@@ -224,3 +239,39 @@ def test_model_macs_are_counted_once_per_model_choice_and_a_spoiled_record_recou
     record.write_text('{"macs_per_item": "NaN"}')
     assert model_macs(ctx, task, (), model) == counted
     assert json.loads(record.read_text()) == {"macs_per_item": counted}
+
+
+def test_a_candidate_that_cannot_be_the_best_gets_only_its_screening(tmp_path: Path) -> None:
+    """Multi-fidelity: with a feasible trial far cheaper than anything this CPU can do, a real
+    candidate is measured by the short screening alone, labelled so; its figures are real."""
+    study = _study(tmp_path, 5)
+    cheap = {"accuracy": 0.95, "energy_j_per_item": 1e-12, "latency_ms_p90": 1.0}
+    study.add_trial(
+        create_trial(
+            values=[0.95, 1e-12, 1.0],
+            params=FIRST,
+            distributions=DISTRIBUTIONS,
+            user_attrs={"figures": cheap},
+        )
+    )
+    runner = _runner(study, tmp_path, budget=5)
+    screen = runner._screen(number=1)
+    assert screen.energy_above_j == pytest.approx(1.5e-12)
+    assert screen.min_accuracy == pytest.approx(0.9 - 0.05)  # baseline less the drop allowed
+    study.enqueue_trial(QUEUED)
+    with quiet_optuna():
+        (trial,) = runner.run_one()
+    assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("fail_reason")
+    assert trial.user_attrs["fidelity"] == "screen"
+    measurement = trial.user_attrs["measurement"]
+    # Windows of about 0.2 s where the full protocol takes 0.5 s ones.
+    assert measurement["window_s"] < 0.4 and measurement["energy_j_per_item"] > 0
+
+
+def test_screen_stops_the_infeasible_and_the_costly_only() -> None:
+    from wattwise.search._objective import Screen
+
+    screen = Screen(energy_above_j=2.0, min_accuracy=0.9)
+    assert screen.stops(0.85, None)  # below the accuracy bound: whatever it costs
+    assert screen.stops(0.95, 2.5) and not screen.stops(0.95, 1.5)
+    assert not Screen().stops(0.1, 1e9)  # nothing known yet: the full protocol

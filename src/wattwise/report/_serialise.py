@@ -40,6 +40,7 @@ TRIAL_COLUMNS: tuple[str, ...] = (
     "fail_reason",
     "feasible",
     "pareto",
+    "fidelity",
     "accuracy",
     "accuracy_drop",
     *(k for k in FIGURE_KEYS if k != "accuracy"),

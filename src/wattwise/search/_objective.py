@@ -449,11 +449,18 @@ def _get_model(
                 model = task.fit(task.model_factory(), seed=task.seed)
             info["accuracy"] = task.evaluate(model)
         else:
-            base, _ = _get_model(ctx, task, (), ledger)
+            # Build on the longest prefix of the recipe that stands alone (cached, or built and
+            # cached now): distill -> prune reuses the distilled student every other deployment
+            # of it already paid for. The seed is the one the pass has in the whole recipe, so
+            # either way gives the same model.
+            split = _reusable_prefix(passes)
+            start, _ = _get_model(ctx, task, passes[:split], ledger)
             from wattwise.passes import compress
 
             with ledger.phase("compress"):
-                model, log = compress(base, [dict(p) for p in passes], task=task, seed=ctx.seed)
+                model, log = compress(
+                    start, [dict(p) for p in passes[split:]], task=task, seed=ctx.seed + split
+                )
             info["accuracy"] = log.final.accuracy
             info["log"] = log.to_dict()
         if not marker.exists():
@@ -468,6 +475,18 @@ def _get_model(
                     path.unlink()
                 marker.write_text("the model does not round-trip through a state dict\n")
         return model, info
+
+
+def _reusable_prefix(passes: Sequence[Mapping[str, Any]]) -> int:
+    """How many leading passes of a recipe can be built (and cached) on their own: all but the
+    last, unless the last distils from the model before compression (``teacher`` "original"),
+    which only the whole recipe knows; 0 means build from the baseline."""
+    last = passes[-1] if passes else {}
+    if last.get("type") == "distill":
+        teacher = last.get("teacher")
+        if teacher == "original" or (teacher is None and not last.get("student")):
+            return 0
+    return max(0, len(passes) - 1)
 
 
 # ----------------------------------------------------------------------------- failures
@@ -716,7 +735,13 @@ class _Batch:
 
 
 def measure_in_job(
-    target: Any, task: Task, ctx: JobContext, ledger: _Ledger, at: MeasuredAt, max_time_s: float
+    target: Any,
+    task: Task,
+    ctx: JobContext,
+    ledger: _Ledger,
+    at: MeasuredAt,
+    max_time_s: float,
+    min_window_s: float | None = None,
 ) -> Any:
     """Measure ``target`` on the task's example input on ``ctx.device`` at ``at``'s batch size
     and threads, in this (already isolated) job, metered as the job's ``measure`` phase: one
@@ -735,6 +760,7 @@ def measure_in_job(
             batch_size=at.batch_size,
             threads=at.threads,
             max_time_s=max_time_s,
+            min_window_s=min_window_s,
             isolate=False,
             meter=ctx.meter,
             count_macs=False,
@@ -747,12 +773,67 @@ def _failed(exc: BaseException, ledger: _Ledger) -> dict[str, Any]:
     return {**_failure(exc), "ledger": ledger.to_dict()}
 
 
-def trial_job(ctx: JobContext, cand: Candidate, max_time_s: float) -> dict[str, Any]:
+# A screening measurement: the harness's minimum of windows, each this short, for at most this
+# long (the meter's own minimum window still wins). On the digits CNN it took about 1 s where
+# the full protocol took 2 to 3 s.
+SCREEN_WINDOW_S = 0.2
+SCREEN_MAX_TIME_S = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Screen:
+    """When a candidate's screening measurement is all it gets (multi-fidelity).
+
+    Attributes:
+        energy_above_j: its screened J/item is above this (a margin over the best feasible
+            trial so far): it cannot be the best; ``None`` before any feasible trial.
+        min_accuracy: its metric is below this (the baseline less the allowed drop): it is
+            not feasible, whatever it costs; ``None`` when not known.
+    """
+
+    energy_above_j: float | None = None
+    min_accuracy: float | None = None
+
+    def stops(self, accuracy: float, energy_j: float | None) -> bool:
+        if self.min_accuracy is not None and accuracy < self.min_accuracy - 1e-9:
+            return True
+        return (
+            self.energy_above_j is not None
+            and energy_j is not None
+            and (energy_j > self.energy_above_j)
+        )
+
+
+def _measure_candidate(
+    deployed: Any,
+    task: Task,
+    ctx: JobContext,
+    ledger: _Ledger,
+    cand: Candidate,
+    max_time_s: float,
+    accuracy: float,
+    screen: Screen | None,
+) -> tuple[Any, str]:
+    """The candidate's measurement and its fidelity: a short screening first when ``screen``
+    may stop it (it is then all the candidate gets), else, or if it could still be the best,
+    the full protocol."""
+    if screen is not None and (screen.energy_above_j is not None or screen.stops(accuracy, None)):
+        m = measure_in_job(
+            deployed, task, ctx, ledger, cand, SCREEN_MAX_TIME_S, min_window_s=SCREEN_WINDOW_S
+        )
+        if screen.stops(accuracy, m.energy_j_per_item):
+            return m, "screen"
+    return measure_in_job(deployed, task, ctx, ledger, cand, max_time_s), "full"
+
+
+def trial_job(
+    ctx: JobContext, cand: Candidate, max_time_s: float, screen: Screen | None = None
+) -> dict[str, Any]:
     """Build, evaluate, deploy (checked against eager fp32) and measure one candidate.
 
-    Returns a dict: ``ok`` with the figures (flat, :data:`~wattwise.results.FIGURE_KEYS`), or
-    ``ok=False`` with ``kind`` and ``message``; always the ``ledger`` (energy per phase, spent
-    whether or not the trial succeeded).
+    Returns a dict: ``ok`` with the figures (flat, :data:`~wattwise.results.FIGURE_KEYS`) and
+    the ``fidelity`` of their measurement, or ``ok=False`` with ``kind`` and ``message``;
+    always the ``ledger`` (energy per phase, spent whether or not the trial succeeded).
     """
     with _job(ctx, threads=cand.threads) as (task, ledger):
         from wattwise.passes._model import state_dict_bytes
@@ -766,7 +847,9 @@ def trial_job(ctx: JobContext, cand: Candidate, max_time_s: float) -> dict[str, 
                     "the candidate's metric",
                 )
                 macs = model_macs(ctx, task, cand.model.passes, float_model)
-            m = measure_in_job(deployed.module, task, ctx, ledger, cand, max_time_s)
+            m, fidelity = _measure_candidate(
+                deployed.module, task, ctx, ledger, cand, max_time_s, accuracy, screen
+            )
         except (Exception, MemoryError) as exc:
             return _failed(exc, ledger)
         if deployed.onnx_bytes is not None:
@@ -779,6 +862,7 @@ def trial_job(ctx: JobContext, cand: Candidate, max_time_s: float) -> dict[str, 
         return {
             "ok": True,
             **figures.to_dict(),
+            "fidelity": fidelity,
             "check": deployed.check.to_dict() if deployed.check else None,
             "notes": list(deployed.notes) + list(m.notes),
             "measurement": m.to_dict(),

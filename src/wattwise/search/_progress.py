@@ -60,6 +60,8 @@ def describe_row(row: TrialRow | Mapping[str, Any]) -> str:
         f = row.figures
         acc, drop = f.accuracy or 0.0, row.accuracy_drop or 0.0
         flag = "" if row.feasible else "  [infeasible]"
+        if row.fidelity == "screen":
+            flag += "  [screened: cannot be the best]"
         return (
             f"{label}: accuracy {acc:.4f} (drop {drop * 100:+.2f} pt), {_energy(f)}, "
             f"{_latency(f)}{flag}"

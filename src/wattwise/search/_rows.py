@@ -84,6 +84,7 @@ def _row(
         log=attrs.get("log"),
         output_tail=attrs.get("output_tail") if t.state == TrialState.FAIL else None,
         feasible=feasible,
+        fidelity=attrs.get("fidelity") if t.state == TrialState.COMPLETE else None,
     )
 
 

@@ -351,16 +351,20 @@ def default_space(task: Task, scenario: str = "offline", device: str = "cpu") ->
     # Fine-tuning budgets follow the task's own training length: pruning keeps the learned
     # weights and needs a fraction of it; a student starts from scratch and needs all of it.
     epochs = max(1, int(task.epochs))
+    # Sensitivity-driven ratios per layer group at 50%: sensitive groups keep more channels.
+    prune50 = {
+        "type": "prune",
+        "ratio": 0.5,
+        "sensitivity": True,
+        "finetune_epochs": max(2, epochs // 3),
+    }
     models = [
         ModelChoice("base"),
         ModelChoice(
             "prune30",
             ({"type": "prune", "ratio": 0.3, "finetune_epochs": max(1, epochs // 5)},),
         ),
-        ModelChoice(
-            "prune50",
-            ({"type": "prune", "ratio": 0.5, "finetune_epochs": max(2, epochs // 3)},),
-        ),
+        ModelChoice("prune50", (prune50,)),
     ]
     student = _student_pass(task, epochs)
     if student is not None and student["student"] == "layers":
@@ -372,6 +376,13 @@ def default_space(task: Task, scenario: str = "offline", device: str = "cpu") ->
         models.append(ModelChoice("distill-layers0.34", (third,)))
     elif student is not None:
         models.append(ModelChoice("distill-w0.5", (student,)))
+        # Chained: the student, then pruned by sensitivity and fine-tuned (its build starts
+        # from the cached student), and a student a quarter as wide.
+        prune30 = {**prune50, "ratio": 0.3, "finetune_epochs": max(1, epochs // 5)}
+        models.append(ModelChoice("distill-w0.5+prune30", (student, prune30)))
+        quarter = _student_pass(task, epochs, width=0.25)
+        if quarter is not None:
+            models.append(ModelChoice("distill-w0.25", (quarter,)))
 
     cuda = device.startswith("cuda")
     wanted: tuple[str, ...] = (
@@ -385,6 +396,9 @@ def default_space(task: Task, scenario: str = "offline", device: str = "cpu") ->
             "onnxruntime/int8",
             "openvino/fp32",
             "openvino/int8",
+            # On a CPU that computes in bf16 (AMX, AVX512-BF16): 4.9x less energy than fp32
+            # for a ResNet-style network's OpenVINO IR on a Xeon with AMX (docs/search.md).
+            *(("compile/bf16", "openvino/bf16") if native_bf16() else ()),
         )
     )
     if not _is_one_tensor(task.example_input):
@@ -503,6 +517,13 @@ def _power_limits(device: str) -> tuple[int, ...]:
     return power_limit_choices(device)
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (the deployments' own probe)."""
+    from wattwise.deploy._base import native_bf16 as probe
+
+    return probe()
+
+
 def _runs_here(choice: str, device: str) -> bool:
     """Whether ``backend/precision`` can run on ``device`` here: the backend's probe (what
     ``wattwise doctor`` shows), and the precision's own needs (OpenVINO's int8 needs NNCF)."""
@@ -536,12 +557,16 @@ def _current_width(factory: Any) -> float:
     return float(default) if isinstance(default, int | float) else 1.0
 
 
-def _student_pass(task: Task, epochs: int) -> dict[str, Any] | None:
+def _student_pass(task: Task, epochs: int, *, width: float = 0.5) -> dict[str, Any] | None:
+    """The distillation pass of a student ``width`` times as wide as the task's model (or, for
+    an image classifier whose factory takes no width, a MobileNetV3-Small at that width), or
+    at half depth from the teacher's own layers; ``None`` when no student fits the model.
+    Only half width builds a layer-stack student."""
     if _accepts_width(task.model_factory):
         return {
             "type": "distill",
             "student": "task",
-            "student_kwargs": {"width": round(0.5 * _current_width(task.model_factory), 4)},
+            "student_kwargs": {"width": round(width * _current_width(task.model_factory), 4)},
             "epochs": epochs,
         }
     example = task.example_input
@@ -550,13 +575,13 @@ def _student_pass(task: Task, epochs: int) -> dict[str, Any] | None:
             "type": "distill",
             "student": "mobilenetv3_small",
             "student_kwargs": {
-                "width": 0.5,
+                "width": width,
                 "num_classes": int(task.num_classes),
                 "in_chans": int(example.shape[1]),
             },
             "epochs": epochs,
         }
-    if _has_layer_stack(task):
+    if width == 0.5 and _has_layer_stack(task):
         # Three times the teacher's epochs, half on its soft targets: on minilm-topics (one
         # epoch, 0.823) the 3-layer student reached 0.771 in one epoch at alpha 0.7, and 0.854
         # in three at alpha 0.5.
@@ -584,12 +609,14 @@ def _has_layer_stack(task: Task) -> bool:
 def seed_params(space: SearchSpace, *, generative: bool = False) -> list[dict[str, Any]]:
     """Known-good starting points, enqueued before the sampler takes over.
 
-    For token inputs, ONNX Runtime's dynamic int8 at the largest batch for the student, then
-    the baseline. Then int8 at the largest batch: with ONNX Runtime for the baseline, with
-    OpenVINO (NNCF) for the baseline and the student, with ONNX Runtime for the pruned models
-    and the student; the student's int8 on a third runtime (compile); batching alone (fp32
-    eager); int8 with compile; a pruned model compiled at one thread. Points outside
-    ``space`` are left out.
+    For token inputs, ONNX Runtime's dynamic int8 at the largest batch for the students, then
+    the baseline. At batch 1 only (online), ONNX Runtime first (the least overhead per call),
+    fp32 then int8, on the smallest models first. Then int8 at the largest batch: OpenVINO's
+    for the student on one thread; ONNX Runtime's and OpenVINO's for the baseline; OpenVINO's
+    for the stacks (a quarter-width student, the student pruned after distillation); ONNX
+    Runtime's for the student; the student in bf16 where the CPU has it; ONNX Runtime's for
+    the pruned models; the student's int8 with compile; batching alone (fp32 eager); int8
+    with compile; a pruned model compiled at one thread. Points outside ``space`` are left out.
 
     For a generative task (``generative=True``): compiled fp32 and bf16 at the largest batch
     for the baseline, compiled fp32 for the students, compiled int8 weight-only and eager bf16.
@@ -608,16 +635,32 @@ def seed_params(space: SearchSpace, *, generative: bool = False) -> list[dict[st
     all_threads = 0 if 0 in space.threads else space.threads[0]
     one = 1 if 1 in space.threads else all_threads
     students = [m.name for m in space.models if m.student]
-    # Cheap and likely-good first: a small budget should already hold a good front.
+    student = students[:1]
+    # The stacks: a smaller student, and the student pruned after distillation.
+    smaller = [m for m in ("distill-w0.25", "distill-w0.5+prune30") if m in students]
     wishes: list[tuple[str, str, int, int]] = [
         *((s, "onnxruntime/int8-dynamic", big, all_threads) for s in students[:2]),
         ("base", "onnxruntime/int8-dynamic", big, all_threads),
+    ]
+    if big == 1:
+        # One item per call: the runtime with the least overhead per call (ONNX Runtime) on
+        # the smallest models first; int8's quantize/dequantize may cost more than it saves.
+        wishes += [
+            *((s, "onnxruntime/fp32", big, one) for s in smaller + student),
+            *((s, "onnxruntime/int8", big, one) for s in smaller + student),
+            *((s, "openvino/int8", big, one) for s in smaller[:1] + student),
+            ("base", "onnxruntime/int8", big, one),
+        ]
+    # Cheap and likely-good first: a small budget should already hold a good front.
+    wishes += [
+        *((s, "openvino/int8", big, one) for s in student),
         ("base", "onnxruntime/int8", big, all_threads),
         ("base", "openvino/int8", big, all_threads),
-        *((s, "openvino/int8", big, all_threads) for s in students[:1]),
+        *((s, "openvino/int8", big, one) for s in smaller),
+        *((s, "onnxruntime/int8", big, one) for s in student),
+        *((s, "openvino/bf16", big, one) for s in student),
         ("prune50", "onnxruntime/int8", big, one),
-        *((s, "onnxruntime/int8", big, one) for s in students[:1]),
-        *((s, "compile/int8", big, all_threads) for s in students[:1]),
+        *((s, "compile/int8", big, all_threads) for s in student),
         ("prune30", "onnxruntime/int8", big, all_threads),
         ("base", "eager/fp32", big, all_threads),
         ("base", "compile/int8", big, all_threads),

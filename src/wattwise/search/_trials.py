@@ -32,6 +32,7 @@ from wattwise.search._liveness import (
 )
 from wattwise.search._objective import (
     JobContext,
+    Screen,
     build_job,
     classify_failure,
     model_key,
@@ -55,6 +56,10 @@ __all__ = [
 ]
 
 MAX_CONSECUTIVE_DUPLICATES = 40
+# A candidate whose screening measurement shows more than this times the best feasible J/item
+# so far stops there: above the estimate's noise between two short measurements (the widest
+# spread of our confirmation rounds was 17%), far from the front's low end.
+SCREEN_MARGIN = 1.5
 
 
 class _TrialFailed(WattwiseError):
@@ -134,6 +139,42 @@ def _known_failure(
     return None
 
 
+# Enumerating a space to find an untried point stops here (a space file can be large).
+MAX_NEIGHBOUR_SCAN = 20_000
+
+
+def _queue_neighbour(
+    study: optuna.Study,
+    space: SearchSpace,
+    params: dict[str, Any],
+    others: list[optuna.trial.FrozenTrial],
+) -> None:
+    """The sampler proposed a candidate tried already: queue the untried candidate nearest it
+    (fewest choices changed; a choice known to fail is skipped), so the next trial measures
+    something new instead of the sampler proposing the same point again and again. Nothing
+    is queued while a queued trial waits, or when every candidate is taken."""
+    import itertools
+
+    from optuna.trial import TrialState
+
+    if any(t.state == TrialState.WAITING for t in others):
+        return
+    taken = {params_key(t.params) for t in others if _taken(t)}
+    failed = [t for t in others if t.state == TrialState.FAIL and FAILED_STAGE in t.user_attrs]
+    choices = space.choices()
+    best: tuple[int, dict[str, Any]] | None = None
+    for combo in itertools.islice(itertools.product(*choices.values()), MAX_NEIGHBOUR_SCAN):
+        point = dict(zip(choices, combo, strict=True))
+        changed = sum(point[k] != params.get(k) for k in choices)
+        if best is not None and changed >= best[0]:
+            continue
+        if params_key(point) in taken or any(_known_failure(t, point) for t in failed):
+            continue
+        best = (changed, point)
+    if best is not None:
+        study.enqueue_trial(best[1], user_attrs={"queued_for": "a duplicate proposal"})
+
+
 def _taken(trial: optuna.trial.FrozenTrial) -> bool:
     """The trial holds a place in the budget and its candidate: finished and counted, or running."""
     from optuna.trial import TrialState
@@ -209,7 +250,8 @@ class TrialRunner:
         params = _suggest(trial, self.settings.space)
         self._prune_if_taken(trial, params)
         cand, log = self._start(trial, params)
-        result = _run_candidate(self.ctx, cand, self.settings, ledgers, log)
+        screen = self._screen(trial.number)
+        result = _run_candidate(self.ctx, cand, self.settings, ledgers, log, screen)
         _record_energy(trial, ledgers, time.monotonic() - t0)
         return self._record(trial, result, log)
 
@@ -228,6 +270,7 @@ class TrialRunner:
             if _taken(t) and params_key(t.params) == key:
                 trial.set_user_attr("duplicate_of", t.number)
                 trial.set_user_attr("fail_reason", f"duplicate of trial {t.number}")
+                _queue_neighbour(self.study, self.settings.space, params, others)
                 raise optuna.TrialPruned(f"duplicate of trial {t.number}")
         for t in others:
             known = _known_failure(t, params)
@@ -237,6 +280,29 @@ class TrialRunner:
                 trial.set_user_attr(KNOWN_FAILURE, number)
                 trial.set_user_attr("fail_reason", why)
                 raise optuna.TrialPruned(why)
+
+    def _screen(self, number: int) -> Screen:
+        """What stops a candidate at its screening measurement: a metric below the bound, or
+        J/item above :data:`SCREEN_MARGIN` times the best feasible trial's so far."""
+        from wattwise.search._rows import trial_rows
+
+        rows = trial_rows(
+            [t for t in self.study.get_trials(deepcopy=False) if t.number != number],
+            self.baseline_accuracy,
+            self.settings,
+        )
+        best = min(
+            (
+                r.figures.energy_j_per_item
+                for r in rows
+                if r.feasible and r.figures.energy_j_per_item is not None
+            ),
+            default=None,
+        )
+        return Screen(
+            energy_above_j=best * SCREEN_MARGIN if best is not None else None,
+            min_accuracy=self.baseline_accuracy - self.settings.max_accuracy_drop,
+        )
 
     def _start(self, trial: optuna.Trial, params: dict[str, Any]) -> tuple[Candidate, str | None]:
         """The trial's candidate and log file, recorded on the trial before it runs."""
@@ -271,6 +337,7 @@ class TrialRunner:
             raise _TrialFailed(reason)
         figures = Figures.from_dict(result, name="the trial's figures")
         trial.set_user_attr("figures", figures.to_dict())
+        trial.set_user_attr("fidelity", result.get("fidelity") or "full")
         trial.set_user_attr("measurement", result.get("measurement"))
         trial.set_user_attr("check", result.get("check"))
         trial.set_user_attr("notes", list(result.get("notes") or [])[:10])
@@ -412,6 +479,7 @@ def _run_candidate(
     settings: SearchSettings,
     ledgers: list[dict[str, Any]],
     log_path: str | None = None,
+    screen: Screen | None = None,
 ) -> dict[str, Any]:
     """Build the model if it isn't cached (all cores), then run the trial (its own threads),
     both writing their output to ``log_path``."""
@@ -438,6 +506,7 @@ def _run_candidate(
             ctx,
             cand,
             settings.max_time_s,
+            screen,
             threads=cand.threads,
             timeout_s=settings.timeout_per_trial_s,
             what="trial",
