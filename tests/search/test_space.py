@@ -328,3 +328,24 @@ def test_power_limits_are_a_choice_only_where_the_space_has_them(digits_task):
         SearchSpace((ModelChoice("base"),), ("eager/bf16",), (1,), (0,), (0,))
     # Without a GPU the default space has none.
     assert default_space(digits_task, "offline").power_limits_w == ()
+
+
+def test_the_documented_example_space_loads_and_its_recipes_are_valid_passes():
+    from pathlib import Path
+
+    from wattwise.passes._recipe import passes_from_dicts
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "examples" / "space.yaml"
+    space = load_space(path)
+    assert [m.name for m in space.models] == [
+        "base",
+        "prune40s",
+        "student",
+        "student-pruned",
+        "guarded-int8",
+    ]
+    for model in space.models:
+        passes_from_dicts([dict(p) for p in model.passes], where=model.name)
+    # The chain's first pass is the student's own recipe: it builds on that cached model.
+    assert space.model("student-pruned").passes[0] == space.model("student").passes[0]
+    assert space.threads == (1, 0) and space.batch_sizes == (1, 64, 256)
