@@ -2,7 +2,10 @@
 would pick instead, side by side in one run, on the same model, data and accuracy limit.
 
 For each model (the digits CNN; a ResNet-style and a MobileNetV3-style network on digits
-upsampled to 32×32; pretrained EfficientNet-Lite0 at 224×224 on the fidelity task):
+upsampled to 32×32; pretrained EfficientNet-Lite0 at 224×224 on the fidelity task;
+all-MiniLM-L6-v2 fine-tuned on ``minilm-topics``, against the text peers of
+``bench_minilm.py``; ``tinylm`` generating, against fp32, ``model.compile()``, bf16 and torchao
+int8 weight-only + compile, J per response):
 
 1. train the fp32 baseline once (the pretrained Lite0 is used as it is);
 2. build every peer from that same trained model (``peers.py``): fp32 eager, ``torch.compile``
@@ -18,6 +21,10 @@ upsampled to 32×32; pretrained EfficientNet-Lite0 at 224×224 on the fidelity t
 5. measure all of them in rotating rounds (A B C … , B C … A, …), each measurement in its own
    child process, and report medians and ratios to fp32 eager from the same rounds.
 
+The machine must be quiet: other processes' CPU use is measured for 5 s before each model
+and during every measurement (the harness records it), and a model measured while they used
+more than half a core is not written (the run stops saying so).
+
 Writes ``docs/benchmarks/peers.json`` (the raw rounds too); ``benchmarks/run.py`` turns it into
 ``docs/BENCHMARKS.md``. Checkpoints per model: rerunning skips models already done unless
 ``--fresh``.
@@ -28,6 +35,7 @@ Run: ``make bench`` (installs the ``bench`` extra) or ``.venv/bin/python benchma
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import datetime as dt
 import functools
@@ -55,6 +63,34 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "benchmarks" / "peers.json"
 MAX_DROP = 0.01
 SCENARIOS = ("online", "offline")
+# Results measured while other processes used more than this many cores are not written: on
+# a 2-vCPU machine half a core of neighbour moves single measurements by 1.3x or more.
+LOAD_LIMIT_CORES = 0.5
+
+
+def machine_load(seconds: float = 5.0) -> float:
+    """Cores other processes kept busy over ``seconds`` (the machine's busy time less ours)."""
+    import os
+
+    from wattwise.measure._harness import parse_proc_stat
+
+    ticks = float(os.sysconf("SC_CLK_TCK"))
+
+    def busy() -> float:
+        return parse_proc_stat(Path("/proc/stat").read_text(encoding="ascii"), ticks)[0]
+
+    b0, own0, t0 = busy(), time.process_time(), time.perf_counter()
+    time.sleep(seconds)
+    used = (busy() - b0) - (time.process_time() - own0)
+    return max(0.0, used) / (time.perf_counter() - t0)
+
+
+def load_during(runs: dict[str, list[dict[str, Any]]], tried: list[dict[str, Any]]) -> float:
+    """The most cores other processes used during any one measurement of a case (each
+    measurement records its own ``foreign_cpu_cores``)."""
+    values = [r.get("foreign_cpu_cores") for rows in runs.values() for r in rows]
+    values += [t.get("foreign_cpu_cores") for t in tried]
+    return max((float(v) for v in values if v is not None), default=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +104,8 @@ class Case:
     trials: dict[str, int]
     # Lite0's crops of two photos can't fine-tune anything honestly: deployments only.
     space_models: tuple[dict[str, Any], ...] | None = None
+    # "image" (one tensor: the CNN peers) or "text" (named token tensors: the MiniLM peers).
+    kind: str = "image"
 
 
 def _digits32(arch: str, **kw: Any) -> Task:
@@ -112,6 +150,22 @@ CASES: dict[str, Case] = {
             {"online": 5, "offline": 8},
             space_models=({"name": "base"},),
         ),
+        Case(
+            "minilm-topics",
+            "all-MiniLM-L6-v2 fine-tuned on CPython help topics (text, 8 classes)",
+            functools.partial(wattwise.tasks.load_task, "minilm-topics"),
+            (16, 64),
+            {"online": 6, "offline": 10},
+            kind="text",
+        ),
+        Case(
+            "tinylm",
+            "tinylm, a Llama-style decoder (64 prompt bytes + 64 generated; J per response)",
+            functools.partial(wattwise.tasks.load_task, "tinylm"),
+            (8, 32),
+            {"online": 6, "offline": 10},
+            kind="generative",
+        ),
     )
 }
 
@@ -123,8 +177,8 @@ class _Callable(torch.nn.Module):
         super().__init__()
         self.fn = fn
 
-    def forward(self, x: torch.Tensor) -> Any:
-        return self.fn(x)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
 
 
 def _score(task: Task, fn: Any) -> float:
@@ -144,11 +198,34 @@ def build_peers(
     makers: dict[str, Callable[[], tuple[peers.Built, Any]]] = {
         "fp32 eager": lambda: (peers.fp32_eager(model, task), model),
         "torch.compile fp32": lambda: (peers.compile_fp32(model, task), model),
-        "torchao PT2E int8 + compile": lambda: peers.torchao_int8(model, task),
-        "ONNX Runtime static int8": lambda: peers.ort_int8(model, task),
-        "NNCF PTQ int8 (OpenVINO)": lambda: peers.nncf_int8(model, task, workdir),
-        "Torch-Pruning 50% + fine-tune": lambda: peers.torch_pruning_50(model, task, prune_epochs),
     }
+    if case.kind == "generative":
+        makers = {
+            name: functools.partial(peers.generation_peer, model, task, how)
+            for name, how in (
+                ("fp32 eager", "fp32"),
+                ("torch.compile fp32", "compile"),
+                ("bf16", "bf16"),
+                ("torchao int8 weight-only + compile", "torchao int8 weight-only"),
+            )
+        }
+    elif case.kind == "text":
+        makers |= {
+            "torchao dynamic int8": lambda: peers.torchao_dynamic_int8(model, task),
+            "Optimum ORT dynamic int8": lambda: peers.optimum_ort_dynamic_int8(model, task),
+            "OpenVINO + NNCF int8 (transformer)": lambda: peers.openvino_nncf_transformer_int8(
+                model, task, workdir
+            ),
+        }
+    else:
+        makers |= {
+            "torchao PT2E int8 + compile": lambda: peers.torchao_int8(model, task),
+            "ONNX Runtime static int8": lambda: peers.ort_int8(model, task),
+            "NNCF PTQ int8 (OpenVINO)": lambda: peers.nncf_int8(model, task, workdir),
+            "Torch-Pruning 50% + fine-tune": lambda: peers.torch_pruning_50(
+                model, task, prune_epochs
+            ),
+        }
     out: dict[str, dict[str, Any]] = {}
     for name, make in makers.items():
         t0 = time.perf_counter()
@@ -166,7 +243,9 @@ def build_peers(
     return out
 
 
-def run_wattwise(case: Case, task: Task, scenario: str, workdir: Path) -> dict[str, Any]:
+def run_wattwise(
+    case: Case, task: Task, model: torch.nn.Module, scenario: str, workdir: Path
+) -> dict[str, Any]:
     """``wattwise.optimize`` for one scenario; its exported best as a peer-shaped entry."""
     from wattwise.search import ModelChoice, default_space
 
@@ -197,15 +276,27 @@ def run_wattwise(case: Case, task: Task, scenario: str, workdir: Path) -> dict[s
         "trials": doc.trials,
         "failed_trials": doc.failed_trials,
     }
-    if best is None or best.deployment is None or not (out / "artifact").is_dir():
+    generative = task.generate is not None
+    if best is None or best.deployment is None or not (generative or (out / "artifact").is_dir()):
         return {**info, "error": "no feasible trial within the accuracy limit"}
-    artifact = workdir / f"artifact-{scenario}"
-    (out / "artifact").rename(artifact)
     dep = best.deployment
     threads = dep.get("threads") or None
-    built = peers.wattwise_artifact(artifact, float(best.figures.macs_per_item or 0.0))
-    loaded = wattwise.deploy.load_artifact(artifact)
-    acc = _score(task, loaded.callable)
+    if generative:
+        # No artifact format for a generative winner yet: its recipe is rebuilt from the same
+        # trained model with the search's seed (compress is deterministic), then served alike.
+        from wattwise.deploy import serve_for_generation
+
+        recipe = [dict(p) for p in best.recipe or ()]
+        rebuilt = wattwise.compress(model, recipe, task=task)[0] if recipe else model
+        built = peers.wattwise_generative(rebuilt, task, dep["backend"], dep["precision"])
+        served = serve_for_generation(copy.deepcopy(rebuilt), dep["backend"], dep["precision"])
+        acc = _score(task, served.eager)
+    else:
+        artifact = workdir / f"artifact-{scenario}"
+        (out / "artifact").rename(artifact)
+        built = peers.wattwise_artifact(artifact, float(best.figures.macs_per_item or 0.0))
+        loaded = wattwise.deploy.load_artifact(artifact)
+        acc = _score(task, loaded.callable)
     return {
         **info,
         "built": built,
@@ -235,7 +326,12 @@ def _measure(
 ) -> dict[str, Any]:
     factory = entry["built"].make(task.example_input, batch, threads)
     m = wattwise.measure(
-        factory, task.example_input, batch_size=batch, threads=threads, max_time_s=max_time_s
+        factory,
+        task.example_input,
+        batch_size=batch,
+        threads=threads,
+        max_time_s=max_time_s,
+        generate=task.generate,
     )
     return m.to_dict()
 
@@ -246,6 +342,7 @@ class _Tried(TypedDict):
     batch_size: int
     threads: int | None
     energy_j_per_item: NotRequired[float]
+    foreign_cpu_cores: NotRequired[float | None]
     error: NotRequired[str]
 
 
@@ -273,6 +370,7 @@ def _tune(
                     "batch_size": batch,
                     "threads": threads,
                     "energy_j_per_item": m["energy_j_per_item"],
+                    "foreign_cpu_cores": m.get("foreign_cpu_cores"),
                 }
             )
         ok = [t for t in tried if "energy_j_per_item" in t]
@@ -391,7 +489,7 @@ def run_case(case: Case, rounds: int, max_time_s: float, tune_time_s: float) -> 
         for scenario in SCENARIOS:
             _log(f"  {scenario}: wattwise optimize ({case.trials[scenario]} trials)")
             try:
-                ours = run_wattwise(case, task, scenario, workdir)
+                ours = run_wattwise(case, task, model, scenario, workdir)
             except Exception as exc:
                 traceback.print_exc()
                 ours = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
@@ -400,9 +498,11 @@ def run_case(case: Case, rounds: int, max_time_s: float, tune_time_s: float) -> 
             chosen = _tune(both, case, task, scenario, tune_time_s)
             runs = _rounds(both, chosen, task, rounds, max_time_s)
             rows = _table(both, chosen, runs, base_acc)
+            tries = [t for c in chosen.values() for t in c.get("tried", [])]
             scenarios[scenario] = {
                 "rows": rows,
                 "verdict": verdict(rows),
+                "foreign_cpu_cores_max": load_during(runs, tries),
                 "wattwise_search": {
                     k: ours.get(k)
                     for k in ("search_s", "search_energy_j", "search_energy_source", "trials")
@@ -416,7 +516,9 @@ def run_case(case: Case, rounds: int, max_time_s: float, tune_time_s: float) -> 
         "commit": _commit(),
         "task": task.name,
         "baseline_accuracy": base_acc,
-        "metric": "top-1 agreement with fp32" if case.key == "lite0-224" else "top-1 accuracy",
+        "metric": {"lite0-224": "top-1 agreement with fp32", "tinylm": "next-byte accuracy"}.get(
+            case.key, "top-1 accuracy"
+        ),
         "val_items": len(task.val_data),  # type: ignore[arg-type]
         "offline_batches": list(case.offline_batches),
         "trials": case.trials,
@@ -484,7 +586,20 @@ def main() -> None:
         if key in doc["cases"] and not args.fresh:
             _log(f"{key}: already in {args.out}, skipped (--fresh to redo)")
             continue
-        doc["cases"][key] = run_case(CASES[key], args.rounds, args.max_time_s, args.tune_time_s)
+        before = machine_load()
+        if before > LOAD_LIMIT_CORES:
+            sys.exit(
+                f"{key}: other processes use {before:.2f} cores (limit {LOAD_LIMIT_CORES}): "
+                "benchmark on a quiet machine"
+            )
+        done = run_case(CASES[key], args.rounds, args.max_time_s, args.tune_time_s)
+        during = max(s["foreign_cpu_cores_max"] for s in done["scenarios"].values())
+        if during > LOAD_LIMIT_CORES:
+            sys.exit(
+                f"{key}: a measurement ran while other processes used {during:.2f} cores "
+                f"(limit {LOAD_LIMIT_CORES}); not written: rerun on a quiet machine"
+            )
+        doc["cases"][key] = {**done, "load": {"before_cores": before, "during_max_cores": during}}
         doc |= {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "hardware": hardware_info(),

@@ -39,11 +39,18 @@ class Built:
     note: str
 
 
-def _warm(fn: Callable[[torch.Tensor], Any], example: torch.Tensor, batch: int) -> None:
-    x = example[:1].repeat(batch, *([1] * (example.dim() - 1))).contiguous()
+def _warm(fn: Callable[..., Any], example: Any, batch: int) -> None:
+    """Two calls at ``batch``: one tensor, or (a text model's) a dict of named tensors."""
+
+    def rows(t: torch.Tensor) -> torch.Tensor:
+        return t[:1].repeat(batch, *([1] * (t.dim() - 1))).contiguous()
+
     with torch.inference_mode():
-        fn(x)
-        fn(x)
+        for _ in range(2):
+            if isinstance(example, dict):
+                fn(**{k: rows(v) for k, v in example.items()})
+            else:
+                fn(rows(example))
 
 
 # --- children: these run inside the measuring process ---------------------------------------
@@ -291,6 +298,187 @@ def wattwise_artifact(path: Path, macs: float) -> Built:
         weights,
         macs,
         "wattwise optimize's exported artifact, loaded with load_artifact",
+    )
+
+
+# --- text models (inputs: a dict of named tensors) ----------------------------------------------
+#
+# The recipes are bench_minilm.py's (Optimum's dynamic int8, OpenVINO's BERT recipe, torchao's
+# dynamic int8): the same peers, here with threads and a warm call at the measured batch.
+
+
+def _torchao_dynamic_child(model: nn.Module, example: Any, batch: int) -> nn.Module:
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    quantize_(model.eval(), Int8DynamicActivationInt8WeightConfig())
+    _warm(model, example, batch)
+    return model
+
+
+class _NamedOrt(nn.Module):
+    """An ONNX Runtime session called by name, like the text model."""
+
+    def __init__(
+        self, onnx: bytes, names: tuple[str, ...], threads: int | None, example: Any, batch: int
+    ) -> None:
+        import onnxruntime as ort
+
+        super().__init__()
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(onnx, opts, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.names = names
+        _warm(self, example, batch)
+
+    def forward(self, **x: torch.Tensor) -> torch.Tensor:
+        feed = {i: x[n].numpy() for i, n in zip(self.inputs, self.names, strict=True)}
+        return torch.from_numpy(self.session.run(None, feed)[0])
+
+
+class _NamedOv(nn.Module):
+    """An OpenVINO model compiled for the CPU with its defaults, called by name."""
+
+    def __init__(self, xml: str, threads: int | None, example: Any, batch: int) -> None:
+        import openvino as ov
+
+        super().__init__()
+        config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        self.compiled = ov.Core().compile_model(xml, "CPU", config)
+        _warm(self, example, batch)
+
+    def forward(self, **x: torch.Tensor) -> torch.Tensor:
+        out = self.compiled({k: v.numpy() for k, v in x.items()})
+        return torch.from_numpy(out[self.compiled.output(0)].copy())
+
+
+def torchao_dynamic_int8(model: nn.Module, task: Task) -> tuple[Built, Any]:
+    """torchao's ``Int8DynamicActivationInt8WeightConfig`` on every Linear, run eagerly."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    scorer = copy.deepcopy(model).eval()
+    quantize_(scorer, Int8DynamicActivationInt8WeightConfig())
+    built = Built(
+        _factory(_torchao_dynamic_child, model),
+        state_dict_bytes(model) // 4,
+        count_macs(model, task.example_input),
+        "quantize_(Int8DynamicActivationInt8WeightConfig()) on every Linear, eager",
+    )
+    return built, scorer
+
+
+def optimum_ort_dynamic_int8(model: nn.Module, task: Task) -> tuple[Built, Any]:
+    """ONNX Runtime's ``quantize_dynamic`` as Optimum's ``AutoQuantizationConfig.avx2``."""
+    from bench_minilm import _optimum_dynamic_int8
+
+    data = _optimum_dynamic_int8(model, task.example_input)
+    names = tuple(task.example_input)
+    built = Built(
+        _factory(_NamedOrt, data, names, threads=True),
+        len(data),
+        count_macs(model, task.example_input),
+        "quantize_dynamic as AutoQuantizationConfig.avx2(is_static=False, per_channel=False)",
+    )
+    return built, functools.partial(_NamedOrt, data, names, None, task.example_input, 1)
+
+
+def openvino_nncf_transformer_int8(
+    model: nn.Module, task: Task, workdir: Path
+) -> tuple[Built, Any]:
+    """OpenVINO's BERT recipe: ``ov.convert_model``, NNCF's transformer scheme, CPU defaults."""
+    from bench_minilm import _openvino_nncf_int8
+
+    xml = _openvino_nncf_int8(task, copy.deepcopy(model).eval(), str(workdir))
+    size = Path(xml).stat().st_size + Path(xml).with_suffix(".bin").stat().st_size
+    built = Built(
+        _factory(_NamedOv, xml, threads=True),
+        size,
+        count_macs(model, task.example_input),
+        "ov.convert_model → nncf.quantize(model_type=TRANSFORMER, 256 sentences) → CPU",
+    )
+    return built, functools.partial(_NamedOv, xml, None, task.example_input, 1)
+
+
+# --- generative models (measured generating: J per response, prefill and decode apart) ---------
+
+
+def _warm_generation(model: Any, example: Any, batch: int, spec: Any) -> None:
+    """A few whole responses at the measured batch, so compilation and autotuning never land
+    in a measured window (the harness's own warm-up is shorter than inductor's first compile)."""
+    from wattwise.measure._generate import generator_for, prompt_ids
+
+    with torch.inference_mode():
+        gen = generator_for(model, prompt_ids(example, batch, spec.prompt_tokens), spec)
+        for _ in range(2):
+            tokens = gen.prefill()
+            for _ in range(spec.new_tokens - 1):
+                tokens = gen.step(tokens)
+
+
+def _generation_child(model: nn.Module, how: str, spec: Any, example: Any, batch: int) -> Any:
+    model = model.eval()
+    if how == "bf16":
+        model = model.to(torch.bfloat16)
+    elif how == "torchao int8 weight-only":
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+        quantize_(model, Int8WeightOnlyConfig())
+    if how in ("compile", "torchao int8 weight-only"):
+        model.compile()  # nn.Module.compile: forward keeps its signature (and the cache)
+    _warm_generation(model, example, batch, spec)
+    return model
+
+
+def generation_peer(model: nn.Module, task: Task, how: str) -> tuple[Built, Any]:
+    """A generative peer: ``fp32`` (the model as it is), ``compile`` (``model.compile()``,
+    inductor defaults), ``bf16`` (``model.to(torch.bfloat16)``) or ``torchao int8
+    weight-only`` (``quantize_(model, Int8WeightOnlyConfig())`` then compiled, as torchao's
+    README pairs them); each keeps the model's own KV cache."""
+    notes = {
+        "fp32": "the trained model, eval mode, its static KV cache",
+        "compile": "model.compile(), inductor defaults",
+        "bf16": "model.to(torch.bfloat16)",
+        "torchao int8 weight-only": "quantize_(Int8WeightOnlyConfig()) → model.compile()",
+    }
+    scorer = copy.deepcopy(model).eval()
+    if how == "bf16":
+        scorer = scorer.to(torch.bfloat16)
+    elif how == "torchao int8 weight-only":
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+        quantize_(scorer, Int8WeightOnlyConfig())
+    size = state_dict_bytes(model)
+    size = size // 2 if how == "bf16" else size // 4 if how.startswith("torchao") else size
+    built = Built(
+        _factory(_generation_child, model, how, task.generate),
+        size,
+        count_macs(model, task.example_input),
+        notes[how],
+    )
+    return built, scorer
+
+
+def _served_child(
+    model: nn.Module, backend: str, precision: str, spec: Any, example: Any, batch: int
+) -> Any:
+    from wattwise.deploy import serve_for_generation
+
+    served = serve_for_generation(model.eval(), backend, precision)
+    _warm_generation(served.module, example, batch, spec)
+    return served.module
+
+
+def wattwise_generative(model: nn.Module, task: Task, backend: str, precision: str) -> Built:
+    """The winner of a generative search, rebuilt: its model (the search's recipe, same seed)
+    served as the search served it (``serve_for_generation``)."""
+    return Built(
+        _factory(_served_child, model, backend, precision, task.generate),
+        state_dict_bytes(model),
+        count_macs(model, task.example_input),
+        f"wattwise optimize's winner: its recipe rebuilt, serve_for_generation({backend}, "
+        f"{precision})",
     )
 
 
