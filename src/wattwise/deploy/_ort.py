@@ -26,6 +26,7 @@ import importlib.util
 import io
 import os
 import tempfile
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from wattwise._core import Availability, first_line
@@ -228,26 +229,36 @@ def quantize_int8(
         def rewind(self) -> None:
             self._it = iter(feeds)
 
-    notes: list[str] = []
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }
+
+    def run(source: str, out: str) -> None:
+        quantize_static(
+            source,
+            out,
+            _Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[method],
+            extra_options={"CalibPercentile": 99.999} if method == "percentile" else {},
+        )
+
+    return _quantized(onnx_bytes, run)
+
+
+def _quantized(onnx_bytes: bytes, run: Callable[[str, str], None]) -> tuple[bytes, list[str]]:
+    """``run(source, out)`` on the model's prepared file in a temporary directory, quietly;
+    the quantized model's bytes and the preparation's notes."""
+    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="wattwise-quant-") as tmp:
         source, out = _prepared_files(tmp, onnx_bytes, notes)
         with quiet():
-            quantize_static(
-                source,
-                out,
-                _Reader(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=methods[method],
-                extra_options={"CalibPercentile": 99.999} if method == "percentile" else {},
-            )
+            run(source, out)
         with open(out, "rb") as result:
             return result.read(), notes
 
@@ -264,19 +275,16 @@ def quantize_dynamic_int8(onnx_bytes: bytes) -> tuple[bytes, list[str]]:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    notes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="wattwise-quant-") as tmp:
-        source, out = _prepared_files(tmp, onnx_bytes, notes)
-        with quiet():
-            quantize_dynamic(
-                source,
-                out,
-                per_channel=True,
-                weight_type=QuantType.QInt8,
-                op_types_to_quantize=["MatMul", "Gemm"],
-            )
-        with open(out, "rb") as result:
-            return result.read(), notes
+    def run(source: str, out: str) -> None:
+        quantize_dynamic(
+            source,
+            out,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+        )
+
+    return _quantized(onnx_bytes, run)
 
 
 @BACKENDS.register("onnxruntime")
