@@ -588,13 +588,13 @@ def main() -> None:
             continue
         before = machine_load()
         if before > LOAD_LIMIT_CORES:
-            sys.exit(
-                f"{key}: other processes use {before:.2f} cores (limit {LOAD_LIMIT_CORES}): "
-                "benchmark on a quiet machine"
-            )
+            why = f"other processes use {before:.2f} cores (limit {LOAD_LIMIT_CORES})"
+            if not args.quick:  # a smoke test's figures are not for the docs
+                sys.exit(f"{key}: {why}: benchmark on a quiet machine")
+            _log(f"{key}: {why}; measuring anyway (--quick)")
         done = run_case(CASES[key], args.rounds, args.max_time_s, args.tune_time_s)
         during = max(s["foreign_cpu_cores_max"] for s in done["scenarios"].values())
-        if during > LOAD_LIMIT_CORES:
+        if during > LOAD_LIMIT_CORES and not args.quick:
             sys.exit(
                 f"{key}: a measurement ran while other processes used {during:.2f} cores "
                 f"(limit {LOAD_LIMIT_CORES}); not written: rerun on a quiet machine"
