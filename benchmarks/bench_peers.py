@@ -116,6 +116,12 @@ def _digits32(arch: str, **kw: Any) -> Task:
     return dataclasses.replace(task, name=f"digits32-{arch}", model_factory=factory)
 
 
+def _task_case(key: str, title: str, offline_batches: tuple[int, ...], kind: str) -> Case:
+    """A case on a built-in task of that name, its own model, with the transformer budget."""
+    task = functools.partial(wattwise.tasks.load_task, key)
+    return Case(key, title, task, offline_batches, {"online": 6, "offline": 10}, kind=kind)
+
+
 CASES: dict[str, Case] = {
     c.key: c
     for c in (
@@ -150,21 +156,17 @@ CASES: dict[str, Case] = {
             {"online": 5, "offline": 8},
             space_models=({"name": "base"},),
         ),
-        Case(
+        _task_case(
             "minilm-topics",
             "all-MiniLM-L6-v2 fine-tuned on CPython help topics (text, 8 classes)",
-            functools.partial(wattwise.tasks.load_task, "minilm-topics"),
             (16, 64),
-            {"online": 6, "offline": 10},
-            kind="text",
+            "text",
         ),
-        Case(
+        _task_case(
             "tinylm",
             "tinylm, a Llama-style decoder (64 prompt bytes + 64 generated; J per response)",
-            functools.partial(wattwise.tasks.load_task, "tinylm"),
             (8, 32),
-            {"online": 6, "offline": 10},
-            kind="generative",
+            "generative",
         ),
     )
 }

@@ -25,7 +25,8 @@ Precision: OpenVINO's CPU plugin runs in bf16 by default on CPUs with AMX or AVX
 for bf16 (offered only on a CPU with those instructions: elsewhere the plugin would quietly run
 fp32); int8 layers run in int8 and the rest in fp32 (on a Xeon with AMX, a ResNet-style
 network's int8 IR cost the same with the bf16 hint: 280 against 278 µJ/item at batch 64, while
-its fp32 IR cost 4.9x as much as bf16: 1.71 mJ against 352 µJ). One stream, the ``LATENCY`` hint: the harness makes one call at a
+its fp32 IR cost 4.9x as much as bf16: 1.71 mJ against 352 µJ; estimated:cpu-ccf ±40%, three
+rotating rounds side by side, medians). One stream, the ``LATENCY`` hint: the harness makes one call at a
 time, the way the other backends are measured.
 """
 

@@ -452,21 +452,8 @@ def _generation_space(task: Task, scenario: str, device: str) -> SearchSpace:
     epochs = max(1, int(task.epochs))
     models = [ModelChoice("base")]
     if _accepts_width(task.model_factory):
-        width = round(0.5 * _current_width(task.model_factory), 4)
-        models.append(
-            ModelChoice(
-                "distill-w0.5",
-                (
-                    {
-                        "type": "distill",
-                        "student": "task",
-                        "student_kwargs": {"width": width},
-                        "epochs": epochs,
-                        "alpha": 0.5,
-                    },
-                ),
-            )
-        )
+        student = _student_pass(task, epochs)  # the task's own factory at half width
+        models.append(ModelChoice("distill-w0.5", ({**(student or {}), "alpha": 0.5},)))
     if _accepts(task.model_factory, "depth"):
         models.append(
             ModelChoice(
