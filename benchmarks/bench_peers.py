@@ -56,6 +56,7 @@ import peers
 import wattwise
 from run import verdict
 from wattwise._fs import atomic_write_text
+from wattwise.deploy._base import native_bf16
 from wattwise.measure._hardware import hardware_info
 from wattwise.tasks import Task
 
@@ -516,6 +517,9 @@ def run_case(case: Case, rounds: int, max_time_s: float, tune_time_s: float) -> 
         "title": case.title,
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "commit": _commit(),
+        # Per case, so a file whose cases were run in different sessions stays honest.
+        "hardware": {**hardware_info(), "native_bf16": native_bf16()},
+        "versions": _versions(),
         "task": task.name,
         "baseline_accuracy": base_acc,
         "metric": {"lite0-224": "top-1 agreement with fp32", "tinylm": "next-byte accuracy"}.get(
@@ -570,7 +574,11 @@ def main() -> None:
     parser.add_argument("--max-time-s", type=float, default=2.0, help="per measurement")
     parser.add_argument("--tune-time-s", type=float, default=0.5, help="per pre-pass measurement")
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--fresh", action="store_true", help="redo models already in --out")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="redo the --models already in --out (the others are kept)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="smoke test: 3-4 trials, 1 round (not for the docs)"
     )
@@ -581,9 +589,12 @@ def main() -> None:
             CASES[key] = dataclasses.replace(case, trials={"online": 3, "offline": 4})
 
     doc: dict[str, Any] = {}
-    if args.out.exists() and not args.fresh:
+    if args.out.exists():
         doc = json.loads(args.out.read_text())
     doc.setdefault("cases", {})
+    for case in doc["cases"].values():  # older cases: the run-wide record was theirs
+        for field in ("hardware", "versions"):
+            case.setdefault(field, doc.get(field))
     for key in args.models:
         if key in doc["cases"] and not args.fresh:
             _log(f"{key}: already in {args.out}, skipped (--fresh to redo)")

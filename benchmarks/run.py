@@ -145,6 +145,16 @@ def _verdict_line(case: dict[str, Any], scenario: str, rows: list[dict[str, Any]
     return f"* {where}: **no wattwise figure**: {v.get('reason')}."
 
 
+def _machine_line(case: dict[str, Any], data: dict[str, Any]) -> str | None:
+    """Where a case's machine or versions differ from the file's last run, say so."""
+    hw, versions = case.get("hardware") or {}, case.get("versions") or {}
+    same = (hw.get("cpu_model"), versions) == (data["hardware"].get("cpu_model"), data["versions"])
+    if same or not hw:
+        return None
+    listed = ", ".join(f"{k} {v}" for k, v in versions.items())
+    return f"*This case was measured on a different run: {hw.get('cpu_model')}; {listed}.*"
+
+
 def peers_section(data: dict[str, Any]) -> list[str]:
     proto = data["protocol"]
     lines = [
@@ -178,6 +188,9 @@ def peers_section(data: dict[str, Any]) -> list[str]:
             ),
             "",
         ]
+        machine = _machine_line(case, data)
+        if machine:
+            lines += [machine, ""]
         for scenario, block in case["scenarios"].items():
             rows = block["rows"]
             ours: dict[str, Any] = next((r for r in rows if r["method"] == "wattwise optimize"), {})
