@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from wattwise._lazy import Lazy, load_lazy
 
 if TYPE_CHECKING:
-    from wattwise import archs, errors, passes, results, search, tasks
+    from wattwise import archs, errors, passes, results, search, tasks, training
     from wattwise._callable import make_callable
     from wattwise.deploy import deploy as _deploy
     from wattwise.measure import GenerateSpec, Measurement
@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     )
     from wattwise.results import Figures, Results, TrialRow
     from wattwise.search import OptimizeResult, optimize
-    from wattwise.tasks import Task
+    from wattwise.tasks import Task, TrainConfig
+    from wattwise.training import TrainingResult, tune_training
 
     # At run time ww.measure and ww.deploy are the subpackages, made callable by this same
     # call (see _callable.py); to a type checker they are that callable module, so
@@ -48,11 +49,22 @@ if TYPE_CHECKING:
 
 # Names read from a module of the package, by module; the subpackages are names themselves
 # (measure and deploy are callable too: see above).
-_SUBPACKAGES = ("archs", "deploy", "errors", "measure", "passes", "results", "search", "tasks")
+_SUBPACKAGES = (
+    "archs",
+    "deploy",
+    "errors",
+    "measure",
+    "passes",
+    "results",
+    "search",
+    "tasks",
+    "training",
+)
 _NAMES_IN = {
     "wattwise.measure": ("Measurement", "GenerateSpec"),
     "wattwise.results": ("Results", "TrialRow", "Figures"),
-    "wattwise.tasks": ("Task",),
+    "wattwise.tasks": ("Task", "TrainConfig"),
+    "wattwise.training": ("tune_training", "TrainingResult"),
     "wattwise.passes": (
         "compress",
         "Attention",
@@ -84,6 +96,8 @@ __all__ = [
     "Results",
     "Sparsify",
     "Task",
+    "TrainConfig",
+    "TrainingResult",
     "TrialRow",
     "__version__",
     "archs",
@@ -98,6 +112,8 @@ __all__ = [
     "save_recipe",
     "search",
     "tasks",
+    "training",
+    "tune_training",
 ]
 
 

@@ -102,6 +102,15 @@ def test_training_step_energy_per_sample() -> None:
     infer = measure(SmallNet(), X, batch_size=8, **FAST)
     # A training step (forward + backward + update) does more work per sample than inference.
     assert m.latency_ms_p50 > infer.latency_ms_p50
+    run = m.training_run(items_per_epoch=1000, epochs=3)
+    assert run["energy_j"] == pytest.approx(m.energy_j_per_item * 3000)
+    assert run["interval_j"][0] <= run["energy_j"] <= run["interval_j"][1]
+    assert run["time_s"] == pytest.approx(3000 / m.throughput_items_per_s)
+    assert run["energy_source"] == m.energy_source
+    with pytest.raises(InputError, match="mode='train'"):
+        infer.training_run(1000, 3)
+    with pytest.raises(InputError, match="epochs"):
+        m.training_run(1000, 0)
 
 
 def test_in_process_measurement_is_marked() -> None:

@@ -100,7 +100,7 @@ def test_seeds_lie_in_the_space_and_lead_with_int8(digits_task):
         "model": "base",
         "deployment": "openvino/int8",
         "batch_size": 256,
-        "threads": 0,
+        "threads": 1,
     } in seeds
     # A space without those choices simply gets fewer seeds.
     small = SearchSpace((ModelChoice("base"),), ("eager/fp32",), (1, 8), (0,))
@@ -349,3 +349,62 @@ def test_the_documented_example_space_loads_and_its_recipes_are_valid_passes():
     # The chain's first pass is the student's own recipe: it builds on that cached model.
     assert space.model("student-pruned").passes[0] == space.model("student").passes[0]
     assert space.threads == (1, 0) and space.batch_sizes == (1, 64, 256)
+
+
+class _NoWidth(torch.nn.Module):
+    """A user's CNN whose factory takes no width."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 8, 3, padding=1),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(8, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@pytest.mark.parametrize(("size", "student"), [(8, False), (32, True)])
+def test_a_mobilenet_student_only_for_images_it_can_see(size, student):
+    import dataclasses
+
+    from wattwise.tasks import digits
+
+    task = dataclasses.replace(digits(size=size), model_factory=_NoWidth)
+    names = {m.name for m in default_space(task, "offline").models}
+    assert ("distill-w0.5" in names) is student
+    if student:
+        assert (
+            default_space(task, "offline")
+            .model("distill-w0.5")
+            .student.startswith("mobilenetv3_small")
+        )
+
+
+def test_a_training_config_is_a_fixed_setting_and_part_of_the_model_key(digits_task):
+    from wattwise.tasks import TrainConfig
+
+    space = default_space(digits_task, "offline")
+    base = {
+        "task_spec": "digits",
+        "task_name": "digits",
+        "task_id": "x",
+        "scenario": "offline",
+        "max_accuracy_drop": 0.01,
+        "latency_p90_ms": None,
+        "trials": 4,
+        "space": space,
+    }
+    tuned = TrainConfig(batch_size=256, threads=1).to_dict()
+    settings = SearchSettings(**base, training=tuned)
+    assert SearchSettings.from_dict(settings.to_dict()) == settings
+    with pytest.raises(InputError, match="unknown training config key"):
+        SearchSettings(**base, training={"batch": 3})
+    ctx = JobContext(TaskRef("digits"), "x", "/tmp/cache")
+    with_config = JobContext(TaskRef("digits"), "x", "/tmp/cache", train_config=tuned)
+    prune = ({"type": "prune", "ratio": 0.3},)
+    assert model_key(ctx, ()) == model_key(with_config, ())  # the baseline: the recipe
+    assert model_key(ctx, prune) != model_key(with_config, prune)

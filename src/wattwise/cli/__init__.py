@@ -1,6 +1,7 @@
 """The ``wattwise`` command: a thin typer + rich layer over the Python API.
 
-One module per command group (``_measure``, ``_doctor``, ``_compress``, ``_search``), each adding
+One module per command group (``_measure``, ``_doctor``, ``_compress``, ``_search``,
+``_train``), each adding
 its commands to the one app in :mod:`._app`; the exit-code contract is in :mod:`._errors`, and
 what a command may write where in :mod:`._output`. Only results go to stdout (a table, or one
 JSON document with ``--json``); errors and progress go to stderr, and the progress spinner only
@@ -9,7 +10,7 @@ when stderr is a terminal.
 Nothing heavy is imported at module level: ``wattwise --help`` must not load torch.
 """
 
-from wattwise.cli import _compress, _doctor, _measure, _search  # noqa: F401  (add the commands)
+from wattwise.cli import _compress, _doctor, _measure, _search, _train  # noqa: F401  (commands)
 from wattwise.cli._app import app, main
 from wattwise.cli._doctor import doctor_report
 from wattwise.cli._errors import (

@@ -18,6 +18,7 @@ from wattwise.cli._app import app
 from wattwise.cli._errors import EXIT_INTERRUPTED, EXIT_TERMINATED, handled
 from wattwise.cli._options import Currency, Device, StudyName, StudyStorage
 from wattwise.cli._output import stdout_to_stderr
+from wattwise.errors import InputError
 from wattwise.results import Figures, Results
 
 if TYPE_CHECKING:
@@ -305,10 +306,25 @@ def optimize(
         typer.Option("--price-per-kwh", help="Electricity price per kWh (default 0.15)."),
     ] = None,
     currency: Currency = "USD",
+    training: Annotated[
+        str | None,
+        typer.Option(
+            help="A training.json from 'wattwise train': the search's fine-tunes train with "
+            "its best configuration (default: the task's recipe)."
+        ),
+    ] = None,
 ) -> None:
     """Search compression × students × deployments for the least energy per item."""
     from wattwise.search import DEFAULT_TRIALS, load_space
     from wattwise.search import optimize as run
+    from wattwise.training import load_training
+
+    train_config = None
+    if training is not None:
+        tuned = load_training(training)
+        if tuned.best is None:
+            raise InputError(f"{training}: no configuration reached its target; nothing to use")
+        train_config = tuned.best.train_config
 
     # The user's task is imported and built in this process: what it prints goes to stderr,
     # so stdout holds the summary alone (trials' output goes to OUT/logs/).
@@ -331,6 +347,7 @@ def optimize(
             grid_intensity_g_per_kwh=grid_intensity,
             price_per_kwh=price_per_kwh,
             currency=currency,
+            training=train_config,
         )
     print_summary(result)
     _exit_if_interrupted(result)
@@ -354,7 +371,15 @@ def worker(
 ) -> None:
     """Join a study from this machine and run its trials until its budget is used."""
     from wattwise.search import run_worker
+    from wattwise.training import find_training_study, run_training_worker
 
+    with stdout_to_stderr():
+        training = find_training_study(storage, study)
+        if training is not None:  # a `wattwise train` study: its runs, no summary of ours
+            n = run_training_worker(storage, study, out=out, task=task, device=device)
+    if training is not None:
+        typer.echo(f"study {study}: {n} trial(s); the starting `wattwise train` writes the results")
+        return
     with stdout_to_stderr():
         result = run_worker(storage, study, out=out, task=task, device=device)
     print_summary(result)

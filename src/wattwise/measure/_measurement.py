@@ -110,6 +110,35 @@ class Measurement:
             return None
         return self.throughput_items_per_s * self.tokens_per_item
 
+    def training_run(self, items_per_epoch: int, epochs: int) -> dict[str, Any]:
+        """A ``mode="train"`` measurement extrapolated to a whole run: ``epochs`` passes over
+        ``items_per_epoch`` items at this measurement's steady rate, with an interval from its
+        CI95. A run's warm-up and its evaluations are not in it: ``wattwise train --predict``
+        predicts a real run after its first epoch, those included (``docs/training.md``).
+
+        Raises:
+            InputError: an inference measurement, or counts that are not whole numbers >= 1.
+        """
+        from wattwise.errors import InputError
+
+        if self.mode != "train":
+            raise InputError("training_run needs a measurement made with mode='train'")
+        for name, value in (("items_per_epoch", items_per_epoch), ("epochs", epochs)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+        items = items_per_epoch * epochs
+        energy = self.energy_j_per_item * items
+        time_s = items / self.throughput_items_per_s
+        half = self.ci95_rel if math.isfinite(self.ci95_rel) else 0.0
+        return {
+            "items": items,
+            "energy_j": energy,
+            "interval_j": (energy * (1 - half), energy * (1 + half)),
+            "time_s": time_s,
+            "energy_source": self.energy_source,
+            "energy_uncertainty": self.energy_uncertainty,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["notes"] = list(self.notes)

@@ -206,7 +206,10 @@ def _qat(
     allow_exported_model_train_eval(prepared)
     # Fine-tune at a tenth of the task's rate: the weights are already trained, QAT only
     # teaches them to sit well on the int8 grid.
-    task.fit(prepared, epochs=epochs, lr=task.lr / 10, seed=seed)
+    from wattwise.tasks import TrainConfig
+
+    # The task's own recipe: a prepared PT2E graph is not compiled or autocast in training.
+    task.fit(prepared, epochs=epochs, lr=task.lr / 10, seed=seed, config=TrainConfig())
     move_exported_model_to_eval(prepared)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

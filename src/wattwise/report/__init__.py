@@ -25,6 +25,7 @@ from wattwise.report._serialise import (
     trials_csv_text,
 )
 from wattwise.report._svg import PlotPoint, scatter_svg
+from wattwise.report._training import render_training_html
 
 __all__ = [
     "AblationRow",
@@ -36,6 +37,7 @@ __all__ = [
     "redact_url",
     "render_html",
     "render_report",
+    "render_training_html",
     "results_json_text",
     "scatter_svg",
     "trials_csv_text",

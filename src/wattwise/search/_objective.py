@@ -102,6 +102,8 @@ class JobContext:
         seed: seeds training and compression.
         device: where models run and are measured.
         meter: energy meter name (``"auto"`` picks the best available for ``device``).
+        train_config: the :class:`~wattwise.tasks.TrainConfig` (a dict) of the fine-tunes a
+            recipe runs (``None``: the task's recipe); the baseline ignores it.
         log_dir: where each job's output (the user's prints and warnings, C libraries'
             writes) goes, one file per trial or step (``OUT/logs``); ``None``: to the caller's
             stdout and stderr.
@@ -114,6 +116,7 @@ class JobContext:
     device: str = "cpu"
     meter: str = "auto"
     log_dir: str | None = None
+    train_config: dict[str, Any] | None = None
 
     def log_path(self, name: str) -> str | None:
         """The log file for one trial or step (``trial-0007``, ``baseline``, ``export``), to
@@ -154,6 +157,8 @@ def model_key(ctx: JobContext, passes: Sequence[Mapping[str, Any]]) -> str:
             "task": ctx.task_id,
             "seed": ctx.seed,
             "passes": [dict(p) for p in passes],
+            # only when set, so the keys of models built with the task's recipe stay the same
+            **({"training": ctx.train_config} if ctx.train_config and passes else {}),
         },
         sort_keys=True,
     )
@@ -266,6 +271,11 @@ def _job(ctx: JobContext, *, threads: int | None = None) -> Iterator[tuple[Task,
     try:
         with ledger.phase("setup"):
             task = ctx.task.load()
+            if ctx.train_config:
+                from wattwise.tasks import TrainConfig
+
+                config = TrainConfig.from_dict(ctx.train_config)
+                task = dataclasses.replace(task, train_config=config)
             _quiet_torch()
             for name in ("wattwise.measure", "wattwise.passes._model"):
                 importlib.import_module(name)  # now, so that their cost is metered as setup
@@ -446,7 +456,11 @@ def _get_model(
                 import torch
 
                 torch.manual_seed(ctx.seed)
-                model = task.fit(task.model_factory(), seed=task.seed)
+                from wattwise.tasks import TrainConfig
+
+                # The reference is trained with the task's own recipe, whatever the
+                # fine-tunes use.
+                model = task.fit(task.model_factory(), seed=task.seed, config=TrainConfig())
             info["accuracy"] = task.evaluate(model)
         else:
             # Build on the longest prefix of the recipe that stands alone (cached, or built and

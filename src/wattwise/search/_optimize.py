@@ -68,7 +68,7 @@ from wattwise.search._trials import run_trials
 if TYPE_CHECKING:
     import optuna
 
-    from wattwise.tasks import Task
+    from wattwise.tasks import Task, TrainConfig
 
 __all__ = ["DEFAULT_TRIALS", "OptimizeResult", "optimize", "report_study", "run_worker"]
 
@@ -154,6 +154,23 @@ def _load_task(task: Any) -> tuple[Task, str | None]:
     )
 
 
+def seed_budget(trials: int) -> int:
+    """How many seeds a search of ``trials`` starts with: two thirds of the budget (at least
+    6), so the rest goes to the sampler and to refining the best (the seeds come in order of
+    how likely they are to win, so the cut drops the least likely)."""
+    return max(6, (2 * int(trials)) // 3) if isinstance(trials, int) else 6
+
+
+def _training_dict(training: Any) -> dict[str, Any] | None:
+    from wattwise.tasks import TrainConfig
+
+    if training is None:
+        return None
+    if not isinstance(training, TrainConfig):
+        raise InputError(f"training must be a TrainConfig or None, got {type(training).__name__}")
+    return training.to_dict()
+
+
 def optimize(
     task: Task | str = "digits",
     *,
@@ -177,6 +194,7 @@ def optimize(
     grid_intensity_g_per_kwh: float | None = None,
     price_per_kwh: float | None = None,
     currency: str = DEFAULT_CURRENCY,
+    training: TrainConfig | None = None,
 ) -> OptimizeResult:
     """Search compression recipes × students × deployments for the least energy per item.
 
@@ -215,6 +233,9 @@ def optimize(
             world average, or ``WATTWISE_GRID_G_PER_KWH``).
         price_per_kwh: electricity price for the cost figures (default 0.15).
         currency: the price's currency (a label only).
+        training: how the search's own fine-tunes train (distillation, pruning): e.g.
+            ``ww.tune_training(...).best_config``, so the energy the search spends shrinks;
+            ``None``: the task's recipe. The baseline is trained with the recipe either way.
 
     Returns:
         An :class:`OptimizeResult`. With Ctrl-C or SIGTERM, the trial in flight is failed as
@@ -259,6 +280,8 @@ def optimize(
         max_time_s=max_time_s,
         timeout_per_trial_s=timeout_per_trial_s,
         meter=meter,
+        # A Task that carries its own train_config trains its fine-tunes with it.
+        training=_training_dict(training if training is not None else task_obj.train_config),
     )
     created = check_out_dir(out_dir, storage=storage)
     url = storage if storage is not None else default_storage(out_dir)
@@ -271,7 +294,9 @@ def optimize(
                 name,
                 settings,
                 url=url,
-                seeds=seed_params(space, generative=task_obj.generate is not None),
+                seeds=seed_params(space, generative=task_obj.generate is not None)[
+                    : seed_budget(trials)
+                ],
             )
     except BaseException:
         if created:
@@ -366,6 +391,7 @@ def _job_context(
         device=device if device is not None else settings.device,
         meter=settings.meter,
         log_dir=str(out_dir / "logs"),
+        train_config=settings.training,
     )
 
 

@@ -49,6 +49,9 @@ OUTPUT_NAMES: dict[str, str] = {
     "results.json": "file",
     "trials.csv": "file",
     "report.html": "file",
+    # wattwise train's
+    "training.json": "file",
+    "training.html": "file",
     # the default storage (sqlite:///OUT/wattwise.db) and SQLite's side files
     "wattwise.db": "file",
     "wattwise.db-journal": "file",

@@ -43,7 +43,15 @@ BASELINE_ATTR = "wattwise_baseline"
 SETTINGS_VERSION = 1
 DIRECTIONS = ("maximize", "minimize", "minimize")  # accuracy, J/item, p90 latency
 # Settings a study keeps for life; the budget (trials) and the per-trial limits may change.
-_FIXED = ("task_name", "task_id", "scenario", "max_accuracy_drop", "latency_p90_ms", "space")
+_FIXED = (
+    "task_name",
+    "task_id",
+    "scenario",
+    "max_accuracy_drop",
+    "latency_p90_ms",
+    "space",
+    "training",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +72,9 @@ class SearchSettings:
         max_time_s: soft cap on each candidate's measuring.
         timeout_per_trial_s: a trial running longer is killed and failed (``timeout``).
         meter: the energy meter (``"auto"``).
+        training: the :class:`~wattwise.tasks.TrainConfig` (as a dict) of the search's own
+            fine-tunes (distillation, pruning), e.g. the one ``wattwise train`` found;
+            ``None``: the task's recipe. The baseline is always trained with the recipe.
     """
 
     task_spec: str | None
@@ -79,6 +90,7 @@ class SearchSettings:
     max_time_s: float = 2.0
     timeout_per_trial_s: float = 300.0
     meter: str = "auto"
+    training: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -103,6 +115,10 @@ class SearchSettings:
             raise InputError(
                 f"timeout_per_trial_s must be a number > 0, got {self.timeout_per_trial_s!r}"
             )
+        if self.training is not None:
+            from wattwise.tasks import TrainConfig
+
+            TrainConfig.from_dict(self.training)  # one line naming the bad key or value
         if not isinstance(self.space, SearchSpace):
             raise InputError(f"space must be a SearchSpace, got {type(self.space).__name__}")
         if self.scenario == "online" and any(b != 1 for b in self.space.batch_sizes):

@@ -10,6 +10,7 @@ Note: ``wattwise.tasks.digits`` is the task function; the module of the same nam
 
 from wattwise.tasks._builtin import get, load_task, names
 from wattwise.tasks._task import Task, accuracy
+from wattwise.tasks._train_config import TrainConfig, scaled_lr
 from wattwise.tasks.digits import DigitsCNN, digits
 from wattwise.tasks.photos import lite0_photos
 from wattwise.tasks.tinylm import tinylm_task
@@ -17,11 +18,13 @@ from wattwise.tasks.tinylm import tinylm_task
 __all__ = [
     "DigitsCNN",
     "Task",
+    "TrainConfig",
     "accuracy",
     "digits",
     "get",
     "lite0_photos",
     "load_task",
     "names",
+    "scaled_lr",
     "tinylm_task",
 ]

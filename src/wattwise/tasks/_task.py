@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -10,9 +11,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from wattwise._inputs import batch_size_of, call, check_input, primary_tensor, take_rows
+from wattwise._inputs import (
+    batch_size_of,
+    call,
+    check_input,
+    map_tensors,
+    primary_tensor,
+    take_rows,
+    to_device,
+)
 from wattwise.errors import InputError
 from wattwise.measure._generate import GenerateSpec
+from wattwise.tasks._train_config import TrainConfig, scaled_lr
 
 Metric = Callable[[nn.Module, DataLoader], float]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -64,6 +74,9 @@ class Task:
             :class:`~wattwise.measure.GenerateSpec`): the search then measures generation
             (prefill and decode J/token, TBT) and deploys with the KV cache kept; ``None`` for
             a model judged one forward call at a time.
+        train_config: how :meth:`fit` trains when it is given no config (``None``: the
+            recipe above, fp32, all threads); ``optimize(training=...)`` sets it for the
+            search's own fine-tunes.
 
     Example:
         >>> task = Task("mine", make_model, train_ds, val_ds, example_input=torch.randn(1, 3, 32, 32))
@@ -85,6 +98,7 @@ class Task:
     seed: int = 0
     collate_fn: Callable[[list[Any]], Any] | None = None
     generate: GenerateSpec | None = None
+    train_config: TrainConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -112,6 +126,8 @@ class Task:
         for field, low in (("epochs", 0), ("batch_size", 1)):
             if int(getattr(self, field)) < low:
                 raise InputError(f"Task.{field} must be >= {low}, got {getattr(self, field)!r}")
+        if self.train_config is not None and not isinstance(self.train_config, TrainConfig):
+            raise InputError("Task.train_config must be a TrainConfig or None")
         if not self.lr > 0:
             raise InputError(f"Task.lr must be > 0, got {self.lr!r}")
 
@@ -155,30 +171,87 @@ class Task:
         lr: float | None = None,
         seed: int | None = None,
         loss: Callable[[nn.Module, Any, torch.Tensor], torch.Tensor] | None = None,
+        config: TrainConfig | None = None,
+        on_step: Callable[[int, int], bool] | None = None,
+        on_epoch: Callable[[int, nn.Module], bool] | None = None,
     ) -> nn.Module:
-        """Train ``model`` in place with Adam and return it.
+        """Train ``model`` in place with Adam (cosine schedule over the epochs) and return it.
 
-        ``loss(model, x, y)`` replaces the default ``loss_fn(model(x), y)``; distillation and
-        quantization-aware fine-tuning plug in here.
+        Args:
+            epochs, lr: override the recipe's (a fine-tune's own length and rate); an ``lr``
+                given here is scaled to the config's batch size (:func:`scaled_lr`).
+            loss: ``loss(model, x, y)`` replaces the default ``loss_fn(model(x), y)``;
+                distillation and quantization-aware fine-tuning plug in here.
+            config: how to train (batch size, precision, compile, threads, memory format);
+                default :attr:`train_config`, and with neither, the task's own recipe.
+            on_step: ``on_step(epoch, step)`` after every optimizer step; ``True`` stops the
+                run there (a time or energy cap).
+            on_epoch: ``on_epoch(epoch, model)`` after every epoch; ``True`` stops the run
+                (early stopping at a target).
         """
+        cfg = config if config is not None else (self.train_config or TrainConfig())
         seed = self.seed if seed is None else seed
+        batch_size = cfg.batch_size or self.batch_size
+        if lr is not None or cfg.lr is None:
+            lr = scaled_lr(lr or self.lr, batch_size, self.batch_size)
+        else:
+            lr = cfg.lr
+        n_epochs = epochs if epochs is not None else (cfg.epochs or self.epochs)
         torch.manual_seed(seed)
-        opt = torch.optim.Adam(model.parameters(), lr=lr or self.lr)
-        n_epochs = self.epochs if epochs is None else epochs
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        memory_format = torch.channels_last if cfg.channels_last else None
+        if memory_format is not None:
+            model.to(memory_format=memory_format)  # type: ignore[call-overload]
+        forward: nn.Module = torch.compile(model) if cfg.compile else model  # type: ignore[assignment]
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, n_epochs))
+        threads_before = torch.get_num_threads()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         model.train()
-        for epoch in range(n_epochs):
-            for x, y in self.train_loader(seed=seed + epoch):
-                opt.zero_grad(set_to_none=True)
-                value = (
-                    loss(model, x, y)
-                    if loss is not None
-                    else self.loss_fn(primary_tensor(call(model, x)), y)
-                )
-                if not torch.isfinite(value):
-                    raise InputError(f"training loss became {float(value)} in epoch {epoch}")
-                value.backward()
-                opt.step()
-            sched.step()
+        try:
+            for epoch in range(n_epochs):
+                for step, (x, y) in enumerate(self.train_loader(batch_size, seed=seed + epoch)):
+                    x = _placed(x, device, memory_format)
+                    y = y if device.type == "cpu" else to_device(y, device)
+                    opt.zero_grad(set_to_none=True)
+                    with _autocast(cfg.precision, device):
+                        value = (
+                            loss(forward, x, y)
+                            if loss is not None
+                            else self.loss_fn(primary_tensor(call(forward, x)), y)
+                        )
+                    if not torch.isfinite(value):
+                        raise InputError(f"training loss became {float(value)} in epoch {epoch}")
+                    value.float().backward()
+                    opt.step()
+                    if on_step is not None and on_step(epoch, step):
+                        return model.eval()
+                sched.step()
+                if on_epoch is not None and on_epoch(epoch, model):
+                    break
+                model.train()
+        finally:
+            torch.set_num_threads(threads_before)
+            if memory_format is not None:  # what comes back is laid out as it came in
+                model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         model.eval()
         return model
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast for the forward pass and the loss (weights and optimizer stay fp32)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _placed(x: Any, device: torch.device, memory_format: torch.memory_format | None) -> Any:
+    """A batch's inputs on the model's device, 4-D image batches in ``memory_format``."""
+    x = to_device(x, device) if device.type != "cpu" else x
+    if memory_format is None:
+        return x
+    return map_tensors(
+        lambda t: t.contiguous(memory_format=memory_format) if t.dim() == 4 else t, x
+    )
