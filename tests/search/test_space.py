@@ -377,18 +377,15 @@ def test_a_mobilenet_student_only_for_images_it_can_see(size, student):
     names = {m.name for m in default_space(task, "offline").models}
     assert ("distill-w0.5" in names) is student
     if student:
-        assert (
-            default_space(task, "offline")
-            .model("distill-w0.5")
-            .student.startswith("mobilenetv3_small")
-        )
+        name = default_space(task, "offline").model("distill-w0.5").student
+        assert name is not None and name.startswith("mobilenetv3_small")
 
 
 def test_a_training_config_is_a_fixed_setting_and_part_of_the_model_key(digits_task):
     from wattwise.tasks import TrainConfig
 
     space = default_space(digits_task, "offline")
-    base = {
+    base: dict[str, Any] = {
         "task_spec": "digits",
         "task_name": "digits",
         "task_id": "x",

@@ -4,6 +4,7 @@ on a real SQLite study, with Optuna running it; test_isolation runs whole trials
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -275,3 +276,53 @@ def test_screen_stops_the_infeasible_and_the_costly_only() -> None:
     assert screen.stops(0.85, None)  # below the accuracy bound: whatever it costs
     assert screen.stops(0.95, 2.5) and not screen.stops(0.95, 1.5)
     assert not Screen().stops(0.1, 1e9)  # nothing known yet: the full protocol
+
+
+def test_a_new_best_gets_its_other_threads_and_neighbouring_batches_queued(
+    tmp_path: Path,
+) -> None:
+    from wattwise.search._trials import refine_around_best
+
+    space = SearchSpace(
+        models=(ModelChoice("base"),),
+        deployments=("eager/fp32",),
+        batch_sizes=(1, 4, 16, 64),
+        threads=(0, 1),
+    )
+    settings = dataclasses.replace(_settings(10), space=space)
+    url = f"sqlite:///{tmp_path / 'refine.db'}"
+    study, _ = open_study(open_storage(url), "r", settings, url=url)
+    dists: dict[str, BaseDistribution] = {
+        n: CategoricalDistribution(list(c)) for n, c in space.choices().items()
+    }
+    best = {"model": "base", "deployment": "eager/fp32", "batch_size": 16, "threads": 1}
+    for params, joules, accuracy in (
+        (best, 1e-3, 0.95),
+        ({**best, "batch_size": 1}, 1e-4, 0.5),  # cheaper, but not feasible
+    ):
+        figures = {"accuracy": accuracy, "energy_j_per_item": joules, "latency_ms_p90": 1.0}
+        study.add_trial(
+            create_trial(
+                values=[accuracy, joules, 1.0],
+                params=params,
+                distributions=dists,
+                user_attrs={"figures": figures},
+            )
+        )
+    done: set[int] = set()
+    refine_around_best(study, settings, 0.95, done)
+    queued = [
+        t.system_attrs["fixed_params"] for t in study.get_trials() if t.state == TrialState.WAITING
+    ]
+    assert queued == [
+        {**best, "threads": 0},
+        {**best, "batch_size": 4},
+        {**best, "batch_size": 64},
+    ]
+    assert all(
+        t.user_attrs["queued_for"] == "around the best, trial 0"
+        for t in study.get_trials()
+        if t.state == TrialState.WAITING
+    )
+    refine_around_best(study, settings, 0.95, done)  # the same best: nothing more
+    assert len([t for t in study.get_trials() if t.state == TrialState.WAITING]) == 3

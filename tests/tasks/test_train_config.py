@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import pytest
 import torch
 
 from wattwise.errors import InputError
 from wattwise.tasks import DigitsCNN, TrainConfig, digits, scaled_lr
+
+
+def _record(seen: list[Any], value: Any) -> bool:
+    """Note ``value`` and let the run go on (``False``: don't stop)."""
+    seen.append(value)
+    return False
 
 
 def _task():
@@ -67,7 +74,7 @@ def test_batch_size_sets_the_steps_and_threads_are_put_back() -> None:
     task.fit(
         task.model_factory(),
         config=TrainConfig(batch_size=256, threads=1),
-        on_step=lambda epoch, step: steps.append((epoch, step)) and False,
+        on_step=lambda epoch, step: _record(steps, (epoch, step)),
     )
     per_epoch = -(-len(task.train_data) // 256)
     assert len(steps) == 2 * per_epoch and steps[-1] == (1, per_epoch - 1)
@@ -77,13 +84,13 @@ def test_batch_size_sets_the_steps_and_threads_are_put_back() -> None:
 def test_on_step_and_on_epoch_stop_the_run() -> None:
     task = _task()
     steps: list[int] = []
-    task.fit(task.model_factory(), on_step=lambda e, s: steps.append(s) is None and s == 2)
+    task.fit(task.model_factory(), on_step=lambda e, s: _record(steps, s) or s == 2)
     assert steps == [0, 1, 2]  # stopped mid-epoch, after its third step
     epochs: list[int] = []
     task.fit(
         task.model_factory(),
         config=TrainConfig(epochs=5),
-        on_epoch=lambda e, m: epochs.append(e) is None and e == 1,
+        on_epoch=lambda e, m: _record(epochs, e) or e == 1,
     )
     assert epochs == [0, 1]  # stopped after the second of five epochs
 
@@ -98,7 +105,7 @@ def test_bf16_autocast_and_channels_last_train_to_a_usable_model() -> None:
 def test_a_task_train_config_is_used_when_fit_gets_none() -> None:
     task = dataclasses.replace(_task(), train_config=TrainConfig(batch_size=512))
     steps: list[int] = []
-    task.fit(task.model_factory(), epochs=1, on_step=lambda e, s: steps.append(s) and False)
+    task.fit(task.model_factory(), epochs=1, on_step=lambda e, s: _record(steps, s))
     assert len(steps) == -(-len(task.train_data) // 512)
     with pytest.raises(InputError, match="train_config"):
         dataclasses.replace(_task(), train_config={"batch_size": 8})

@@ -202,7 +202,13 @@ def refine_around_best(
         return
     done.add(best.number)
     params = dict(next(t.params for t in trials if t.number == best.number))
-    taken = {params_key(t.params) for t in trials if _taken(t) or t.state == TrialState.WAITING}
+    taken = {params_key(t.params) for t in trials if _taken(t)}
+    # A queued trial holds its params as Optuna's fixed params until it starts.
+    taken |= {
+        params_key(t.system_attrs.get("fixed_params") or {})
+        for t in trials
+        if t.state == TrialState.WAITING
+    }
     failed = [t for t in trials if t.state == TrialState.FAIL and FAILED_STAGE in t.user_attrs]
     batches = sorted(settings.space.batch_sizes)
     near: list[int] = []
