@@ -278,6 +278,20 @@ def run_wattwise(
         "search_energy_source": doc.search_energy_source,
         "trials": doc.trials,
         "failed_trials": doc.failed_trials,
+        # What the search saw, trial by trial: why it chose what it chose.
+        "search_trials": [
+            {
+                "number": r.number,
+                "label": r.label,
+                "state": r.state,
+                "fidelity": r.fidelity,
+                "feasible": r.feasible,
+                "accuracy": r.figures.accuracy,
+                "energy_j_per_item": r.figures.energy_j_per_item,
+                "fail_reason": r.fail_reason,
+            }
+            for r in result.rows
+        ],
     }
     generative = task.generate is not None
     if best is None or best.deployment is None or not (generative or (out / "artifact").is_dir()):
@@ -508,7 +522,13 @@ def run_case(case: Case, rounds: int, max_time_s: float, tune_time_s: float) -> 
                 "foreign_cpu_cores_max": load_during(runs, tries),
                 "wattwise_search": {
                     k: ours.get(k)
-                    for k in ("search_s", "search_energy_j", "search_energy_source", "trials")
+                    for k in (
+                        "search_s",
+                        "search_energy_j",
+                        "search_energy_source",
+                        "trials",
+                        "search_trials",
+                    )
                 },
             }
             _log(f"  {scenario}: {scenarios[scenario]['verdict']}")
@@ -595,6 +615,7 @@ def main() -> None:
     for case in doc["cases"].values():  # older cases: the run-wide record was theirs
         for field in ("hardware", "versions"):
             case.setdefault(field, doc.get(field))
+        case.setdefault("finished", doc.get("date"))
     for key in args.models:
         if key in doc["cases"] and not args.fresh:
             _log(f"{key}: already in {args.out}, skipped (--fresh to redo)")
