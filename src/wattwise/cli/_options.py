@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["Currency", "Device", "JsonOut", "StudyName", "StudyStorage"]
+__all__ = ["Currency", "Device", "JsonOut", "StudyName", "StudyStorage", "TaskSpec"]
 
 Device = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")]
 JsonOut = Annotated[
@@ -18,3 +18,8 @@ Currency = Annotated[str, typer.Option(help="The price's currency.")]
 # A study another command started (worker, report): both are required, so no default is shown.
 StudyStorage = Annotated[str, typer.Option(help="The study's storage URL.", show_default=False)]
 StudyName = Annotated[str, typer.Option(help="The study's name.", show_default=False)]
+# The task a search or a training run works on.
+TaskSpec = Annotated[
+    str,
+    typer.Option(help="A built-in task (digits) or package.module:factory (runs your code)."),
+]

@@ -16,7 +16,7 @@ import typer
 from wattwise._units import MISSING, format_energy, format_energy_figure
 from wattwise.cli._app import app
 from wattwise.cli._errors import EXIT_INTERRUPTED, EXIT_TERMINATED, handled
-from wattwise.cli._options import Currency, Device, StudyName, StudyStorage
+from wattwise.cli._options import Currency, Device, StudyName, StudyStorage, TaskSpec
 from wattwise.cli._output import stdout_to_stderr
 from wattwise.errors import InputError
 from wattwise.results import Figures, Results
@@ -235,10 +235,7 @@ def print_summary(result: OptimizeResult, *, file: Any = None) -> None:
 @app.command()
 @handled
 def optimize(
-    task: Annotated[
-        str,
-        typer.Option(help="A built-in task (digits) or package.module:factory (runs your code)."),
-    ] = "digits",
+    task: TaskSpec = "digits",
     max_accuracy_drop: Annotated[
         float,
         typer.Option("--max-accuracy-drop", help="Largest accepted metric drop (0.01 = 1 point)."),

@@ -15,7 +15,7 @@ import typer
 from wattwise._units import format_energy
 from wattwise.cli._app import app
 from wattwise.cli._errors import handled
-from wattwise.cli._options import Device, JsonOut
+from wattwise.cli._options import Device, JsonOut, TaskSpec
 from wattwise.cli._output import stdout_to_stderr
 
 __all__: list[str] = []
@@ -54,10 +54,7 @@ def _prediction_lines(p: dict[str, Any] | None) -> list[str]:
 @app.command()
 @handled
 def train(
-    task: Annotated[
-        str,
-        typer.Option(help="A built-in task (digits) or package.module:factory (runs your code)."),
-    ] = "digits",
+    task: TaskSpec = "digits",
     target_accuracy: Annotated[
         float | None,
         typer.Option(

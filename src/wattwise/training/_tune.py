@@ -355,6 +355,41 @@ def _energy_cap(study: optuna.Study) -> float | None:
     return min(best) * ENERGY_MARGIN if best else None
 
 
+def _run_child(
+    settings: TrainingSettings,
+    ref: TaskRef,
+    cfg: TrainConfig,
+    log: Path,
+    *,
+    max_energy_j: float | None = None,
+    save_to: str | None = None,
+) -> dict[str, Any]:
+    """One run of ``cfg`` to the study's target, in its own child pinned to its threads."""
+    from wattwise.measure import run_isolated
+
+    spec = RunSpec(
+        cfg.to_dict(),
+        settings.target_accuracy,
+        seed=settings.seed,
+        device=settings.device,
+        meter=settings.meter,
+        max_energy_j=max_energy_j,
+        max_time_s=settings.timeout_per_run_s * 0.9,
+        max_slowdown=settings.max_slowdown,
+        save_to=save_to,
+    )
+    run: dict[str, Any] = run_isolated(
+        train_job,
+        ref,
+        spec,
+        threads=cfg.threads,
+        timeout_s=settings.timeout_per_run_s,
+        what=f"training run ({cfg.label()})",
+        log_path=log,
+    )
+    return run
+
+
 def _objective(
     study: optuna.Study,
     settings: TrainingSettings,
@@ -365,7 +400,6 @@ def _objective(
 ) -> Callable[[optuna.Trial], tuple[float, float]]:
     import optuna
 
-    from wattwise.measure import run_isolated
     from wattwise.search._liveness import INTERRUPTED, enqueue_retry, worker_identity
     from wattwise.search._optuna import stored_trial
     from wattwise.search._trials import _taken
@@ -391,27 +425,9 @@ def _objective(
         trial.set_user_attr("config", cfg.to_dict())
         cap = _energy_cap(study)
         say(f"trial {trial.number}: {cfg.label()}")
-        spec = RunSpec(
-            cfg.to_dict(),
-            settings.target_accuracy,
-            seed=settings.seed,
-            device=settings.device,
-            meter=settings.meter,
-            max_energy_j=cap,
-            max_time_s=settings.timeout_per_run_s * 0.9,
-            max_slowdown=settings.max_slowdown,
-        )
         log = out_dir / "logs" / f"train-{trial.number:04d}.log"
         try:
-            run = run_isolated(
-                train_job,
-                ref,
-                spec,
-                threads=cfg.threads,
-                timeout_s=settings.timeout_per_run_s,
-                what=f"training run ({cfg.label()})",
-                log_path=log,
-            )
+            run = _run_child(settings, ref, cfg, log, max_energy_j=cap)
         except KeyboardInterrupt:
             with contextlib.suppress(Exception):
                 trial.set_user_attr("fail_reason", f"{INTERRUPTED}: stopped by Ctrl-C")
@@ -571,7 +587,6 @@ def _confirm(
     """Train the default and the best again side by side, alternating which goes first; the
     best's last run writes the model. ``None`` when there is nothing to confirm. Stored in the
     study, so a rerun with the same best and an artifact in place does not train again."""
-    from wattwise.measure import run_isolated
     from wattwise.search._outdir import ARTIFACT_DIR, record_outputs
 
     if best_row is None or rounds == 0:
@@ -594,25 +609,8 @@ def _confirm(
         for role in order:
             cfg = roles[role]
             last = r == rounds - 1 and role == ("default" if same else "best")
-            spec = RunSpec(
-                cfg.to_dict(),
-                settings.target_accuracy,
-                seed=settings.seed,
-                device=settings.device,
-                meter=settings.meter,
-                max_time_s=settings.timeout_per_run_s * 0.9,
-                max_slowdown=settings.max_slowdown,
-                save_to=str(artifact) if last else None,
-            )
-            run = run_isolated(
-                train_job,
-                ref,
-                spec,
-                threads=cfg.threads,
-                timeout_s=settings.timeout_per_run_s,
-                what=f"training run ({cfg.label()})",
-                log_path=out_dir / "logs" / f"confirm-{r}-{role}.log",
-            )
+            log = out_dir / "logs" / f"confirm-{r}-{role}.log"
+            run = _run_child(settings, ref, cfg, log, save_to=str(artifact) if last else None)
             runs[role].append(run)
             say(f"round {r + 1} {role}: {_describe(run)}")
     if same:
