@@ -149,8 +149,9 @@ def render(doc: dict[str, Any]) -> str:
         f"Other processes' load before: {doc['load_before_cores']:.2f} cores. Raw: "
         "`training.json`.",
         "",
-        "Energy is `estimated:cpu-ccf` (±40% absolute) on this VM: read the ratios, taken side "
-        "by side in alternating rounds, not the joules.",
+        f"Energy source: `{(doc.get('digits') or {}).get('meter', {}).get('source')}` "
+        f"(±{(doc.get('digits') or {}).get('meter', {}).get('uncertainty', 0):.0%} absolute): read "
+        "the ratios, taken side by side in alternating rounds, not the joules.",
         "",
         "| task | target | default recipe | best configuration | energy default/best | time default/best | prediction error (default) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -177,6 +178,8 @@ def render(doc: dict[str, Any]) -> str:
             "## The search's fine-tunes with the tuned configuration",
             "",
             f"Configuration: `{ledger['config']}`. Each build in its own child, 3 alternating rounds.",
+            "",
+            f"Energy source: `{ledger['distill-w0.5']['runs']['recipe'][0]['energy_source']}`.",
             "",
             "| fine-tune | recipe | tuned | recipe/tuned | accuracy recipe → tuned |",
             "| --- | --- | --- | --- | --- |",

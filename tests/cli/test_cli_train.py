@@ -61,6 +61,7 @@ def test_predict_states_the_prediction_then_the_error(tmp_path: Path) -> None:
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("b(task) fp32 t(all): 6 epoch(s)")
     assert "predicted after epoch 1 for 6 epoch(s)" in lines[1]
+    assert ("(estimated:" in lines[1]) or ("(measured:" in lines[1])  # its source
     assert "actual for the 6 epoch(s) run" in lines[2] and "error" in lines[2]
     assert list(tmp_path.iterdir()) == []  # --predict writes nothing
 

@@ -182,9 +182,9 @@ class _Required(TypedDict):
     space: SearchSpace
 
 
-def test_settings_validation_names_the_field(digits_task):
-    space = default_space(digits_task, "offline")
-    ok: _Required = {
+def _required(space: SearchSpace) -> _Required:
+    """SearchSettings' fields without defaults, for an offline digits study."""
+    return {
         "task_spec": "digits",
         "task_name": "digits",
         "task_id": "x",
@@ -194,6 +194,10 @@ def test_settings_validation_names_the_field(digits_task):
         "trials": 4,
         "space": space,
     }
+
+
+def test_settings_validation_names_the_field(digits_task):
+    ok = _required(default_space(digits_task, "offline"))
     assert SearchSettings.from_dict(SearchSettings(**ok).to_dict()) == SearchSettings(**ok)
     bad_values: tuple[tuple[str, Any], ...] = (
         ("max_accuracy_drop", 2.0),
@@ -384,17 +388,7 @@ def test_a_mobilenet_student_only_for_images_it_can_see(size, student):
 def test_a_training_config_is_a_fixed_setting_and_part_of_the_model_key(digits_task):
     from wattwise.tasks import TrainConfig
 
-    space = default_space(digits_task, "offline")
-    base: dict[str, Any] = {
-        "task_spec": "digits",
-        "task_name": "digits",
-        "task_id": "x",
-        "scenario": "offline",
-        "max_accuracy_drop": 0.01,
-        "latency_p90_ms": None,
-        "trials": 4,
-        "space": space,
-    }
+    base = _required(default_space(digits_task, "offline"))
     tuned = TrainConfig(batch_size=256, threads=1).to_dict()
     settings = SearchSettings(**base, training=tuned)
     assert SearchSettings.from_dict(settings.to_dict()) == settings

@@ -86,6 +86,8 @@ def test_warm_up_is_kept_out_of_the_rate_and_the_interval_brackets_it() -> None:
     assert p.energy_error == pytest.approx(1 / 1.1 - 1)
     assert p.time_error == pytest.approx(0.0)
     assert Prediction.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    p.settle(1, 1.0, 1.0)  # stopped with epoch 1: no error to state
+    assert p.energy_error is None and "stopped after" in p.notes[-1]
 
 
 def test_blocks_the_meter_could_not_resolve_take_the_steady_power() -> None:

@@ -35,14 +35,15 @@ def _prediction_lines(p: dict[str, Any] | None) -> list[str]:
     low, high = p["interval_j"]
     lines = [
         f"predicted after epoch 1 for {p['epochs']} epoch(s): {_energy(p['predicted_energy_j'])} "
-        f"[{_energy(low)} - {_energy(high)}], {_seconds(p['predicted_time_s'])}",
+        f"[{_energy(low)} - {_energy(high)}] ({p['energy_source']}), "
+        f"{_seconds(p['predicted_time_s'])}",
     ]
     if p.get("actual_energy_j") is not None:
         err_e = p.get("energy_error")
         err_t = p.get("time_error")
         lines.append(
             f"actual for the {p['actual_epochs']} epoch(s) run: {_energy(p['actual_energy_j'])}, "
-            f"{_seconds(p['actual_time_s'])}; predicted for those: "
+            f"{_seconds(p['actual_time_s'])} ({p['energy_source']}); predicted for those: "
             f"{_energy(p['predicted_energy_at_actual_j'])}, "
             f"{_seconds(p['predicted_time_at_actual_s'])}; error "
             + (f"{err_e:+.1%} energy" if err_e is not None else "— energy")
@@ -144,8 +145,8 @@ def train(
         typer.echo(
             f"  {role:8} {fig.label}: "
             + (
-                f"{_energy(fig.energy_to_target_j)}, {_seconds(fig.time_to_target_s)}, "
-                f"{fig.epochs} epoch(s)"
+                f"{_energy(fig.energy_to_target_j)} ({fig.energy_source}), "
+                f"{_seconds(fig.time_to_target_s)}, {fig.epochs} epoch(s)"
                 if fig.reached
                 else f"did not reach the target in {fig.epochs} epoch(s)"
             )

@@ -112,6 +112,10 @@ class Prediction:
         self.actual_time_s = float(time_s)
         self.predicted_energy_at_actual_j = self.energy_at(epochs)
         self.predicted_time_at_actual_s = self.time_at(epochs)
+        self.energy_error = self.time_error = None
+        if epochs <= self.after_epochs:  # nothing was predicted: the run ended with epoch 1
+            self.notes.append("the run stopped after the epoch the prediction was made from")
+            return
         if energy_j > 0:
             self.energy_error = (self.predicted_energy_at_actual_j - energy_j) / energy_j
         if time_s > 0:
