@@ -98,3 +98,30 @@ def test_soft_targets_of_a_language_model_are_averaged_per_position() -> None:
     assert torch.allclose(lm, per_position.mean())
     assert torch.allclose(lm, flat)
     assert float(soft_target_loss(teacher, teacher, 2.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_tuned_configuration_stops_fine_tunes_once_recovered(
+    task: Task, trained_zoo: Callable[[str], nn.Module]
+) -> None:
+    """With a training configuration on the task (``optimize --training``), distillation and
+    pruning's fine-tunes stop after the epoch that brings the model back to the accuracy it
+    started from; under the recipe they run their whole length."""
+    import dataclasses
+
+    from wattwise.tasks import TrainConfig
+
+    recipe = [Distill(epochs=6, precision="fp32"), Prune(ratio=0.3, finetune_epochs=4)]
+    tuned = dataclasses.replace(task, train_config=TrainConfig(batch_size=32))
+    _, log = compress(trained_zoo("mlp"), recipe, task=tuned)
+    distilled, pruned = log.records
+    assert 1 <= distilled.metrics["finetune_epochs_run"][0] <= 6
+    assert len(pruned.metrics["finetune_epochs_run"]) == 1
+    for rec in (distilled, pruned):
+        ran = rec.metrics["finetune_epochs_run"][-1]
+        stopped = [n for n in rec.notes if n.startswith("fine-tune stopped")]
+        # Stopped early only with the model back where it started.
+        if stopped:
+            assert f"epoch {ran}:" in stopped[0]
+            assert rec.accuracy_after >= rec.accuracy_before
+    _, plain = compress(trained_zoo("mlp"), recipe, task=task)
+    assert all("finetune_epochs_run" not in r.metrics for r in plain.records)

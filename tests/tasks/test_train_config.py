@@ -109,3 +109,22 @@ def test_a_task_train_config_is_used_when_fit_gets_none() -> None:
     assert len(steps) == -(-len(task.train_data) // 512)
     with pytest.raises(InputError, match="train_config"):
         dataclasses.replace(_task(), train_config={"batch_size": 8})
+
+
+def test_fine_tunes_take_how_a_step_runs_not_the_schedule() -> None:
+    from wattwise.tasks import TrainConfig
+
+    tuned = TrainConfig(
+        batch_size=16,
+        lr=1e-3,
+        epochs=3,
+        precision="bf16",
+        compile=True,
+        threads=1,
+        channels_last=True,
+        power_limit_w=200.0,
+    )
+    assert tuned.for_fine_tunes() == TrainConfig(
+        precision="bf16", compile=True, threads=1, channels_last=True
+    )
+    assert TrainConfig().for_fine_tunes() == TrainConfig()

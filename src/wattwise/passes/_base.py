@@ -131,6 +131,30 @@ class PassContext:
         if text not in self.notes:
             self.notes.append(text)
 
+    def stop_when_recovered(
+        self, evaluate: Callable[[], float], target: float | None
+    ) -> Callable[[int, nn.Module], bool] | None:
+        """The ``on_epoch`` hook for a fine-tune, when the task trains with a tuned configuration
+        (``task.train_config``, from ``wattwise train``): stop after the epoch whose
+        ``evaluate()`` is back at ``target`` (the accuracy the pass started from), as a tuned
+        run stops at its target. ``None`` (the pass's whole length) under the task's own recipe
+        or with no target. The epochs each fine-tune ran are kept in ``metrics``."""
+        if self.task.train_config is None or target is None:
+            return None
+        ran: list[int] = self.metrics.setdefault("finetune_epochs_run", [])
+        ran.append(0)
+
+        def on_epoch(epoch: int, _model: nn.Module) -> bool:
+            ran[-1] = epoch + 1
+            reached = evaluate() >= target
+            if reached:
+                self.note(
+                    f"fine-tune stopped at epoch {epoch + 1}: back at the {target:.4f} it started from"
+                )
+            return reached
+
+        return on_epoch
+
     def original_model(self) -> nn.Module:
         """A frozen copy of the model before compression (made once, on first use)."""
         if self._original is None:

@@ -379,7 +379,16 @@ def _distill(model: nn.Module, cfg: Distill, ctx: PassContext) -> nn.Module:
     ctx.method = ("bf16-autocast" if bf16 else "fp32") + f"/teacher={source}"
     try:
         if cfg.epochs > 0:
-            task.fit(wrapper, epochs=cfg.epochs, lr=cfg.lr, seed=ctx.seed * 1000, loss=kd_loss)
+            task.fit(
+                wrapper,
+                epochs=cfg.epochs,
+                lr=cfg.lr,
+                seed=ctx.seed * 1000,
+                loss=kd_loss,
+                on_epoch=ctx.stop_when_recovered(
+                    lambda: task.evaluate(student), ctx.metrics["teacher_accuracy"]
+                ),
+            )
     finally:
         for h in s_handles + t_handles:
             h.remove()

@@ -169,7 +169,13 @@ def _prune(model: nn.Module, cfg: Prune, ctx: PassContext) -> nn.Module:
         model.zero_grad(set_to_none=True)
         _check_runs(model, task)
         if cfg.finetune_epochs:
-            task.fit(model, epochs=cfg.finetune_epochs, lr=cfg.lr, seed=ctx.seed * 1000 + step)
+            task.fit(
+                model,
+                epochs=cfg.finetune_epochs,
+                lr=cfg.lr,
+                seed=ctx.seed * 1000 + step,
+                on_epoch=ctx.stop_when_recovered(lambda: task.evaluate(model), ctx.accuracy_before),
+            )
     model.eval()
     for name, why in sorted(setup.guard.skipped.items()):
         if name != setup.classifier:

@@ -274,7 +274,7 @@ def _job(ctx: JobContext, *, threads: int | None = None) -> Iterator[tuple[Task,
             if ctx.train_config:
                 from wattwise.tasks import TrainConfig
 
-                config = TrainConfig.from_dict(ctx.train_config)
+                config = TrainConfig.from_dict(ctx.train_config).for_fine_tunes()
                 task = dataclasses.replace(task, train_config=config)
             _quiet_torch()
             for name in ("wattwise.measure", "wattwise.passes._model"):
