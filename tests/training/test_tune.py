@@ -45,9 +45,12 @@ def test_the_default_space_starts_from_the_recipe() -> None:
     assert space.choices["batch_size"][:4] == (64, 128, 256, 32)  # 512 leaves < 4 steps
     assert space.choices["channels_last"] == (False, True)  # an image task
     walk = space.neighbours(space.default_params())
-    assert walk[0]["batch_size"] == 128 and all(
-        sum(n[k] != space.default_params()[k] for k in n) == 1 for n in walk
-    )
+    first = walk[0]
+    assert first["precision"] == "bf16" or first["threads"] == 1
+    # One knob at a time, but the schedule's length and the learning rate move together.
+    moved = [{k for k in n if n[k] != space.default_params()[k]} for n in walk]
+    assert all(len(m) == 1 or m <= {"epochs", "lr_scale"} for m in moved)
+    assert {"epochs", "lr_scale"} in moved
     assert TrainingSpace.from_dict(json.loads(json.dumps(space.to_dict()))) == space
 
 
@@ -61,11 +64,16 @@ def test_tune_finds_reports_confirms_and_resumes(tmp_path: Path) -> None:
     assert TrainingReport.from_dict(doc).to_dict() == doc
     assert load_training(out / "training.json") == report
     assert len(report.trials) == 3 and report.trials[0]["config"]["batch_size"] == 64
-    # The walk: the recipe first, then one knob at a time (batch size first).
-    assert report.trials[1]["params"]["batch_size"] == 256
+    # The walk: the recipe first, then one knob at a time (here threads first: the space
+    # has one precision). A new best is trained with three seeds.
+    assert report.trials[1]["params"]["threads"] == 1
+    seeds = [r["seed"] for r in report.trials[0]["seed_runs"]]
+    assert seeds in ([0, 1000, 2000], [0, 1000, 2000, 3000, 4000])  # five for a short run
     assert report.default is not None and report.default.label == "b64 lr0.003 e4 fp32 t(all)"
     assert report.best is not None and report.best.reached
     assert len(report.best.rounds_energy_j) == 2 and report.rounds == 2
+    # The rounds train with seeds the search (seed 0) did not use, the same seed within a round.
+    assert any("seeds 1, 2" in n and "seed 0" in n for n in report.notes)
     if report.default.reached:
         assert report.energy_ratio is not None and report.energy_ratio > 0
     assert report.front and report.front[0]["energy_to_target_j"] == min(
@@ -175,8 +183,52 @@ def test_a_worker_joins_a_training_study_from_the_storage_alone(tmp_path: Path) 
     assert study is not None
     assert run_training_worker(url, "shared", out=tmp_path / "worker", progress=False) == 2
     done = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
-    assert [t.params["batch_size"] for t in done] == [64, 256]  # the recipe, then the walk
+    # The recipe, then the walk's first step (the space's first knob with a choice).
+    assert [(t.params["batch_size"], t.params["threads"]) for t in done] == [(64, 0), (64, 1)]
     with pytest.raises(InputError, match="no study named"):
         find_training_study(url, "missing")
     with pytest.raises(InputError, match="is not study"):
         run_training_worker(url, "shared", out=tmp_path / "w2", task="digits", progress=False)
+
+
+def test_the_walk_skips_larger_batches_than_a_run_that_ran_out() -> None:
+    from wattwise.training._tune import _fewer_steps_than_failed
+
+    failed = [{"batch_size": 32, "threads": 0, "precision": "fp32", "epochs": 3}]
+    assert _fewer_steps_than_failed({**failed[0], "batch_size": 64}, failed)
+    assert not _fewer_steps_than_failed({**failed[0], "batch_size": 8}, failed)
+    # Another knob changed too (a longer schedule): it may reach the target.
+    assert not _fewer_steps_than_failed({**failed[0], "batch_size": 64, "epochs": 6}, failed)
+    assert not _fewer_steps_than_failed({**failed[0], "batch_size": 64}, [])
+
+
+def test_a_new_best_counts_as_the_mean_of_seeds() -> None:
+    from wattwise.training._tune import _seeds
+
+    def run(seed: int, reached: bool, energy: float, epochs: int) -> dict:
+        return {
+            "seed": seed,
+            "reached": reached,
+            "epochs": epochs,
+            "energy_to_target_j": energy if reached else None,
+            "time_to_target_s": energy / 4 if reached else None,
+            "energy_j": energy,
+            "time_s": energy / 4,
+            "stopped": None if reached else "the target was not reached in 15 epochs",
+            "ran_out": not reached,
+        }
+
+    both = _seeds(run(0, True, 1.0, 1), [run(1000, True, 3.0, 3)])
+    assert both["reached"] and both["energy_to_target_j"] == 2.0 and both["epochs"] == 3
+    assert both["energy_j"] == 4.0 and [r["seed"] for r in both["seed_runs"]] == [0, 1000]
+    lucky = _seeds(run(0, True, 1.0, 1), [run(1000, True, 1.0, 1), run(2000, False, 5.0, 15)])
+    assert not lucky["reached"] and lucky["energy_to_target_j"] is None and lucky["ran_out"]
+    assert "seed 0 but not with seed 2000" in lucky["stopped"]
+
+
+def test_the_walk_goes_on_to_the_next_knob() -> None:
+    """Coordinate descent: from a best made by changing the batch size, the next knob first."""
+    first = SPACE.neighbours(SPACE.default_params())
+    assert first[0]["threads"] == 1
+    after_threads = SPACE.neighbours({**SPACE.default_params(), "threads": 1}, "threads")
+    assert after_threads[0]["batch_size"] == 256 and after_threads[-1]["threads"] == 0

@@ -326,6 +326,8 @@ def train_run(task: Task, spec: RunSpec) -> dict[str, Any]:
         meter.close()
     curve = state["curve"]
     reached = state["reached_at"]
+    # The whole schedule ran and the target was not reached (no cap stopped it).
+    ran_out = reached is None and state["stopped"] is None and spec.target is not None
     if reached is None and state["stopped"] is None:
         state["stopped"] = (
             f"the target was not reached in {epochs} epochs" if spec.target is not None else None
@@ -347,6 +349,7 @@ def train_run(task: Task, spec: RunSpec) -> dict[str, Any]:
         "accuracy": curve[-1]["accuracy"] if curve else None,
         "curve": curve,
         "stopped": state["stopped"],
+        "ran_out": ran_out,
         "energy_source": meter.source,
         "energy_uncertainty": float(meter.uncertainty),
         "steps_per_epoch": steps,

@@ -13,9 +13,9 @@ run so far with one knob changed. A run that has already spent :data:`ENERGY_MAR
 best run's energy to target is stopped: it cannot be the cheapest.
 
 At the end the default recipe and the best configuration are trained again side by side, in
-alternating order (default, best; best, default; ...), and the published figures are medians
-over those rounds, the ratio the median of the ratios within rounds. The best's last round
-writes the trained model.
+alternating order (default, best; best, default; ...), each round with a seed the search did not
+use, and the published figures are medians over those rounds, the ratio the median of the
+ratios within rounds. The best's last round writes the trained model.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from wattwise.errors import InputError, WattwiseError
 from wattwise.training._file import TrainingFigures, TrainingReport
 from wattwise.training._run import RunSpec, train_job
-from wattwise.training._space import TrainingSpace, training_space
+from wattwise.training._space import KNOBS, TrainingSpace, training_space
 
 if TYPE_CHECKING:
     import optuna
@@ -55,11 +55,27 @@ __all__ = [
 
 ATTR = "wattwise_training"  # the study attribute holding a training study's settings
 CONFIRM_ATTR = "wattwise_training_confirmation"
+PROFILE_ATTR = "wattwise_training_step_profile"
 DIRECTIONS: tuple[Literal["minimize"], ...] = ("minimize", "minimize")  # energy, time to target
 DEFAULT_TRIALS = 12
 DEFAULT_ROUNDS = 3
 DEFAULT_TIMEOUT_S = 900.0
 ENERGY_MARGIN = 1.5
+# A run that beats the best so far is trained again with seeds ``seed + i * RECHECK_SEED`` (i = 1
+# to RECHECKS) before it counts (see _objective); the side-by-side rounds use seeds 1 to
+# ``rounds`` past the study's.
+RECHECK_SEED = 1000
+RECHECKS = 2
+# A run that reached the target within SHORT_RUN_EPOCHS epochs and SHORT_RUN_S seconds gets
+# RECHECKS_SHORT other seeds: one epoch more or less is a third of such a run (digits' took 1
+# to 3 epochs by seed), and repeating it is cheap.
+SHORT_RUN_EPOCHS = 3
+SHORT_RUN_S = 30.0
+RECHECKS_SHORT = 4
+RECHECK_BAND = 1.25  # ... as is a run within this factor of the best: seed-0 luck cuts both ways
+# torch.compile of a training step took 10 to 40 s on our CPUs before the first step; the walk
+# offers it only from a run to target at least this long, which it could pay back.
+COMPILE_MIN_RUN_S = 120.0
 _FIXED = ("task_id", "target_accuracy", "space", "seed", "device")
 
 
@@ -238,12 +254,14 @@ def tune_training(
             default=None,
         )
         confirmed = _confirm(the_study, settings, ref, out_dir, default_row, best_row, rounds, say)
+        profile = the_study.user_attrs.get(PROFILE_ATTR)
     report = _report(
         settings,
         rows,
         default_row,
         best_row,
         confirmed,
+        profile=profile if isinstance(profile, Mapping) else None,
         rounds=rounds,
         hardware=hardware_info(),
         study=name,
@@ -321,8 +339,9 @@ class _RunFailed(WattwiseError):
 
 
 def _propose(study: optuna.Study, space: TrainingSpace) -> None:
-    """Queue the next step of the walk, unless a candidate is already queued: the best run so
-    far (then the next best) with one knob changed, not tried yet."""
+    """Queue the next step of the walk, unless a candidate is already queued: after the recipe,
+    the recipe with the step profile's cheapest precision, threads and memory format; then the
+    best run so far (then the next best) with one knob changed, not tried yet."""
     from optuna.trial import TrialState
 
     from wattwise.search._trials import _taken
@@ -331,20 +350,68 @@ def _propose(study: optuna.Study, space: TrainingSpace) -> None:
     if any(t.state == TrialState.WAITING for t in trials):
         return
     tried = {_key(t.params) for t in trials if _taken(t)}
+    profiled = (study.user_attrs.get(PROFILE_ATTR) or {}).get("cheapest")
+    recipe = next((t for t in trials if _key(t.params) == _key(space.default_params())), None)
+    if isinstance(profiled, Mapping) and recipe is not None and _key(profiled) not in tried:
+        study.enqueue_trial(dict(profiled), user_attrs={"walk_from": recipe.number})
+        return
+    # Runs whose whole schedule ended short of the target: a larger batch with every other knob
+    # alike takes fewer steps in the same epochs, and is not tried (tinylm: batch 32 ended at
+    # 0.40 of 0.45 and 64 at 0.32; 128 would have been the walk's next step).
+    ran_out = [
+        dict(t.params)
+        for t in trials
+        if t.state == TrialState.COMPLETE and (t.user_attrs.get("run") or {}).get("ran_out")
+    ]
     reached = sorted(
         (t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("reached")),
         key=lambda t: t.values[0],
     )
-    starts: list[tuple[int | None, dict[str, Any]]] = [(t.number, dict(t.params)) for t in reached]
-    starts.append((None, space.default_params()))
-    for number, params in starts:
-        for candidate in space.neighbours(params):
-            if _key(candidate) not in tried:
+    by_number = {t.number: t for t in trials}
+
+    def changed(t: Any) -> str | None:
+        """The knob whose change from the trial it was walked from made ``t``."""
+        parent = by_number.get(t.user_attrs.get("walk_from"))
+        if parent is None:
+            return None
+        # A move of several knobs (the step profile's, the schedule with the rate) goes on
+        # from the last of them.
+        diff = [k for k in KNOBS if k in t.params and t.params[k] != parent.params.get(k)]
+        return diff[-1] if diff else None
+
+    def run_time(t: Any) -> float:
+        return float((t.user_attrs.get("run") or {}).get("time_to_target_s") or 0.0)
+
+    starts: list[tuple[int | None, dict[str, Any], str | None, float]] = [
+        (t.number, dict(t.params), changed(t), run_time(t)) for t in reached
+    ]
+    starts.append((None, space.default_params(), None, 0.0))
+    for number, params, after, seconds in starts:
+        for candidate in space.neighbours(params, after):
+            compiles = candidate.get("compile") and not params.get("compile")
+            if compiles and seconds < COMPILE_MIN_RUN_S:
+                continue
+            if _key(candidate) not in tried and not _fewer_steps_than_failed(candidate, ran_out):
                 study.enqueue_trial(candidate, user_attrs={"walk_from": number})
                 return
 
 
-def _energy_cap(study: optuna.Study) -> float | None:
+def _fewer_steps_than_failed(
+    candidate: Mapping[str, Any], ran_out: Sequence[Mapping[str, Any]]
+) -> bool:
+    """``candidate`` is a larger batch than a run that ran out of schedule short of the target,
+    with every other knob the same."""
+    for failed in ran_out:
+        others = {k: v for k, v in candidate.items() if k != "batch_size"}
+        if others == {k: v for k, v in failed.items() if k != "batch_size"} and int(
+            candidate.get("batch_size") or 0
+        ) > int(failed.get("batch_size") or 0):
+            return True
+    return False
+
+
+def _best_energy(study: optuna.Study) -> float | None:
+    """The least energy to target of the finished trials that reached it."""
     from optuna.trial import TrialState
 
     best = [
@@ -352,7 +419,39 @@ def _energy_cap(study: optuna.Study) -> float | None:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if t.user_attrs.get("reached")
     ]
-    return min(best) * ENERGY_MARGIN if best else None
+    return min(best) if best else None
+
+
+def _seeds(first: Mapping[str, Any], others: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One trial's figures from its runs with several seeds: reached only if every one
+    reached, energy and time to target their means, energy and time spent their sums;
+    ``seed_runs`` keeps each."""
+    runs = (first, *others)
+    out = dict(first)
+    out["seed_runs"] = [
+        {
+            k: r.get(k)
+            for k in ("seed", "reached", "epochs", "energy_to_target_j", "time_to_target_s")
+        }
+        | {"energy_j": r["energy_j"], "time_s": r["time_s"], "stopped": r.get("stopped")}
+        for r in runs
+    ]
+    out["reached"] = all(r["reached"] for r in runs)
+    out["ran_out"] = any(r.get("ran_out") for r in runs)
+    out["energy_j"] = sum(float(r["energy_j"] or 0.0) for r in runs)
+    out["time_s"] = sum(float(r["time_s"]) for r in runs)
+    if out["reached"]:
+        out["energy_to_target_j"] = statistics.fmean(r["energy_to_target_j"] for r in runs)
+        out["time_to_target_s"] = statistics.fmean(r["time_to_target_s"] for r in runs)
+        out["epochs"] = max(r["epochs"] for r in runs)
+    else:
+        missed = next(r for r in runs if not r["reached"])
+        out["energy_to_target_j"] = out["time_to_target_s"] = None
+        out["stopped"] = (
+            f"reached the target with seed {first.get('seed')} but not with seed "
+            f"{missed.get('seed')}: {missed.get('stopped')}"
+        )
+    return out
 
 
 def _run_child(
@@ -363,14 +462,16 @@ def _run_child(
     *,
     max_energy_j: float | None = None,
     save_to: str | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
-    """One run of ``cfg`` to the study's target, in its own child pinned to its threads."""
+    """One run of ``cfg`` to the study's target, in its own child pinned to its threads
+    (``seed``: the study's unless given)."""
     from wattwise.measure import run_isolated
 
     spec = RunSpec(
         cfg.to_dict(),
         settings.target_accuracy,
-        seed=settings.seed,
+        seed=settings.seed if seed is None else seed,
         device=settings.device,
         meter=settings.meter,
         max_energy_j=max_energy_j,
@@ -423,11 +524,34 @@ def _objective(
         cfg = settings.space.config(params)
         trial.set_user_attr("label", cfg.label())
         trial.set_user_attr("config", cfg.to_dict())
-        cap = _energy_cap(study)
+        best = _best_energy(study)
+        cap = best * ENERGY_MARGIN if best is not None else None
         say(f"trial {trial.number}: {cfg.label()}")
         log = out_dir / "logs" / f"train-{trial.number:04d}.log"
         try:
             run = _run_child(settings, ref, cfg, log, max_energy_j=cap)
+            run["seed"] = settings.seed
+            if run["reached"] and (best is None or run["energy_to_target_j"] < best * RECHECK_BAND):
+                # Whether a run crosses the target at epoch 1 or 3 depends on its seed as much
+                # as on its knobs (digits: batch 16 took 1 epoch with seeds 0 and 1000, and 1
+                # to 3 with seeds 1 to 5). A lucky run would win the walk and lose the
+                # side-by-side rounds, and an unlucky one would hide a good configuration, so a
+                # run near or below the best counts as the mean over three seeds (five for a
+                # short run). No energy
+                # cap on the others: their full figures are needed.
+                short = run["epochs"] <= SHORT_RUN_EPOCHS
+                short = short and run["time_to_target_s"] <= SHORT_RUN_S
+                n = RECHECKS_SHORT if short else RECHECKS
+                say(f"trial {trial.number}: {_describe(run)}; again with {n} other seeds")
+                reruns: list[dict[str, Any]] = []
+                for i in range(1, n + 1):
+                    seed = settings.seed + i * RECHECK_SEED
+                    again = _run_child(
+                        settings, ref, cfg, log.with_suffix(f".seed{seed}.log"), seed=seed
+                    )
+                    again["seed"] = seed
+                    reruns.append(again)
+                run = _seeds(run, reruns)
         except KeyboardInterrupt:
             with contextlib.suppress(Exception):
                 trial.set_user_attr("fail_reason", f"{INTERRUPTED}: stopped by Ctrl-C")
@@ -441,7 +565,11 @@ def _objective(
         trial.set_user_attr("run", {k: v for k, v in run.items() if k != "config"})
         trial.set_user_attr("reached", bool(run["reached"]))
         trial.set_constraint("target", 0.0 if run["reached"] else 1.0)
-        say(f"trial {trial.number}: {_describe(run)}")
+        if "seed_runs" in run:
+            seeds = " and ".join(str(r["seed"]) for r in run["seed_runs"])
+            say(f"trial {trial.number}: seeds {seeds}: {_describe(run)}")
+        else:
+            say(f"trial {trial.number}: {_describe(run)}")
         if run["reached"]:
             return float(run["energy_to_target_j"]), float(run["time_to_target_s"])
         return float(run["energy_j"] or 0.0), float(run["time_s"])
@@ -458,7 +586,9 @@ def _describe(run: Mapping[str, Any]) -> str:
             f"reached {run['accuracy']:.4f} in {run['epochs']} epoch(s): "
             f"{fmt_energy_j(run['energy_to_target_j'])}, {run['time_to_target_s']:.1f} s ({source})"
         )
-    return f"stopped at {run['accuracy']}: {run['stopped']} ({source})"
+    accuracy = run["accuracy"]
+    at = f"{accuracy:.4f}" if isinstance(accuracy, float) else "no accuracy yet"
+    return f"stopped at {at}: {run['stopped']} ({source})"
 
 
 def _run_trials(
@@ -475,6 +605,7 @@ def _run_trials(
 
     duplicates = 0
     recover_dead_trials(study)
+    _ensure_profile(study, settings, ref, out_dir, say)
     while True:
         counts = count_trials(study.get_trials(deepcopy=False))
         step = next_step(counts, duplicates, settings.trials)
@@ -496,6 +627,60 @@ def _run_trials(
         )
         duplicates = duplicates + 1 if outcome.get("duplicate") else 0
         recover_dead_trials(study)
+
+
+def _ensure_profile(
+    study: optuna.Study,
+    settings: TrainingSettings,
+    ref: TaskRef,
+    out_dir: Path,
+    say: Callable[[str], None],
+) -> None:
+    """Measure the recipe's step under every precision, thread count and memory format of the
+    space, side by side in one child (:mod:`._profile`), once per study; the cheapest joins the
+    walk right after the recipe. A profile that fails is noted and the walk goes on without it."""
+    from wattwise.measure import run_isolated
+    from wattwise.training._profile import profile_job, step_variants
+
+    if PROFILE_ATTR in study.user_attrs:
+        return
+    space = settings.space
+    variants = step_variants(space, space.default_params())
+    if len(variants) < 2:
+        return
+    configs = [space.config(v).to_dict() for v in variants]
+    say(f"step profile: {len(variants)} settings of precision, threads and memory format")
+    try:
+        got = run_isolated(
+            profile_job,
+            ref,
+            configs,
+            settings.seed,
+            settings.device,
+            settings.meter,
+            timeout_s=settings.timeout_per_run_s,
+            what="training step profile",
+            log_path=out_dir / "logs" / "step-profile.log",
+        )
+    except WattwiseError as exc:
+        reason = str(exc).splitlines()[0][:300]
+        say(f"step profile failed: {reason}; the walk goes on without it")
+        study.set_user_attr(PROFILE_ATTR, {"failed": reason})
+        return
+    rows = got["rows"]
+    for variant, row in zip(variants, rows, strict=True):
+        row["params"] = variant
+    cheapest = min(rows, key=lambda r: r["j_per_item"])
+    recipe = rows[0]
+    say(
+        f"step profile: cheapest {space.config(cheapest['params']).label()}, "
+        f"{recipe['j_per_item'] / cheapest['j_per_item']:.2f}x less per item than the recipe's "
+        f"step (median of {got['rounds']} rounds side by side, {got['energy_source']})"
+    )
+    study.set_user_attr(
+        PROFILE_ATTR,
+        {**got, "cheapest": cheapest["params"] if cheapest is not recipe else None},
+    )
 
 
 def _rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -530,6 +715,7 @@ def _rows(study: optuna.Study) -> list[dict[str, Any]]:
                         "energy_uncertainty",
                         "power_limit_w",
                         "prediction",
+                        "seed_runs",
                     )
                 },
             }
@@ -586,14 +772,18 @@ def _confirm(
 ) -> dict[str, list[dict[str, Any]]] | None:
     """Train the default and the best again side by side, alternating which goes first; the
     best's last run writes the model. ``None`` when there is nothing to confirm. Stored in the
-    study, so a rerun with the same best and an artifact in place does not train again."""
+    study, so a rerun with the same best and an artifact in place does not train again.
+
+    Round ``r`` trains both with seed ``settings.seed + 1 + r``: seeds the search never saw, so
+    a configuration that won on one lucky initialisation cannot carry its luck into the
+    published ratio. Within a round both have the same seed."""
     from wattwise.search._outdir import ARTIFACT_DIR, record_outputs
 
     if best_row is None or rounds == 0:
         return None
     default_cfg = settings.space.config(settings.space.default_params())
     best_cfg = settings.space.config(best_row["params"])
-    key = _key({"best": best_row["params"], "rounds": rounds})
+    key = _key({"best": best_row["params"], "rounds": rounds, "seeds": "search+1+round"})
     stored = study.user_attrs.get(CONFIRM_ATTR)
     artifact = out_dir / ARTIFACT_DIR
     if isinstance(stored, Mapping) and stored.get("key") == key and artifact.is_dir():
@@ -610,9 +800,17 @@ def _confirm(
             cfg = roles[role]
             last = r == rounds - 1 and role == ("default" if same else "best")
             log = out_dir / "logs" / f"confirm-{r}-{role}.log"
-            run = _run_child(settings, ref, cfg, log, save_to=str(artifact) if last else None)
+            run = _run_child(
+                settings,
+                ref,
+                cfg,
+                log,
+                save_to=str(artifact) if last else None,
+                seed=settings.seed + 1 + r,
+            )
+            run["seed"] = settings.seed + 1 + r
             runs[role].append(run)
-            say(f"round {r + 1} {role}: {_describe(run)}")
+            say(f"round {r + 1} (seed {run['seed']}) {role}: {_describe(run)}")
     if same:
         runs["best"] = runs["default"]
     study.set_user_attr(CONFIRM_ATTR, {"key": key, "runs": runs})
@@ -676,6 +874,7 @@ def _report(
     best_row: Mapping[str, Any] | None,
     confirmed: Mapping[str, Sequence[Mapping[str, Any]]] | None,
     *,
+    profile: Mapping[str, Any] | None = None,
     rounds: int,
     hardware: dict[str, Any],
     study: str,
@@ -688,6 +887,22 @@ def _report(
     default: TrainingFigures | None
     best: TrainingFigures | None
     spent = sum(float(r.get("energy_j") or 0.0) for r in rows)
+    if profile and profile.get("rows"):
+        spent += float(profile.get("energy_j") or 0.0)
+        recipe = profile["rows"][0]
+        ranked = sorted(profile["rows"], key=lambda r: r["j_per_item"])
+        notes.append(
+            "step profile (the recipe's step under each precision, thread count and memory "
+            f"format, median of {profile.get('rounds')} rounds side by side, "
+            f"{profile.get('energy_source')}): "
+            + "; ".join(
+                f"{settings.space.config(r['params']).label()} "
+                f"{recipe['j_per_item'] / r['j_per_item']:.2f}x"
+                for r in ranked
+            )
+        )
+    elif profile and profile.get("failed"):
+        notes.append(f"the step profile failed: {profile['failed']}")
     if confirmed is not None:
         default = _figures(confirmed["default"])
         best = _figures(confirmed["best"])
@@ -696,6 +911,12 @@ def _report(
         prediction = confirmed["default"][0].get("prediction")
         distinct = {id(runs): runs for runs in confirmed.values()}.values()  # best may be default
         spent += sum(float(r.get("energy_j") or 0.0) for runs in distinct for r in runs)
+        seeds = sorted({r["seed"] for r in confirmed["default"] if "seed" in r})
+        if seeds:
+            notes.append(
+                f"the side-by-side rounds train with seeds {', '.join(map(str, seeds))}, which "
+                f"the search (seed {settings.seed}) did not use"
+            )
         if ratios:
             notes.append(
                 f"energy ratio default/best per round: {', '.join(f'{x:.2f}' for x in ratios)}"
