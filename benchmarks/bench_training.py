@@ -2,7 +2,7 @@
 prediction, and compression's fine-tunes with the tuned configuration.
 
 1. ``digits`` to 0.97: ``tune_training`` (12 configurations), then the recipe and the best
-   trained again side by side in 5 alternating rounds; the ratio is the median of the ratios
+   trained again side by side in 7 alternating rounds; the ratio is the median of the ratios
    within rounds. The default's first-epoch prediction is checked against its run.
 2. A transformer task (``tinylm`` by default, ``--text-task``) the same way, with fewer
    configurations.
@@ -60,6 +60,8 @@ def tune_case(task: str, target: float, trials: int, rounds: int, workdir: Path)
     )
     report = result.report.to_dict()
     report["elapsed_s"] = time.perf_counter() - t0
+    report["commit"] = _commit()
+    report["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return report
 
 
@@ -72,7 +74,10 @@ def build_job(task_name: str, baseline: str, recipe: list[dict[str, Any]], confi
 
     task = load_task(task_name)
     if config is not None:
-        task = dataclasses.replace(task, train_config=TrainConfig.from_dict(config))
+        # As optimize --training applies it (search/_objective.py).
+        task = dataclasses.replace(
+            task, train_config=TrainConfig.from_dict(config).for_fine_tunes()
+        )
     model = task.model_factory()
     model.load_state_dict(torch.load(baseline, weights_only=True))
     _built, log = compress(model.eval(), recipe, task=task, seed=0)
@@ -81,11 +86,20 @@ def build_job(task_name: str, baseline: str, recipe: list[dict[str, Any]], confi
         "time_s": sum(r.time_s for r in log.records),
         "accuracy": log.final.accuracy,
         "energy_source": log.records[0].energy_source,
+        # The epochs each fine-tune ran, when it could stop early (None: its whole length).
+        "epochs_run": [r.metrics.get("finetune_epochs_run") for r in log.records],
     }
 
 
+# The roles of the fine-tunes' comparison: the task's recipe as the search runs it today; the
+# recipe's knobs, each fine-tune stopping once it is back at the accuracy it started from (what
+# a tuned configuration brings besides its knobs); the tuned configuration, stopping likewise.
+LEDGER_ROLES = ("recipe", "recipe-to-target", "tuned")
+
+
 def ledger_case(task_name: str, config: dict[str, Any], rounds: int, workdir: Path) -> dict:
-    """The search's fine-tunes with the task's recipe and with ``config``, side by side."""
+    """The search's fine-tunes under each of :data:`LEDGER_ROLES`, side by side in rotating
+    rounds, each build in its own child process on the meter."""
     import torch
 
     from wattwise.measure import run_isolated
@@ -96,41 +110,46 @@ def ledger_case(task_name: str, config: dict[str, Any], rounds: int, workdir: Pa
     model = task.fit(task.model_factory(), seed=task.seed)
     baseline = workdir / "baseline.pt"
     torch.save(model.state_dict(), baseline)
-    # The fine-tunes keep their own length: the schedule's length is the pass's, not the run's.
-    tuned = {**config, "epochs": None}
-    TrainConfig.from_dict(tuned)
+    tuned = dict(config)
+    configs: dict[str, dict[str, Any] | None] = {
+        "recipe": None,
+        "recipe-to-target": TrainConfig().to_dict(),
+        "tuned": tuned,
+    }
     out: dict[str, Any] = {"config": tuned, "baseline_accuracy": task.evaluate(model)}
     for name, recipe in LEDGER_RECIPES.items():
-        runs: dict[str, list[dict[str, Any]]] = {"recipe": [], "tuned": []}
+        runs: dict[str, list[dict[str, Any]]] = {role: [] for role in LEDGER_ROLES}
         for r in range(rounds):
-            order = ["recipe", "tuned"] if r % 2 == 0 else ["tuned", "recipe"]
+            order = LEDGER_ROLES[r % len(LEDGER_ROLES) :] + LEDGER_ROLES[: r % len(LEDGER_ROLES)]
             for role in order:
-                cfg = None if role == "recipe" else tuned
-                threads = tuned.get("threads") if role == "tuned" else None
+                cfg = configs[role]
                 got = run_isolated(
                     build_job,
                     task_name,
                     str(baseline),
                     recipe,
                     cfg,
-                    threads=threads,
+                    threads=(cfg or {}).get("threads"),
                     timeout_s=1800,
                 )
                 runs[role].append(got)
                 _log(f"  {name} round {r + 1} {role}: {got}")
-        ratios = [
-            a["energy_j"] / b["energy_j"]
-            for a, b in zip(runs["recipe"], runs["tuned"], strict=True)
-        ]
-        out[name] = {
-            "runs": runs,
-            "energy_ratio": statistics.median(ratios),
-            "ratios": ratios,
-            "recipe_energy_j": statistics.median(r["energy_j"] for r in runs["recipe"]),
-            "tuned_energy_j": statistics.median(r["energy_j"] for r in runs["tuned"]),
-            "recipe_accuracy": statistics.median(r["accuracy"] for r in runs["recipe"]),
-            "tuned_accuracy": statistics.median(r["accuracy"] for r in runs["tuned"]),
-        }
+        case: dict[str, Any] = {"runs": runs}
+        for role in LEDGER_ROLES:
+            case[role] = {
+                "energy_j": statistics.median(x["energy_j"] for x in runs[role]),
+                "time_s": statistics.median(x["time_s"] for x in runs[role]),
+                "accuracy": statistics.median(x["accuracy"] for x in runs[role]),
+                "epochs_run": runs[role][-1]["epochs_run"],
+            }
+            if role != "recipe":
+                ratios = [
+                    a["energy_j"] / b["energy_j"]
+                    for a, b in zip(runs["recipe"], runs[role], strict=True)
+                ]
+                case[role]["energy_ratio"] = statistics.median(ratios)
+                case[role]["ratios"] = ratios
+        out[name] = case
     return out
 
 
@@ -171,24 +190,60 @@ def render(doc: dict[str, Any]) -> str:
             f"{f'{ratio:.2f}x' if ratio else '—'} | {f'{tr:.2f}x' if tr else '—'} | "
             f"{f'{err:+.1%}' if err is not None else '—'} |"
         )
+    for key in ("digits", "text"):
+        case = doc.get(key)
+        if not case:
+            continue
+        p = case.get("prediction") or {}
+        lines += [
+            "",
+            f"**{case['task']}** (commit `{case.get('commit', doc['commit'])}`, "
+            f"{len(case.get('trials') or [])} trials, "
+            f"{case.get('elapsed_s', 0) / 60:.1f} min, the search's own energy "
+            f"{_energy(case.get('search_energy_j'))}):",
+            "",
+        ]
+        lines += [f"- {note}" for note in case.get("notes") or []]
+        if p:
+            low, high = p.get("interval_j") or (None, None)
+            err = p.get("energy_error")
+            lines.append(
+                f"- the default's prediction after epoch 1: {_energy(p.get('predicted_energy_j'))} "
+                f"[{_energy(low)} to {_energy(high)}] for its {p.get('epochs')}-epoch schedule; "
+                f"it stopped at the target after {p.get('actual_epochs')} epoch(s), "
+                f"{_energy(p.get('actual_energy_j'))}, against "
+                f"{_energy(p.get('predicted_energy_at_actual_j'))} predicted for as many: "
+                + (f"error {err:+.1%}" if err is not None else "no error (nothing predicted)")
+            )
     ledger = doc.get("ledger")
     if ledger:
         lines += [
             "",
             "## The search's fine-tunes with the tuned configuration",
             "",
-            f"Configuration: `{ledger['config']}`. Each build in its own child, 3 alternating rounds.",
+            f"Tuned configuration: `{ledger['config']}`; the fine-tunes take its precision, "
+            "compile, threads and memory format (`TrainConfig.for_fine_tunes`), and keep the "
+            "pass's batch, rate and length. Each build in its own child process, 3 rounds in rotating order. "
+            "*recipe*: the task's recipe, every fine-tune its whole length, as the search runs "
+            "without `--training`. *recipe, to target*: the recipe's knobs, each fine-tune "
+            "stopping once it is back at the accuracy it started from. *tuned*: the tuned "
+            "configuration, stopping likewise (`optimize --training training.json`). Ratios are "
+            "medians of the ratios within rounds.",
             "",
             f"Energy source: `{ledger['distill-w0.5']['runs']['recipe'][0]['energy_source']}`.",
             "",
-            "| fine-tune | recipe | tuned | recipe/tuned | accuracy recipe → tuned |",
-            "| --- | --- | --- | --- | --- |",
+            "| fine-tune | recipe | recipe, to target | tuned | recipe/tuned | accuracy "
+            "(recipe / to target / tuned) | epochs run (tuned) |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name in LEDGER_RECIPES:
             c = ledger[name]
+            rec, stop, tuned = (c[role] for role in LEDGER_ROLES)
             lines.append(
-                f"| {name} | {_energy(c['recipe_energy_j'])} | {_energy(c['tuned_energy_j'])} | "
-                f"{c['energy_ratio']:.2f}x | {c['recipe_accuracy']:.4f} → {c['tuned_accuracy']:.4f} |"
+                f"| {name} | {_energy(rec['energy_j'])} | {_energy(stop['energy_j'])} "
+                f"({stop['energy_ratio']:.2f}x less) | {_energy(tuned['energy_j'])} | "
+                f"**{tuned['energy_ratio']:.2f}x** | {rec['accuracy']:.4f} / "
+                f"{stop['accuracy']:.4f} / {tuned['accuracy']:.4f} | {tuned['epochs_run']} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -197,8 +252,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--text-task", default="tinylm")
     parser.add_argument("--text-target", type=float, default=0.45)
-    parser.add_argument("--skip-text", action="store_true")
+    parser.add_argument(
+        "--skip-text",
+        action="store_true",
+        help="leave the text task out; one already in training.json is kept, with its own date",
+    )
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite training.md from training.json"
+    )
     args = parser.parse_args()
+    if args.render_only:
+        atomic_write_text(DOC, render(json.loads(OUT.read_text())))
+        return
     before = machine_load()
     if before > LOAD_LIMIT_CORES:
         sys.exit(f"other processes use {before:.2f} cores: benchmark on a quiet machine")
@@ -209,17 +274,30 @@ def main() -> None:
         "versions": _versions(),
         "load_before_cores": before,
     }
+    if args.skip_text and OUT.is_file():
+        kept = json.loads(OUT.read_text()).get("text")
+        if kept:
+            kept.setdefault("commit", "an earlier run's")
+            doc["text"] = kept
     with tempfile.TemporaryDirectory(prefix="ww-bench-train-") as tmp:
         work = Path(tmp)
-        _log("digits to 0.97: tune_training, 12 configurations, 5 rounds")
-        doc["digits"] = tune_case("digits", 0.97, 12, 5, work)
+        _log("digits to 0.97: tune_training, 12 configurations, 7 rounds")
+        doc["digits"] = tune_case("digits", 0.97, 12, 7, work)
+        _write(doc)
         best = doc["digits"].get("best")
         if best is not None:
             _log("the search's fine-tunes with the recipe and the tuned configuration")
             doc["ledger"] = ledger_case("digits", best["config"], 3, work)
+            _write(doc)
         if not args.skip_text:
-            _log(f"{args.text_task} to {args.text_target}: 6 configurations, 3 rounds")
-            doc["text"] = tune_case(args.text_task, args.text_target, 6, 3, work)
+            _log(f"{args.text_task} to {args.text_target}: 8 configurations, 3 rounds")
+            doc["text"] = tune_case(args.text_task, args.text_target, 8, 3, work)
+            _write(doc)
+
+
+def _write(doc: dict[str, Any]) -> None:
+    """Each stage's figures are written as soon as they exist: a later stage that fails or is
+    stopped does not take them with it."""
     atomic_write_text(OUT, json.dumps(doc, indent=1, default=str) + "\n")
     atomic_write_text(DOC, render(doc))
     _log(f"wrote {OUT} and {DOC}")
