@@ -232,3 +232,22 @@ def test_the_walk_goes_on_to_the_next_knob() -> None:
     assert first[0]["threads"] == 1
     after_threads = SPACE.neighbours({**SPACE.default_params(), "threads": 1}, "threads")
     assert after_threads[0]["batch_size"] == 256 and after_threads[-1]["threads"] == 0
+
+
+def test_the_headline_ratio_is_of_the_means_over_rounds() -> None:
+    from wattwise.training._tune import _ratio
+
+    def r(e: float, reached: bool = True) -> dict:
+        return {"reached": reached, "energy_to_target_j": e if reached else None}
+
+    runs = {
+        "default": [r(3.0), r(2.0), r(3.0), r(9.0)],
+        "best": [r(2.0), r(2.0), r(1.0), r(1.0, reached=False)],
+    }
+    ratio, per_round = _ratio(runs, "energy_to_target_j")
+    assert per_round == [1.5, 1.0, 3.0]  # the last round: the best did not reach the target
+    assert ratio == (8.0 / 3) / (5.0 / 3)
+    assert _ratio({"default": [r(1.0)], "best": [r(1.0, False)]}, "energy_to_target_j") == (
+        None,
+        [],
+    )
