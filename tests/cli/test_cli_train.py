@@ -38,6 +38,8 @@ def test_train_a_strangers_model_to_a_target(tmp_path: Path) -> None:
         "2",
         "--rounds",
         "1",
+        "--seeds",
+        "1",
         "--out",
         str(out),
         "--json",
@@ -52,6 +54,7 @@ def test_train_a_strangers_model_to_a_target(tmp_path: Path) -> None:
     first = doc["trials"][1]["config"]
     assert first["batch_size"] == 32 and (first["precision"] == "bf16" or first["threads"] == 1)
     assert doc["meter"]["source"].startswith(("measured:", "estimated:"))
+    assert all(t.get("seed_runs") is None for t in doc["trials"])  # --seeds 1: no reruns
     assert "[train] trial 0" in proc.stderr
     assert (out / "artifact" / "deployment.json").is_file() == (doc["artifact"] is not None)
 

@@ -177,6 +177,7 @@ def test_a_worker_joins_a_training_study_from_the_storage_alone(tmp_path: Path) 
         target_accuracy=0.9,
         trials=2,
         space=SPACE,
+        seeds=1,
     )
     open_training_study(open_storage(url), "shared", settings, url=url)
     study = find_training_study(url, "shared")

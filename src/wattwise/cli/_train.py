@@ -91,6 +91,15 @@ def train(
             help="GPU: the most a profiled power limit may slow a step (0.1 = 10%).",
         ),
     ] = 0.1,
+    seeds: Annotated[
+        int | None,
+        typer.Option(
+            "--seeds",
+            min=1,
+            help="Seeds a run near or below the best is trained with before it counts (their "
+            "mean). Default: 3, or 5 for a run of at most 3 epochs and 30 s. 1: no reruns.",
+        ),
+    ] = None,
     predict: Annotated[
         bool,
         typer.Option(
@@ -131,6 +140,7 @@ def train(
             rounds=rounds,
             timeout_per_run_s=timeout_per_run,
             max_slowdown=max_slowdown,
+            seeds=seeds,
         )
     report = result.report
     if json_out:

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["STEP_KNOBS", "profile_job", "profile_steps", "step_variants"]
 
 STEP_KNOBS = ("precision", "threads", "channels_last")
-WINDOW_S = 1.0  # each setting trains at least this long per round ...
-MIN_STEPS = 4  # ... and at least this many steps
+WINDOW_S = 0.25  # each setting trains at least this long per round ...
+MIN_STEPS = 20  # ... and at least this many steps
 ROUNDS = 3
 
 
