@@ -252,3 +252,29 @@ def test_the_headline_ratio_is_of_the_means_over_rounds() -> None:
         None,
         [],
     )
+
+
+def test_while_nothing_reaches_the_target_the_walk_changes_what_is_learned(
+    tmp_path: Path,
+) -> None:
+    """Threads and precision change what a step costs, not what a run learns: while no run
+    has reached the target, the walk tries the batch size first (a smaller one: a larger
+    batch takes fewer steps than the recipe's run that fell short)."""
+    space = TrainingSpace(
+        {**SPACE.choices, "batch_size": (64, 256, 32)},
+        base_batch_size=SPACE.base_batch_size,
+        base_lr=SPACE.base_lr,
+    )
+    result = tune_training(
+        "train_tasks:tiny",
+        0.999,
+        trials=2,
+        out=tmp_path / "out",
+        space=space,
+        rounds=0,
+        seeds=1,
+        progress=False,
+    )
+    first, second = result.report.trials
+    assert not first["reached"] and first["params"]["threads"] == 0
+    assert second["params"]["batch_size"] == 32 and second["params"]["threads"] == 0
