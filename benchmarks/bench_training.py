@@ -14,7 +14,7 @@ The machine must be quiet: other processes' load is measured for 5 s first, and 
 refuses to start above half a core. Writes ``docs/benchmarks/training.json`` and
 ``docs/benchmarks/training.md``.
 
-Run: ``.venv/bin/python benchmarks/bench_training.py`` (about 30 min on 2 cores).
+Run: ``.venv/bin/python benchmarks/bench_training.py`` (about 25 min on 2 cores).
 """
 
 from __future__ import annotations
