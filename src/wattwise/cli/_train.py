@@ -165,7 +165,8 @@ def train(
         time_ratio = f"{report.time_ratio:.2f}x" if report.time_ratio is not None else "—"
         typer.echo(
             f"  default / best: {report.energy_ratio:.2f}x the energy to target, {time_ratio} "
-            f"the time (medians of {report.rounds} side-by-side rounds)"
+            f"the time (ratio of the means over {report.rounds} side-by-side rounds, each on "
+            "its own seed; the figures above are their medians)"
         )
     for line in _prediction_lines(report.prediction):
         typer.echo(f"  {line}")

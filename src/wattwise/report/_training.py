@@ -39,7 +39,11 @@ def _card(key: str, value: str, sub: str = "") -> str:
 def _cards(doc: Mapping[str, Any]) -> str:
     default, best = doc.get("default") or {}, doc.get("best") or {}
     rounds = doc.get("rounds") or 0
-    how = f"median of {rounds} side-by-side rounds" if rounds else "single runs"
+    how = (
+        f"ratio of the means over {rounds} side-by-side rounds, each on its own seed"
+        if rounds
+        else "single runs"
+    )
     return (
         '<div class="cards">'
         + _card(
