@@ -3,6 +3,7 @@ for another target), the side-by-side rounds, training.json, the page and the mo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -278,3 +279,28 @@ def test_while_nothing_reaches_the_target_the_walk_changes_what_is_learned(
     first, second = result.report.trials
     assert not first["reached"] and first["params"]["threads"] == 0
     assert second["params"]["batch_size"] == 32 and second["params"]["threads"] == 0
+
+
+def test_which_runs_are_trained_again_with_other_seeds() -> None:
+    from train_tasks import tiny
+
+    from wattwise.search._objective import task_id
+    from wattwise.training import TrainingSettings
+    from wattwise.training._tune import _reruns_wanted
+
+    base = TrainingSettings(
+        task_spec="train_tasks:tiny",
+        task_name="tiny",
+        task_id=task_id(tiny(), "train_tasks:tiny"),
+        target_accuracy=0.9,
+        trials=4,
+        space=SPACE,
+    )
+    short = {"reached": True, "energy_to_target_j": 1.0, "epochs": 2, "time_to_target_s": 1.0}
+    long = {**short, "epochs": 20, "time_to_target_s": 600.0}
+    assert _reruns_wanted(short, None, base) == 4  # the first to reach, and a short run
+    assert _reruns_wanted(long, 1.1, base) == 2  # near the best
+    assert _reruns_wanted(long, 0.5, base) == 0  # far from it
+    assert _reruns_wanted({**short, "reached": False}, None, base) == 0
+    assert _reruns_wanted(short, None, dataclasses.replace(base, seeds=1)) == 0
+    assert _reruns_wanted(long, None, dataclasses.replace(base, seeds=4)) == 3

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from wattwise.errors import InputError, WattwiseError
 from wattwise.training._file import TrainingFigures, TrainingReport
+from wattwise.training._profile import STEP_KNOBS
 from wattwise.training._run import RunSpec, train_job
 from wattwise.training._space import KNOBS, TrainingSpace, training_space
 
@@ -402,8 +403,6 @@ def _propose(study: optuna.Study, space: TrainingSpace) -> None:
     # While nothing has reached the target, the knobs that change only what a step costs
     # cannot help: from the recipe, the walk starts with those that change what a run learns
     # (a stranger's net at 0.91 of 0.93 spent four runs on threads and precision).
-    from wattwise.training._profile import STEP_KNOBS
-
     starts.append((None, space.default_params(), None if reached else STEP_KNOBS[-1], 0.0))
     for number, params, after, seconds in starts:
         for candidate in space.neighbours(params, after):
@@ -420,8 +419,8 @@ def _fewer_steps_than_failed(
 ) -> bool:
     """``candidate`` is a larger batch than a run that ran out of schedule short of the target,
     with every other knob the same."""
+    others = {k: v for k, v in candidate.items() if k != "batch_size"}
     for failed in ran_out:
-        others = {k: v for k, v in candidate.items() if k != "batch_size"}
         if others == {k: v for k, v in failed.items() if k != "batch_size"} and int(
             candidate.get("batch_size") or 0
         ) > int(failed.get("batch_size") or 0):
@@ -439,6 +438,36 @@ def _best_energy(study: optuna.Study) -> float | None:
         if t.user_attrs.get("reached")
     ]
     return min(best) if best else None
+
+
+def _reruns_wanted(run: Mapping[str, Any], best: float | None, settings: TrainingSettings) -> int:
+    """How many other seeds ``run`` is trained with before it counts: none unless it reached
+    the target within :data:`RECHECK_BAND` of the best so far (or is the first to reach it).
+
+    Whether a run crosses the target at epoch 1 or 3 depends on its seed as much as on its
+    knobs (digits: batch 16 took 1 epoch with seeds 0 and 1000, and 1 to 3 with seeds 1 to 5).
+    A lucky run would win the walk and lose the side-by-side rounds, and an unlucky one would
+    hide a good configuration, so a run near or below the best counts as the mean over three
+    seeds, five for a short run, or ``settings.seeds``."""
+    if not run["reached"] or settings.seeds == 1:
+        return 0
+    if best is not None and run["energy_to_target_j"] >= best * RECHECK_BAND:
+        return 0
+    if settings.seeds is not None:
+        return settings.seeds - 1
+    short = run["epochs"] <= SHORT_RUN_EPOCHS and run["time_to_target_s"] <= SHORT_RUN_S
+    return RECHECKS_SHORT if short else RECHECKS
+
+
+def _rerun(
+    settings: TrainingSettings, ref: TaskRef, cfg: TrainConfig, log: Path, i: int
+) -> dict[str, Any]:
+    """``cfg`` run again with seed ``settings.seed + i * RECHECK_SEED``, with no energy cap:
+    its full figure is needed."""
+    seed = settings.seed + i * RECHECK_SEED
+    again = _run_child(settings, ref, cfg, log.with_suffix(f".seed{seed}.log"), seed=seed)
+    again["seed"] = seed
+    return again
 
 
 def _seeds(first: Mapping[str, Any], others: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -550,32 +579,12 @@ def _objective(
         try:
             run = _run_child(settings, ref, cfg, log, max_energy_j=cap)
             run["seed"] = settings.seed
-            near = run["reached"] and (
-                best is None or run["energy_to_target_j"] < best * RECHECK_BAND
-            )
-            if near and settings.seeds != 1:
-                # Whether a run crosses the target at epoch 1 or 3 depends on its seed as much
-                # as on its knobs (digits: batch 16 took 1 epoch with seeds 0 and 1000, and 1
-                # to 3 with seeds 1 to 5). A lucky run would win the walk and lose the
-                # side-by-side rounds, and an unlucky one would hide a good configuration, so a
-                # run near or below the best counts as the mean over three seeds (five for a
-                # short run). No energy
-                # cap on the others: their full figures are needed.
-                short = run["epochs"] <= SHORT_RUN_EPOCHS
-                short = short and run["time_to_target_s"] <= SHORT_RUN_S
-                n = RECHECKS_SHORT if short else RECHECKS
-                if settings.seeds is not None:
-                    n = settings.seeds - 1
-                say(f"trial {trial.number}: {_describe(run)}; again with {n} other seeds")
-                reruns: list[dict[str, Any]] = []
-                for i in range(1, n + 1):
-                    seed = settings.seed + i * RECHECK_SEED
-                    again = _run_child(
-                        settings, ref, cfg, log.with_suffix(f".seed{seed}.log"), seed=seed
-                    )
-                    again["seed"] = seed
-                    reruns.append(again)
-                run = _seeds(run, reruns)
+            reruns = _reruns_wanted(run, best, settings)
+            if reruns:
+                say(f"trial {trial.number}: {_describe(run)}; again with {reruns} other seeds")
+                run = _seeds(
+                    run, [_rerun(settings, ref, cfg, log, i) for i in range(1, reruns + 1)]
+                )
         except KeyboardInterrupt:
             with contextlib.suppress(Exception):
                 trial.set_user_attr("fail_reason", f"{INTERRUPTED}: stopped by Ctrl-C")
