@@ -153,6 +153,11 @@ def ledger_case(task_name: str, config: dict[str, Any], rounds: int, workdir: Pa
     return out
 
 
+def _source(case: dict[str, Any]) -> str:
+    """The meter label of a case's figures."""
+    return str((case.get("meter") or {}).get("source", "unknown source"))
+
+
 def _energy(j: float | None) -> str:
     from wattwise.report import fmt_energy_j
 
@@ -200,7 +205,7 @@ def render(doc: dict[str, Any]) -> str:
             f"**{case['task']}** (commit `{case.get('commit', doc['commit'])}`, "
             f"{len(case.get('trials') or [])} trials, "
             f"{case.get('elapsed_s', 0) / 60:.1f} min, the search's own energy "
-            f"{_energy(case.get('search_energy_j'))}):",
+            f"{_energy(case.get('search_energy_j'))}, {_source(case)}):",
             "",
         ]
         lines += [f"- {note}" for note in case.get("notes") or []]
@@ -214,6 +219,7 @@ def render(doc: dict[str, Any]) -> str:
                 f"{_energy(p.get('actual_energy_j'))}, against "
                 f"{_energy(p.get('predicted_energy_at_actual_j'))} predicted for as many: "
                 + (f"error {err:+.1%}" if err is not None else "no error (nothing predicted)")
+                + f" ({p.get('energy_source') or _source(case)})"
             )
     ledger = doc.get("ledger")
     if ledger:
