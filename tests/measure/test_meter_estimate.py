@@ -10,7 +10,7 @@ import time
 import pytest
 
 from wattwise.errors import InputError, UnavailableError, UnknownNameError
-from wattwise.measure.meters import EstimateMeter, create_meter
+from wattwise.measure.meters import EstimateMeter, Meter, Reading, create_meter
 from wattwise.measure.meters._cpu_power import CPU_POWER, FALLBACK, detect_family, read_cpuinfo
 from wattwise.measure.meters.estimate import ENV_WATTS
 
@@ -64,6 +64,19 @@ def test_sleeping_costs_about_the_idle_share_only() -> None:
     assert 0 <= reading.domains["cpu-active"] < 0.05 * idle_j
     assert reading.energy_j > 0 and math.isfinite(reading.energy_j)
     assert reading.power_w == pytest.approx(meter.idle_power_w, rel=0.05)
+
+
+def test_a_reading_as_pinned_keeps_the_work_and_the_idle_share_of_those_vcpus() -> None:
+    meter = EstimateMeter(min_w_per_vcpu=MIN_W, max_w_per_vcpu=MAX_W)
+    meter.vcpus = 4
+    reading = Reading(5.0, 2.0, {"cpu-active": 3.0, "cpu-idle-share": 2.0})
+    one = meter.as_pinned(reading, 1)
+    assert one.domains == {"cpu-active": 3.0, "cpu-idle-share": 0.5}
+    assert one.energy_j == pytest.approx(3.5) and one.time_s == 2.0
+    assert meter.as_pinned(reading, 4) is reading  # pinned to all it may use: as read
+    assert meter.as_pinned(reading, 8) is reading
+    # A counter reads the package however the process is pinned.
+    assert Meter.as_pinned(meter, reading, 1) is reading
 
 
 def test_labels_and_description() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,30 @@ def test_a_real_run_stops_at_its_target_and_settles_its_prediction() -> None:
     assert p["interval_j"][0] <= p["predicted_energy_j"] <= p["interval_j"][1]
     assert p["actual_energy_j"] == pytest.approx(run["energy_to_target_j"])  # whole epochs
     assert p["energy_error"] is not None and abs(p["energy_error"]) < 1.0
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin one")
+def test_a_child_run_on_one_thread_is_pinned_to_one_cpu_and_charged_for_it() -> None:
+    """As every measuring child: a run on fewer threads owns as many vCPUs, so the estimate
+    charges it their idle share alone (the step profile reads its windows the same way)."""
+    from wattwise.measure import run_isolated
+    from wattwise.search._objective import TaskRef
+    from wattwise.training._run import train_job
+
+    ref = TaskRef("train_tasks:tiny", None)
+    runs = {
+        threads: run_isolated(
+            train_job,
+            ref,
+            RunSpec(TrainConfig(threads=threads, epochs=1).to_dict(), 0.0, meter="estimate"),
+            threads=threads,
+            timeout_s=120,
+            what="a pinned run",
+        )
+        for threads in (1, None)
+    }
+    assert runs[1]["vcpus"] == 1
+    assert runs[None]["vcpus"] == len(os.sched_getaffinity(0))
 
 
 def test_a_run_is_stopped_past_its_energy_cap_and_an_unreached_target_says_so() -> None:

@@ -93,6 +93,10 @@ def profile_steps(
                 task.fit(model, config=cfg, epochs=1000, seed=seed + r, on_step=stop)
                 reading = _resolved(meter_, mark)
                 spent_j, spent_s = spent_j + reading.energy_j, spent_s + reading.time_s
+                if cfg.threads:
+                    # A run on fewer threads is pinned to as many vCPUs (training/_run.py),
+                    # and this one child is not: read the window as the run's meter would.
+                    reading = meter_.as_pinned(reading, cfg.threads)
                 if r >= 0:
                     items = steps[0] * batch
                     per[i].append((reading.energy_j / items, reading.time_s / items))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from wattwise.tasks import TrainConfig
 from wattwise.training._predict import Block, Prediction, block_ends, predict
+from wattwise.training._space import _allowed_cpus
 
 if TYPE_CHECKING:
     from torch import nn
@@ -353,6 +354,7 @@ def train_run(task: Task, spec: RunSpec) -> dict[str, Any]:
         "energy_source": meter.source,
         "energy_uncertainty": float(meter.uncertainty),
         "steps_per_epoch": steps,
+        "vcpus": _allowed_cpus(),
         "prediction": prediction[0].to_dict() if prediction else None,
         "power_limit_w": chosen_w,
         "power_profile": profile,
@@ -387,13 +389,20 @@ def train_job(ref: TaskRef, spec: RunSpec) -> dict[str, Any]:
         ``config``, ``label``, ``reached``, ``epochs``, ``energy_to_target_j`` and
         ``time_to_target_s`` (``None`` unless reached), ``energy_j`` and ``time_s`` (all it
         spent), ``accuracy`` (the last), ``curve`` (per epoch: accuracy, seconds and joules
-        so far), ``stopped`` (why it stopped short, or ``None``), ``energy_source``,
+        so far), ``vcpus`` (the CPUs it was pinned to: its ``threads``, else all), ``stopped`` (why it stopped short, or ``None``), ``energy_source``,
         ``energy_uncertainty``, ``prediction`` (after epoch 1), ``power_limit_w`` and
         ``power_profile``.
     """
+    from wattwise.measure._isolate import pin_threads
     from wattwise.search._objective import _die_with_parent, _quiet_torch
 
     _die_with_parent()
+    threads = TrainConfig.from_dict(spec.config).threads
+    if threads:
+        # As every measuring job: a run on fewer threads is pinned to as many vCPUs (before
+        # anything starts a thread; threads inherit their creator's affinity), so it owns,
+        # and is charged for, only those.
+        pin_threads(threads)
     task = ref.load()
     _quiet_torch()
     return train_run(task, spec)

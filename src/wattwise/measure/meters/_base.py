@@ -73,6 +73,12 @@ class Meter(abc.ABC):
     def stop(self, mark: object) -> Reading:
         """End the window begun by ``mark``."""
 
+    def as_pinned(self, reading: Reading, vcpus: int) -> Reading:
+        """What ``reading`` would have been from a process pinned to ``vcpus`` of the CPUs this
+        one may use, for a window that kept no more than that many busy. A hardware counter
+        reads the whole package or board however a process is pinned: unchanged here."""
+        return reading
+
     def describe(self) -> dict[str, object]:
         """What a results file records about this meter."""
         return {

@@ -189,6 +189,19 @@ class EstimateMeter(Meter):
             domains={"cpu-active": active_j, "cpu-idle-share": idle_j},
         )
 
+    def as_pinned(self, reading: Reading, vcpus: int) -> Reading:
+        """The idle share of ``vcpus`` instead of every vCPU this process may use: what
+        :meth:`stop` gives a process pinned to them (the active part, work done, is the same)."""
+        idle = reading.domains.get("cpu-idle-share")
+        if idle is None or not 0 < vcpus < self.vcpus:
+            return reading
+        kept = idle * vcpus / self.vcpus
+        return Reading(
+            energy_j=reading.energy_j - idle + kept,
+            time_s=reading.time_s,
+            domains={**reading.domains, "cpu-idle-share": kept},
+        )
+
     def describe(self) -> dict[str, object]:
         out = super().describe()
         out.update(model_row=self.model_row.to_dict(), vcpus=self.vcpus)
