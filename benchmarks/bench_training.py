@@ -2,8 +2,9 @@
 prediction, and compression's fine-tunes with the tuned configuration.
 
 1. ``digits`` to 0.97: ``tune_training`` (12 configurations), then the recipe and the best
-   trained again side by side in 7 alternating rounds; the ratio is the median of the ratios
-   within rounds. The default's first-epoch prediction is checked against its run.
+   trained again side by side in 7 alternating rounds, each on a seed the search did not use;
+   the ratio is of the means over the rounds (the ratios within rounds, and their median, are
+   in the notes). The default's first-epoch prediction is checked against its run.
 2. A transformer task (``tinylm`` by default, ``--text-task``) the same way, with fewer
    configurations.
 3. The search's own fine-tunes (the half-width student distilled, and 30% pruning's
