@@ -70,15 +70,18 @@ def build_job(task_name: str, baseline: str, recipe: list[dict[str, Any]], confi
     """One build of ``recipe`` from the saved baseline, in a child: its passes' joules."""
     import torch
 
+    from wattwise.measure._isolate import pin_threads
     from wattwise.passes import compress
     from wattwise.tasks import TrainConfig, load_task
 
+    # As optimize --training applies it (search/_objective.py): pinned to the fine-tunes'
+    # threads, and training the way the configuration runs a step.
+    fine_tunes = TrainConfig.from_dict(config).for_fine_tunes() if config is not None else None
+    if fine_tunes is not None and fine_tunes.threads:
+        pin_threads(fine_tunes.threads)
     task = load_task(task_name)
-    if config is not None:
-        # As optimize --training applies it (search/_objective.py).
-        task = dataclasses.replace(
-            task, train_config=TrainConfig.from_dict(config).for_fine_tunes()
-        )
+    if fine_tunes is not None:
+        task = dataclasses.replace(task, train_config=fine_tunes)
     model = task.model_factory()
     model.load_state_dict(torch.load(baseline, weights_only=True))
     _built, log = compress(model.eval(), recipe, task=task, seed=0)

@@ -654,8 +654,16 @@ def baseline_job(ctx: JobContext, batch_size: int, max_time_s: float) -> dict[st
 
 
 def build_job(ctx: JobContext, choice: ModelChoice) -> dict[str, Any]:
-    """Build the float model of ``choice`` into the cache (its training is the expensive part)."""
-    with _job(ctx) as (task, ledger):
+    """Build the float model of ``choice`` into the cache (its training is the expensive part).
+
+    Fine-tunes trained on fewer threads (``optimize --training``'s configuration) pin the job
+    to as many vCPUs, as a training run is pinned (``docs/training.md``)."""
+    threads = None
+    if ctx.train_config and choice.passes:
+        from wattwise.tasks import TrainConfig
+
+        threads = TrainConfig.from_dict(ctx.train_config).for_fine_tunes().threads
+    with _job(ctx, threads=threads) as (task, ledger):
         try:
             _model, info = _get_model(ctx, task, choice.passes, ledger)
         except Exception as exc:
