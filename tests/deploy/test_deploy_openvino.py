@@ -120,12 +120,49 @@ def test_bf16_runs_in_bf16_passes_its_check_and_reloads_as_bf16(trained, task, c
     assert art.verify().passed
 
 
+def _hint(dep: wd.Deployed) -> str:
+    compiled = dep.module.request.get_compiled_model()
+    return str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+
+
+@pytest.mark.skipif(
+    not native_bf16(), reason="the CPU has no AMX-BF16 or AVX512-BF16 (refusal below)"
+)
+def test_int8_bf16_runs_its_float_layers_in_bf16_and_reloads_as_such(
+    trained, task, calib, int8, tmp_path
+) -> None:
+    """The same NNCF int8 IR, its layers left in floating point run in bf16 (the plugin's
+    default on such a CPU) rather than pinned to fp32 as plain ``int8`` is."""
+    dep = wd.deploy(
+        trained,
+        "openvino",
+        "int8-bf16",
+        example_input=task.example_input,
+        calibration=calib,
+        batch_size=32,
+        threads=1,
+    )
+    assert "bf16" in _hint(dep) or "bfloat16" in _hint(dep)
+    assert "f32" in _hint(int8) or "float32" in _hint(int8)
+    assert dep.ir_bytes is not None and b'type="FakeQuantize"' in dep.ir_bytes[0]
+    assert dep.check is not None and dep.check.metric == "cosine" and dep.check.passed
+    assert abs(task.evaluate(trained) - task.evaluate(dep.module)) <= 0.01
+    art = wd.load_artifact(wd.export_deployment(dep, tmp_path / "i8bf16", task_name="digits"))
+    assert art.deployment.precision == "int8-bf16" and art.callable.precision == "int8-bf16"
+    assert art.verify().passed
+
+
 @pytest.mark.skipif(native_bf16(), reason="the CPU has native bf16 (test above)")
-def test_bf16_is_refused_where_the_plugin_would_quietly_run_fp32(random_model, calib) -> None:
-    why = wd.BACKENDS.get("openvino").probe_precision("bf16", "cpu")
+@pytest.mark.parametrize("precision", ["bf16", "int8-bf16"])
+def test_bf16_is_refused_where_the_plugin_would_quietly_run_fp32(
+    random_model, calib, precision
+) -> None:
+    why = wd.BACKENDS.get("openvino").probe_precision(precision, "cpu")
     assert not why and "AMX-BF16 or AVX512-BF16" in why.reason
     with pytest.raises(ww.InputError, match="AMX-BF16 or AVX512-BF16"):
-        wd.deploy(random_model, "openvino", "bf16", example_input=calib[0][:1])
+        wd.deploy(
+            random_model, "openvino", precision, example_input=calib[0][:1], calibration=calib
+        )
 
 
 def test_openvino_is_a_cpu_backend_and_says_why() -> None:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKENDS",
+    "CALIBRATED_INT8",
     "Backend",
     "Batch",
     "Prepared",
@@ -29,6 +30,9 @@ __all__ = [
     "probe_backends",
     "ready_backend",
 ]
+
+# The precisions whose activation ranges are fixed beforehand from calibration batches.
+CALIBRATED_INT8 = ("int8", "int8-bf16")
 
 Batch = tuple[Any, ...]
 """One input batch as the backends receive it: a tuple of tensors sharing the batch dimension."""
@@ -101,9 +105,9 @@ def require_export_inputs(
     Raises:
         InputError: naming the backend and what to pass.
     """
-    if deployment.precision == "int8" and not calibration:
+    if deployment.precision in CALIBRATED_INT8 and not calibration:
         raise InputError(
-            f"{backend} int8 needs calibration= (a list of input batches, e.g. "
+            f"{backend} {deployment.precision} needs calibration= (a list of input batches, e.g. "
             "task.calibration_batches())"
         )
     if not example_input:

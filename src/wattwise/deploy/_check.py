@@ -10,7 +10,7 @@ The check's tolerances, per precision, and why:
   fails on the small logits that low precision rounds coarsely; a norm bound asks "is the output
   the same vector", which is what a downstream argmax or loss sees. bf16 keeps 8 bits of
   mantissa (≈0.4% per rounding); a few layers of accumulation stay well under 2%.
-* ``int8`` and ``int8-dynamic``: mean per-item cosine similarity ``≥ 0.98`` between outputs, over the example batch and
+* ``int8``, ``int8-bf16`` and ``int8-dynamic``: mean per-item cosine similarity ``≥ 0.98`` between outputs, over the example batch and
   up to 128 items of the calibration batches. Top-1 agreement of the argmax (also reported) is
   not the gate because it only means something for a trained classifier: on random weights the
   logits nearly tie and int8 rounding flips argmaxes while the outputs are the same vector; the
@@ -179,7 +179,7 @@ def compare_outputs(
             max_abs,
             top1,
         )
-    if precision in ("int8", "int8-dynamic"):
+    if precision in ("int8", "int8-bf16", "int8-dynamic"):
         cosines: list[torch.Tensor] = []
         for r, g in zip(refs, gots, strict=True):
             rr = r.reshape(r.shape[0], -1) if r.dim() else r.reshape(1, 1)

@@ -18,7 +18,7 @@ from wattwise.errors import InputError
 
 __all__ = ["CALIBRATION_METHODS", "PRECISIONS", "Deployment"]
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-dynamic")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-bf16", "int8-dynamic")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 _DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 
@@ -32,7 +32,9 @@ class Deployment(Config):
         backend: a name in :data:`BACKENDS` (``eager``, ``eager_cl``, ``compile``, ``onnxruntime``,
             ``openvino``).
         precision: ``fp32``, ``bf16``, ``fp16``, ``int8`` (int8 activations with ranges
-            calibrated beforehand) or ``int8-dynamic`` (int8 weights; each activation
+            calibrated beforehand), ``int8-bf16`` (the same, with the layers left in floating
+            point run in bf16: OpenVINO, on a CPU with native bf16) or ``int8-dynamic`` (int8
+            weights; each activation
             quantized at run time from its range in that call, so no calibration); which ones
             a backend runs is checked when the deployment is prepared (:func:`deploy`),
             because ``int8`` on the torch backends depends on the model (it must already be

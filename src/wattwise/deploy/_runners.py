@@ -335,9 +335,9 @@ class OvModule(_RuntimeModule):
         xml: the IR's XML topology.
         weights: the IR's weights (``model.bin``).
         threads: inference threads (``None``: OpenVINO's default, one per physical core).
-        precision: ``"bf16"`` lets the CPU plugin run floating-point layers in bf16 (on a CPU
-            with AMX or AVX512-BF16); anything else pins them to fp32, int8 layers of a
-            quantized IR still running in int8.
+        precision: ``"bf16"`` and ``"int8-bf16"`` let the CPU plugin run floating-point
+            layers in bf16 (on a CPU with AMX or AVX512-BF16); anything else pins them to fp32,
+            int8 layers of a quantized IR still running in int8.
 
     Example:
         >>> m = OvModule(*ir_from_onnx(onnx_bytes), threads=2)  # ir_from_onnx: _openvino
@@ -383,7 +383,9 @@ class OvModule(_RuntimeModule):
 
         core = ov.Core()
         config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+            "INFERENCE_PRECISION_HINT": "bf16"
+            if self.precision in ("bf16", "int8-bf16")
+            else "f32",
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
         }
