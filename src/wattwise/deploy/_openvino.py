@@ -168,7 +168,7 @@ def quantize_nncf(
 
     from wattwise.deploy._runners import _to_numpy
 
-    model = _read_onnx(source) if isinstance(source, bytes | bytearray) else source.clone()
+    model = _read_onnx(bytes(source)) if isinstance(source, bytes | bytearray) else source.clone()
     dtypes = [port.get_element_type().to_dtype() for port in model.inputs]
     feeds = [
         [_to_numpy(t, dtype) for t, dtype in zip(batch, dtypes, strict=True)]
