@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKENDS",
+    "BF16_FLOAT_LAYERS",
     "CALIBRATED_INT8",
     "Backend",
     "Batch",
@@ -33,6 +34,8 @@ __all__ = [
 
 # The precisions whose activation ranges are fixed beforehand from calibration batches.
 CALIBRATED_INT8 = ("int8", "int8-bf16")
+# The precisions whose floating-point layers run in bf16 (OpenVINO's CPU plugin).
+BF16_FLOAT_LAYERS = ("bf16", "int8-bf16")
 
 Batch = tuple[Any, ...]
 """One input batch as the backends receive it: a tuple of tensors sharing the batch dimension."""

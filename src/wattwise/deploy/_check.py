@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from wattwise._core import check_choice
 from wattwise._inputs import take_rows
-from wattwise.deploy._base import Batch
+from wattwise.deploy._base import CALIBRATED_INT8, Batch
 from wattwise.deploy._deployment import PRECISIONS
 from wattwise.errors import WorkloadError
 
@@ -179,7 +179,7 @@ def compare_outputs(
             max_abs,
             top1,
         )
-    if precision in ("int8", "int8-bf16", "int8-dynamic"):
+    if precision in (*CALIBRATED_INT8, "int8-dynamic"):
         cosines: list[torch.Tensor] = []
         for r, g in zip(refs, gots, strict=True):
             rr = r.reshape(r.shape[0], -1) if r.dim() else r.reshape(1, 1)

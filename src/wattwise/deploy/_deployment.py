@@ -34,8 +34,7 @@ class Deployment(Config):
         precision: ``fp32``, ``bf16``, ``fp16``, ``int8`` (int8 activations with ranges
             calibrated beforehand), ``int8-bf16`` (the same, with the layers left in floating
             point run in bf16: OpenVINO, on a CPU with native bf16) or ``int8-dynamic`` (int8
-            weights; each activation
-            quantized at run time from its range in that call, so no calibration); which ones
+            weights; each activation quantized at run time from its range in that call, so no calibration); which ones
             a backend runs is checked when the deployment is prepared (:func:`deploy`),
             because ``int8`` on the torch backends depends on the model (it must already be
             PT2E-quantized).

@@ -46,6 +46,7 @@ from wattwise._core import Availability, first_line
 from wattwise.deploy._backends import is_pt2e_quantized
 from wattwise.deploy._base import (
     BACKENDS,
+    BF16_FLOAT_LAYERS,
     CALIBRATED_INT8,
     Backend,
     Batch,
@@ -190,7 +191,6 @@ def quantize_nncf(
 
 
 _NO_NNCF = "its int8 needs NNCF, which is not installed (pip install 'wattwise[deploy]')"
-_BF16 = ("bf16", "int8-bf16")  # precisions whose floating-point layers run in bf16
 _NO_BF16 = (
     "its bf16 needs a CPU with AMX-BF16 or AVX512-BF16 (this one has neither: the plugin would "
     "run fp32)"
@@ -242,7 +242,7 @@ class OpenVinoBackend(Backend):
     def probe_precision(cls, precision: str, device: str = "cpu") -> Availability:
         if precision in CALIBRATED_INT8 and importlib.util.find_spec("nncf") is None:
             return Availability(False, _NO_NNCF)
-        if precision in _BF16 and device == "cpu" and not native_bf16():
+        if precision in BF16_FLOAT_LAYERS and device == "cpu" and not native_bf16():
             return Availability(False, _NO_BF16)
         return cls.probe(device)
 
@@ -251,7 +251,7 @@ class OpenVinoBackend(Backend):
             return "the model is a PT2E-quantized graph; pass the float model, NNCF quantizes it itself"
         if precision in CALIBRATED_INT8 and importlib.util.find_spec("nncf") is None:
             return _NO_NNCF
-        if precision in _BF16 and not native_bf16():
+        if precision in BF16_FLOAT_LAYERS and not native_bf16():
             return _NO_BF16
         return super().unsupported(precision, device, model)
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from wattwise._core import first_line
+from wattwise.deploy._base import BF16_FLOAT_LAYERS
 from wattwise.errors import InputError, UnavailableError
 
 
@@ -383,9 +384,7 @@ class OvModule(_RuntimeModule):
 
         core = ov.Core()
         config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": "bf16"
-            if self.precision in ("bf16", "int8-bf16")
-            else "f32",
+            "INFERENCE_PRECISION_HINT": "bf16" if self.precision in BF16_FLOAT_LAYERS else "f32",
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
         }
