@@ -217,3 +217,60 @@ def test_int8_keeps_the_nncf_scheme_that_stays_closer_to_fp32() -> None:
     note = next(n for n in dep.notes if n.startswith("NNCF"))
     assert note.startswith("NNCF default scheme") and "transformer scheme" in note, note
     assert task.evaluate(model) - task.evaluate(dep.module) <= 0.01
+
+
+class _DepthwiseNet(nn.Module):
+    """A user's small CNN: a depthwise convolution, BatchNorm and Hardswish after each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = nn.Sequential(
+            nn.Conv2d(1, 24, 3, padding=1),
+            nn.BatchNorm2d(24),
+            nn.Hardswish(),
+            nn.Conv2d(24, 48, 3, padding=1, groups=24),
+            nn.BatchNorm2d(48),
+            nn.Hardswish(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(48, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.f(x)
+
+
+def test_int8_falls_back_to_the_onnx_graph_where_the_frontends_misses_the_bound() -> None:
+    """Through OpenVINO's PyTorch frontend this net's int8 kept a mean cosine of 0.958 to fp32
+    under either NNCF scheme (the bound is 0.98); through the ONNX route, 0.999. As the user
+    who found it trained it: the digits' pixels scaled to [0, 1], 6 epochs at batch 32."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.data, dtype=torch.float32).div(16.0).reshape(-1, 1, 8, 8)
+    y = torch.tensor(digits.target)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1))
+    train, val = order[:1400], order[1400:]
+    user = ww.Task(
+        "user-conv",
+        _DepthwiseNet,
+        TensorDataset(x[train], y[train]),
+        TensorDataset(x[val], y[val]),
+        example_input=x[:1],
+        epochs=6,
+        lr=3e-3,
+        batch_size=32,
+    )
+    torch.manual_seed(0)
+    model = user.fit(user.model_factory()).eval()
+    dep = wd.deploy(
+        model,
+        "openvino",
+        "int8",
+        example_input=user.example_input,
+        calibration=user.calibration_batches(),
+        batch_size=64,
+        threads=1,
+    )
+    assert dep.check is not None and dep.check.passed, dep.notes
+    assert any("(onnx graph)" in n and "(frontend graph)" in n for n in dep.notes), dep.notes
