@@ -30,6 +30,7 @@ from wattwise.search._objective import (
     model_key,
     task_id,
 )
+from wattwise.search._optimize import seed_budget
 from wattwise.tasks import load_task
 
 
@@ -76,6 +77,14 @@ def test_online_space_is_batch_one_and_bad_scenario_is_refused(digits_task):
         "batch_size": 1,
         "threads": 1,
     }
+    # Within the seeds a default online search of 8 trials runs: the baseline in OpenVINO's
+    # int8 (its float layers in bf16 where the CPU has it), beside the students.
+    seeds = seed_params(online)[: seed_budget(8)]
+    assert {s["deployment"] for s in seeds if s["model"] == "base"} & {
+        "openvino/int8",
+        "openvino/int8-bf16",
+    }
+    assert any(s["model"] == "distill-w0.5" for s in seeds)
     with pytest.raises(InputError, match="scenario"):
         default_space(digits_task, "batch")
 
@@ -399,3 +408,23 @@ def test_a_training_config_is_a_fixed_setting_and_part_of_the_model_key(digits_t
     prune = ({"type": "prune", "ratio": 0.3},)
     assert model_key(ctx, ()) == model_key(with_config, ())  # the baseline: the recipe
     assert model_key(ctx, prune) != model_key(with_config, prune)
+
+
+def test_token_seeds_lead_with_the_shallow_students_in_openvino_int8() -> None:
+    def layers(keep: float) -> ModelChoice:
+        distill = {"type": "distill", "student": "layers", "student_kwargs": {"keep": keep}}
+        return ModelChoice(f"distill-layers{keep}", ({**distill, "epochs": 1},))
+
+    space = SearchSpace(
+        (ModelChoice("base"), layers(0.5), layers(0.34)),
+        ("onnxruntime/int8-dynamic", "openvino/int8", "eager/fp32"),
+        (1, 64),
+        (0, 1),
+    )
+    seeds = seed_params(space)
+    assert [(s["model"], s["deployment"], s["threads"]) for s in seeds[:3]] == [
+        ("distill-layers0.34", "openvino/int8", 1),
+        ("distill-layers0.5", "openvino/int8", 1),
+        ("distill-layers0.5", "onnxruntime/int8-dynamic", 0),
+    ]
+    assert all(s["batch_size"] == 64 for s in seeds[:3])

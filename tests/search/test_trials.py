@@ -326,3 +326,38 @@ def test_a_new_best_gets_its_other_threads_and_neighbouring_batches_queued(
     )
     refine_around_best(study, settings, 0.95, done)  # the same best: nothing more
     assert len([t for t in study.get_trials() if t.state == TrialState.WAITING]) == 3
+
+
+def test_refining_an_int8_best_tries_its_float_layers_in_the_other_precision_first(
+    tmp_path: Path,
+) -> None:
+    from wattwise.search._trials import refine_around_best
+
+    space = SearchSpace(
+        models=(ModelChoice("base"),),
+        deployments=("openvino/int8", "openvino/int8-bf16", "onnxruntime/int8"),
+        batch_sizes=(256,),
+        threads=(0, 1),
+    )
+    settings = dataclasses.replace(_settings(10), space=space)
+    url = f"sqlite:///{tmp_path / 'sibling.db'}"
+    study, _ = open_study(open_storage(url), "s", settings, url=url)
+    dists: dict[str, BaseDistribution] = {
+        n: CategoricalDistribution(list(c)) for n, c in space.choices().items()
+    }
+    best = {"model": "base", "deployment": "openvino/int8", "batch_size": 256, "threads": 1}
+    figures = {"accuracy": 0.95, "energy_j_per_item": 1e-3, "latency_ms_p90": 1.0}
+    study.add_trial(
+        create_trial(
+            values=[0.95, 1e-3, 1.0],
+            params=best,
+            distributions=dists,
+            user_attrs={"figures": figures},
+        )
+    )
+    refine_around_best(study, settings, 0.95, set())
+    queued = [
+        t.system_attrs["fixed_params"] for t in study.get_trials() if t.state == TrialState.WAITING
+    ]
+    # Not ONNX Runtime's int8: another runtime is another model, not a neighbour.
+    assert queued == [{**best, "deployment": "openvino/int8-bf16"}, {**best, "threads": 0}]

@@ -9,7 +9,7 @@ from wattwise._core import Availability
 from wattwise._lazy import Lazy, load_lazy
 from wattwise.deploy import _openvino, _ort  # noqa: F401  (register onnxruntime, openvino)
 from wattwise.deploy._backends import is_pt2e_quantized  # (registers the torch backends)
-from wattwise.deploy._base import BACKENDS, Backend, probe_backends
+from wattwise.deploy._base import BACKENDS, CALIBRATED_INT8, Backend, probe_backends
 from wattwise.deploy._check import CheckResult, DeploymentMismatch, compare_outputs
 from wattwise.deploy._deployment import PRECISIONS, Deployment
 from wattwise.deploy._export import (
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKENDS",
+    "CALIBRATED_INT8",
     "GENERATION_BACKENDS",
     "GENERATION_PRECISIONS",
     "PRECISIONS",

@@ -607,14 +607,18 @@ def _has_layer_stack(task: Task) -> bool:
 def seed_params(space: SearchSpace, *, generative: bool = False) -> list[dict[str, Any]]:
     """Known-good starting points, enqueued before the sampler takes over.
 
-    For token inputs, ONNX Runtime's dynamic int8 at the largest batch for the students, then
-    the baseline. At batch 1 only (online), ONNX Runtime first (the least overhead per call),
-    fp32 then int8, on the smallest models first. Then int8 at the largest batch: OpenVINO's
-    for the student on one thread; ONNX Runtime's, OpenVINO's (its float layers in fp32, then
-    in bf16) and PT2E's with compile for the baseline; OpenVINO's for the stacks (a quarter-width student, the student pruned after distillation); ONNX
-    Runtime's for the student; the student in bf16 where the CPU has it; ONNX Runtime's for
-    the pruned models; the student's int8 with compile; batching alone (fp32 eager); a pruned
-    model compiled at one thread. Points outside ``space`` are left out.
+    For token inputs, OpenVINO's int8 at the largest batch for the third- and half-depth
+    students, then ONNX Runtime's dynamic int8 for the students and the baseline. At batch 1
+    only (online): ONNX Runtime's fp32 (the least overhead per call) for the quarter-width (or
+    third-depth) and half-width students; the baseline in OpenVINO's int8; the student in
+    OpenVINO's int8; the baseline in OpenVINO's fp32; the pruned student in ONNX Runtime's fp32;
+    then ONNX Runtime's int8. Then int8 at the largest batch: OpenVINO's for the student on one
+    thread; ONNX Runtime's, OpenVINO's (its float layers in fp32, then in bf16) and PT2E's with
+    compile for the baseline; OpenVINO's for the stacks (a quarter-width student, the student
+    pruned after distillation); ONNX Runtime's for the student; the student in bf16 where the
+    CPU has it; ONNX Runtime's for the pruned models; the student's int8 with compile; the
+    baseline in OpenVINO's fp32; batching alone (fp32 eager); a pruned model compiled at one
+    thread. Points outside ``space`` are left out.
     Past batch 1, the int8 seeds run on one thread; the search tries the best's other thread
     counts and neighbouring batch sizes itself (``refine_around_best``).
 
@@ -638,18 +642,41 @@ def seed_params(space: SearchSpace, *, generative: bool = False) -> list[dict[st
     students = [m.name for m in space.models if m.student]
     student = students[:1]
     # The stacks: a smaller student, and the student pruned after distillation.
-    smaller = [m for m in ("distill-w0.25", "distill-w0.5+prune30") if m in students]
-    wishes: list[tuple[str, str, int, int]] = [
+    smaller = [
+        m for m in ("distill-w0.25", "distill-layers0.34", "distill-w0.5+prune30") if m in students
+    ]
+    wishes: list[tuple[str, str, int, int]] = []
+    if "onnxruntime/int8-dynamic" in space.deployments:
+        # Token inputs (a transformer): the students in OpenVINO's int8 first, the shallower
+        # first. On minilm-topics NNCF's int8 cost 7.1 mJ/item at batch 1 and 3.8 at batch 64,
+        # where Optimum's ONNX Runtime dynamic int8 cost 12.5 and 9.9, and both of the search's
+        # winners were the half-depth student in OpenVINO's int8 (docs/BENCHMARKS.md).
+        wishes += [(s, "openvino/int8", big, one) for s in smaller[:1] + student]
+    wishes += [
         *((s, "onnxruntime/int8-dynamic", big, all_threads) for s in students[:2]),
         ("base", "onnxruntime/int8-dynamic", big, all_threads),
     ]
+    # OpenVINO's int8 with its float layers in bf16 where the CPU has it (the search's
+    # refinement tries the other on the best).
+    ov_int8 = "openvino/int8-bf16" if "openvino/int8-bf16" in space.deployments else "openvino/int8"
     if big == 1:
         # One item per call: the runtime with the least overhead per call (ONNX Runtime) on
         # the smallest models first; int8's quantize/dequantize may cost more than it saves.
+        # Then, before the stacks, the baseline in OpenVINO's int8: for depthwise networks
+        # ONNX Runtime's int8 costs more than its fp32, and the student loses accuracy. On
+        # MobileNetV3-Small at batch 1, NNCF's int8 cost 0.71 mJ/item where the search's
+        # winner, found without it (the student in ONNX Runtime's int8), cost 1.66.
         wishes += [
-            *((s, "onnxruntime/fp32", big, one) for s in smaller + student),
-            *((s, "onnxruntime/int8", big, one) for s in smaller + student),
-            *((s, "openvino/int8", big, one) for s in smaller[:1] + student),
+            *((s, "onnxruntime/fp32", big, one) for s in smaller[:1] + student),
+            ("base", ov_int8, big, one),
+            *((s, "openvino/int8", big, one) for s in student),
+            # The baseline in OpenVINO's fp32, for when int8 loses accuracy: EfficientNet-Lite0's
+            # cost 10 ms/item at batch 1 on one thread where inductor's cost 14, both keeping
+            # top-1 agreement 1.0 (NNCF's int8 kept 0.969, its bf16 0.980).
+            ("base", "openvino/fp32", big, one),
+            *((s, "onnxruntime/fp32", big, one) for s in smaller[1:]),
+            *((s, "onnxruntime/int8", big, one) for s in student + smaller),
+            *((s, "openvino/int8", big, one) for s in smaller[:1]),
             ("base", "onnxruntime/int8", big, one),
         ]
     # Cheap and likely-good first: a small budget should already hold a good front.
@@ -673,6 +700,7 @@ def seed_params(space: SearchSpace, *, generative: bool = False) -> list[dict[st
         ("prune50", "onnxruntime/int8", big, one),
         *((s, "compile/int8", big, one) for s in student),
         ("prune30", "onnxruntime/int8", big, one),
+        ("base", "openvino/fp32", big, one),
         ("base", "eager/fp32", big, all_threads),
         ("prune50", "compile/fp32", mid, one),
     ]
