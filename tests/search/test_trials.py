@@ -401,7 +401,7 @@ def test_a_cheaper_model_that_missed_the_bound_in_int8_is_tried_in_float_first(
     from wattwise.search._trials import refine_around_best
 
     space = SearchSpace(
-        models=tuple(ModelChoice(m) for m in ("base", "student", "quarter", "half")),
+        models=tuple(ModelChoice(m) for m in ("base", "student", "quarter", "half", "close")),
         deployments=("openvino/int8", "openvino/bf16", "openvino/fp32"),
         batch_sizes=(64, 256),
         threads=(0, 1),
@@ -417,6 +417,8 @@ def test_a_cheaper_model_that_missed_the_bound_in_int8_is_tried_in_float_first(
             ({"model": "quarter", **at}, 1.7e-4, 0.922),  # 2.8 down: more than int8 costs
             ({"model": "half", **at}, 2.7e-4, 0.93),
             ({"model": "half", **at, "deployment": "openvino/bf16"}, 2.9e-4, 0.93),  # float too
+            # Too close to the best's J/item to win in float, which costs more than int8.
+            ({"model": "close", **at}, 3.5e-4, 0.939),
         ],
     )
     done: set[int] = set()
@@ -469,3 +471,42 @@ def test_a_model_kept_elsewhere_is_rescued_in_fp32_where_the_space_has_no_bf16(
     assert [p for p, _ in _queued(study)] == [
         {"model": "student", "deployment": "onnxruntime/fp32", **at}
     ]
+
+
+@pytest.mark.parametrize("bf16", ["complete", "failed"])
+def test_a_rescue_goes_on_to_fp32_only_when_bf16_failed_to_deploy(
+    tmp_path: Path, bf16: str
+) -> None:
+    from wattwise.search._trials import FAILED_STAGE, refine_around_best
+
+    space = SearchSpace(
+        models=(ModelChoice("base"), ModelChoice("student")),
+        deployments=("openvino/int8", "openvino/bf16", "openvino/fp32"),
+        batch_sizes=(256,),
+        threads=(1,),
+    )
+    at = {"batch_size": 256, "threads": 1}
+    student_bf16 = {"model": "student", "deployment": "openvino/bf16", **at}
+    study, settings = _study_with(
+        tmp_path,
+        space,
+        [
+            ({"model": "base", "deployment": "openvino/int8", **at}, 4.3e-4, 0.95),
+            ({"model": "student", "deployment": "openvino/int8", **at}, 2.2e-4, 0.939),
+        ]
+        + ([(student_bf16, 3.5e-4, 0.945)] if bf16 == "complete" else []),
+    )
+    if bf16 == "failed":  # the output check refused it: a deterministic failure
+        study.add_trial(
+            create_trial(
+                state=TrialState.FAIL,
+                params=student_bf16,
+                distributions={
+                    n: CategoricalDistribution(list(c)) for n, c in space.choices().items()
+                },
+                user_attrs={FAILED_STAGE: "deploy", "fail_reason": "mismatch"},
+            )
+        )
+    refine_around_best(study, settings, 0.95, set())
+    expected = [{**student_bf16, "deployment": "openvino/fp32"}] if bf16 == "failed" else []
+    assert [p for p, _ in _queued(study)] == expected
