@@ -300,9 +300,19 @@ def test_a_generative_task_gets_the_generation_space_and_seeds():
 
     task = tinylm_task()
     space = default_space(task, "offline")
-    assert [m.name for m in space.models] == ["base", "distill-w0.5", "distill-d0.5"]
+    assert [m.name for m in space.models] == [
+        "base",
+        "distill-w0.5-d0.5",
+        "distill-w0.5",
+        "distill-d0.5",
+    ]
     assert space.model("distill-d0.5").student == "task(depth=0.5)"
-    assert space.model("distill-w0.5").passes[0]["alpha"] == 0.5
+    assert space.model("distill-w0.5-d0.5").student == "task(depth=0.5,width=0.5)"
+    # Twice the teacher's epochs, half on its soft targets.
+    assert all(
+        m.passes[0]["alpha"] == 0.5 and m.passes[0]["epochs"] == 2 * task.epochs
+        for m in space.models[1:]
+    )
     # Only what keeps the KV cache: no exported graphs, no PT2E; nothing CUDA-only on a CPU.
     assert "compile/fp32" in space.deployments and "eager/int8-weight-only" in space.deployments
     assert not any(d.split("/")[0] in ("onnxruntime", "openvino") for d in space.deployments)
@@ -316,6 +326,12 @@ def test_a_generative_task_gets_the_generation_space_and_seeds():
         "threads": 1,
     }
     assert all(space.contains(p) for p in seeds) and {p["threads"] for p in seeds} == {1}
+    # The students compiled, the smallest first, among the six seeds a search of 10 starts with.
+    assert [p["model"] for p in seeds[:6] if p["model"] != "base"] == [
+        "distill-w0.5-d0.5",
+        "distill-w0.5",
+        "distill-d0.5",
+    ]
     # A classifier's seeds are not the generative ones.
     assert seed_params(space)[0] != seeds[0]
 
