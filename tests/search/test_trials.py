@@ -21,11 +21,13 @@ from wattwise.search._liveness import TrialCounts, counts_for_budget, is_interru
 from wattwise.search._objective import JobContext, TaskRef
 from wattwise.search._study import open_study, quiet_optuna
 from wattwise.search._trials import (
+    FAILED_STAGE,
     MAX_CONSECUTIVE_DUPLICATES,
     LoopState,
     TrialRunner,
     check_loop_args,
     next_step,
+    refine_around_best,
 )
 
 SPACE = SearchSpace(
@@ -279,111 +281,48 @@ def test_screen_stops_the_infeasible_and_the_costly_only() -> None:
     assert not Screen().stops(0.1, 1e9)  # nothing known yet: the full protocol
 
 
-def test_a_new_best_gets_its_other_threads_and_neighbouring_batches_queued(
-    tmp_path: Path,
+def _add(
+    study: optuna.Study,
+    space: SearchSpace,
+    params: dict[str, Any],
+    joules: float = math.nan,
+    accuracy: float = math.nan,
+    *,
+    failed_stage: str | None = None,
 ) -> None:
-    from wattwise.search._trials import refine_around_best
-
-    space = SearchSpace(
-        models=(ModelChoice("base"),),
-        deployments=("eager/fp32",),
-        batch_sizes=(1, 4, 16, 64),
-        threads=(0, 1),
-    )
-    settings = dataclasses.replace(_settings(10), space=space)
-    url = f"sqlite:///{tmp_path / 'refine.db'}"
-    study, _ = open_study(open_storage(url), "r", settings, url=url)
+    """Add a finished trial of ``space``: complete with its figures, or failed at
+    ``failed_stage`` for a reason of its own."""
     dists: dict[str, BaseDistribution] = {
         n: CategoricalDistribution(list(c)) for n, c in space.choices().items()
     }
-    best = {"model": "base", "deployment": "eager/fp32", "batch_size": 16, "threads": 1}
-    for params, joules, accuracy in (
-        (best, 1e-3, 0.95),
-        ({**best, "batch_size": 1}, 1e-4, 0.5),  # cheaper, but not feasible
-    ):
-        figures = {"accuracy": accuracy, "energy_j_per_item": joules, "latency_ms_p90": 1.0}
-        study.add_trial(
-            create_trial(
-                values=[accuracy, joules, 1.0],
-                params=params,
-                distributions=dists,
-                user_attrs={"figures": figures},
-            )
+    if failed_stage is not None:
+        attrs = {FAILED_STAGE: failed_stage, "fail_reason": "mismatch"}
+        trial = create_trial(
+            state=TrialState.FAIL, params=params, distributions=dists, user_attrs=attrs
         )
-    done: set[int] = set()
-    refine_around_best(study, settings, 0.95, done)
-    queued = [
-        t.system_attrs["fixed_params"] for t in study.get_trials() if t.state == TrialState.WAITING
-    ]
-    assert queued == [
-        {**best, "threads": 0},
-        {**best, "batch_size": 4},
-        {**best, "batch_size": 64},
-    ]
-    assert all(
-        t.user_attrs["queued_for"] == "around the best, trial 0"
-        for t in study.get_trials()
-        if t.state == TrialState.WAITING
-    )
-    refine_around_best(study, settings, 0.95, done)  # the same best: nothing more
-    assert len([t for t in study.get_trials() if t.state == TrialState.WAITING]) == 3
-
-
-def test_refining_an_int8_best_tries_its_float_layers_in_the_other_precision_first(
-    tmp_path: Path,
-) -> None:
-    from wattwise.search._trials import refine_around_best
-
-    space = SearchSpace(
-        models=(ModelChoice("base"),),
-        deployments=("openvino/int8", "openvino/int8-bf16", "onnxruntime/int8"),
-        batch_sizes=(256,),
-        threads=(0, 1),
-    )
-    settings = dataclasses.replace(_settings(10), space=space)
-    url = f"sqlite:///{tmp_path / 'sibling.db'}"
-    study, _ = open_study(open_storage(url), "s", settings, url=url)
-    dists: dict[str, BaseDistribution] = {
-        n: CategoricalDistribution(list(c)) for n, c in space.choices().items()
-    }
-    best = {"model": "base", "deployment": "openvino/int8", "batch_size": 256, "threads": 1}
-    figures = {"accuracy": 0.95, "energy_j_per_item": 1e-3, "latency_ms_p90": 1.0}
-    study.add_trial(
-        create_trial(
-            values=[0.95, 1e-3, 1.0],
-            params=best,
+    else:
+        figures = {"accuracy": accuracy, "energy_j_per_item": joules, "latency_ms_p90": 1.0}
+        trial = create_trial(
+            values=[accuracy, joules, 1.0],
+            params=params,
             distributions=dists,
             user_attrs={"figures": figures},
         )
-    )
-    refine_around_best(study, settings, 0.95, set())
-    queued = [
-        t.system_attrs["fixed_params"] for t in study.get_trials() if t.state == TrialState.WAITING
-    ]
-    # Not ONNX Runtime's int8: another runtime is another model, not a neighbour.
-    assert queued == [{**best, "deployment": "openvino/int8-bf16"}, {**best, "threads": 0}]
+    study.add_trial(trial)
 
 
 def _study_with(
-    tmp_path: Path, space: SearchSpace, trials: list[tuple[dict[str, Any], float, float]]
+    tmp_path: Path,
+    space: SearchSpace,
+    trials: list[tuple[dict[str, Any], float, float]],
+    max_accuracy_drop: float = 0.01,
 ) -> tuple[optuna.Study, SearchSettings]:
-    """A study holding finished trials ``(params, J/item, accuracy)``, bound one point."""
-    settings = dataclasses.replace(_settings(20), space=space, max_accuracy_drop=0.01)
+    """A study of ``space`` holding complete trials ``(params, J/item, accuracy)``."""
+    settings = dataclasses.replace(_settings(20), space=space, max_accuracy_drop=max_accuracy_drop)
     url = f"sqlite:///{tmp_path / 'rows.db'}"
     study, _ = open_study(open_storage(url), "rows", settings, url=url)
-    dists: dict[str, BaseDistribution] = {
-        n: CategoricalDistribution(list(c)) for n, c in space.choices().items()
-    }
     for params, joules, accuracy in trials:
-        figures = {"accuracy": accuracy, "energy_j_per_item": joules, "latency_ms_p90": 1.0}
-        study.add_trial(
-            create_trial(
-                values=[accuracy, joules, 1.0],
-                params=params,
-                distributions=dists,
-                user_attrs={"figures": figures},
-            )
-        )
+        _add(study, space, params, joules, accuracy)
     return study, settings
 
 
@@ -395,11 +334,56 @@ def _queued(study: optuna.Study) -> list[tuple[dict[str, Any], str]]:
     ]
 
 
+def test_a_new_best_gets_its_other_threads_and_neighbouring_batches_queued(
+    tmp_path: Path,
+) -> None:
+    space = SearchSpace(
+        models=(ModelChoice("base"),),
+        deployments=("eager/fp32",),
+        batch_sizes=(1, 4, 16, 64),
+        threads=(0, 1),
+    )
+    best = {"model": "base", "deployment": "eager/fp32", "batch_size": 16, "threads": 1}
+    study, settings = _study_with(
+        tmp_path,
+        space,
+        [(best, 1e-3, 0.95), ({**best, "batch_size": 1}, 1e-4, 0.5)],  # cheaper, not feasible
+        max_accuracy_drop=0.05,
+    )
+    done: set[int] = set()
+    refine_around_best(study, settings, 0.95, done)
+    why = "around the best, trial 0"
+    assert _queued(study) == [
+        ({**best, "threads": 0}, why),
+        ({**best, "batch_size": 4}, why),
+        ({**best, "batch_size": 64}, why),
+    ]
+    refine_around_best(study, settings, 0.95, done)  # the same best: nothing more
+    assert len(_queued(study)) == 3
+
+
+def test_refining_an_int8_best_tries_its_float_layers_in_the_other_precision_first(
+    tmp_path: Path,
+) -> None:
+    space = SearchSpace(
+        models=(ModelChoice("base"),),
+        deployments=("openvino/int8", "openvino/int8-bf16", "onnxruntime/int8"),
+        batch_sizes=(256,),
+        threads=(0, 1),
+    )
+    best = {"model": "base", "deployment": "openvino/int8", "batch_size": 256, "threads": 1}
+    study, settings = _study_with(tmp_path, space, [(best, 1e-3, 0.95)])
+    refine_around_best(study, settings, 0.95, set())
+    # Not ONNX Runtime's int8: another runtime is another model, not a neighbour.
+    assert [p for p, _ in _queued(study)] == [
+        {**best, "deployment": "openvino/int8-bf16"},
+        {**best, "threads": 0},
+    ]
+
+
 def test_a_cheaper_model_that_missed_the_bound_in_int8_is_tried_in_float_first(
     tmp_path: Path,
 ) -> None:
-    from wattwise.search._trials import refine_around_best
-
     space = SearchSpace(
         models=tuple(ModelChoice(m) for m in ("base", "student", "quarter", "half", "close")),
         deployments=("openvino/int8", "openvino/bf16", "openvino/fp32"),
@@ -431,15 +415,8 @@ def test_a_cheaper_model_that_missed_the_bound_in_int8_is_tried_in_float_first(
         ({**best, "threads": 0}, "around the best, trial 0"),
         ({**best, "batch_size": 64}, "around the best, trial 0"),
     ]
-    # Nothing more while those wait: the best may change before they run.
-    study.add_trial(
-        create_trial(
-            values=[0.95, 1e-4, 1.0],
-            params={"model": "quarter", **at, "batch_size": 64},
-            distributions={n: CategoricalDistribution(list(c)) for n, c in space.choices().items()},
-            user_attrs={"figures": {"accuracy": 0.95, "energy_j_per_item": 1e-4}},
-        )
-    )
+    # Nothing more while those wait, though a new best came: it may change again before they run.
+    _add(study, space, {"model": "quarter", **at, "batch_size": 64}, 1e-4, 0.95)
     refine_around_best(study, settings, 0.95, done)
     assert len(_queued(study)) == 3
     assert done == {0}
@@ -448,8 +425,6 @@ def test_a_cheaper_model_that_missed_the_bound_in_int8_is_tried_in_float_first(
 def test_a_model_kept_elsewhere_is_rescued_in_fp32_where_the_space_has_no_bf16(
     tmp_path: Path,
 ) -> None:
-    from wattwise.search._trials import refine_around_best
-
     space = SearchSpace(
         models=(ModelChoice("base"), ModelChoice("student")),
         deployments=("onnxruntime/int8", "onnxruntime/fp32", "openvino/fp32"),
@@ -477,8 +452,6 @@ def test_a_model_kept_elsewhere_is_rescued_in_fp32_where_the_space_has_no_bf16(
 def test_a_rescue_goes_on_to_fp32_only_when_bf16_failed_to_deploy(
     tmp_path: Path, bf16: str
 ) -> None:
-    from wattwise.search._trials import FAILED_STAGE, refine_around_best
-
     space = SearchSpace(
         models=(ModelChoice("base"), ModelChoice("student")),
         deployments=("openvino/int8", "openvino/bf16", "openvino/fp32"),
@@ -493,20 +466,12 @@ def test_a_rescue_goes_on_to_fp32_only_when_bf16_failed_to_deploy(
         [
             ({"model": "base", "deployment": "openvino/int8", **at}, 4.3e-4, 0.95),
             ({"model": "student", "deployment": "openvino/int8", **at}, 2.2e-4, 0.939),
-        ]
-        + ([(student_bf16, 3.5e-4, 0.945)] if bf16 == "complete" else []),
+        ],
     )
     if bf16 == "failed":  # the output check refused it: a deterministic failure
-        study.add_trial(
-            create_trial(
-                state=TrialState.FAIL,
-                params=student_bf16,
-                distributions={
-                    n: CategoricalDistribution(list(c)) for n, c in space.choices().items()
-                },
-                user_attrs={FAILED_STAGE: "deploy", "fail_reason": "mismatch"},
-            )
-        )
+        _add(study, space, student_bf16, failed_stage="deploy")
+    else:
+        _add(study, space, student_bf16, 3.5e-4, 0.945)
     refine_around_best(study, settings, 0.95, set())
     expected = [{**student_bf16, "deployment": "openvino/fp32"}] if bf16 == "failed" else []
     assert [p for p, _ in _queued(study)] == expected

@@ -266,10 +266,11 @@ def _float_rescue(
     """The cheapest trial well below ``best``'s J/item (:data:`RESCUE_BELOW`) that missed the
     accuracy bound (its latency within its own) in a quantized precision, when its model may
     keep the bound in float, as the same model, batch and threads in the backend's cheapest
-    float precision in the space; ``None`` if there is none. Its model may keep it when it did in another trial, or when
-    nothing of it missed the bound in float and it missed by at most twice the bound: int8
-    usually costs a fraction of a point, pruning and distillation can cost more. Once one float
-    precision of it was tried, it is rescued: the next one is tried only if that one failed.
+    float precision in the space; ``None`` if there is none. Its model may keep it when it did
+    in another trial, or when nothing of it missed the bound in float and it missed by at most
+    twice the bound: int8 usually costs a fraction of a point, pruning and distillation can
+    cost more. Once one float precision of it was tried, it is rescued: the next one is tried
+    only if that one failed.
 
     On the ResNet-style net offline, the pruned half-width student lost 1.1 points in
     OpenVINO's int8 (the bound: 1) at 195 µJ/item, and nothing else of it was tried: the
